@@ -1,0 +1,1 @@
+"""Every side effect of an agent run: model calls, tool runs, storage."""

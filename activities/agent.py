@@ -1,0 +1,99 @@
+"""The agent's activities: `call_llm` (think) and `run_tool` (act).
+
+Both read and write the run's conversation in PostgreSQL by (agent_run_id, seq), so only small references
+travel through Temporal history. Both are safe to retry: their writes are upserts of the same row.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.models import Finish, TextDelta, UnknownModelRoute, resolve_model
+from activities.tools import TOOLS, ToolContext, ToolError
+from keel.contracts import (
+    CALL_LLM,
+    RUN_TOOL,
+    LlmStepInput,
+    LlmStepResult,
+    Message,
+    ToolCall,
+    ToolInput,
+    ToolOutcome,
+)
+from keel.store import RunStore
+
+
+@dataclass
+class AgentActivities:
+    store: RunStore
+    data_dir: Path
+
+    @activity.defn(name=CALL_LLM)
+    async def call_llm(self, step: LlmStepInput) -> LlmStepResult:
+        try:
+            model, model_name = resolve_model(step.model)
+        except UnknownModelRoute as err:
+            raise ApplicationError(str(err), type="UnknownModelRoute", non_retryable=True) from None
+        conversation = await self.store.conversation(step.agent_run_id, step.reply_seq)
+        tools = [TOOLS.get(name).spec() for name in step.tools]
+
+        text: list[str] = []
+        calls: list[ToolCall] = []
+        finish: Finish | None = None
+        async for chunk in model.stream(messages=conversation, model=model_name, tools=tools):
+            if isinstance(chunk, TextDelta):
+                text.append(chunk.text)
+            elif isinstance(chunk, ToolCall):
+                calls.append(chunk)
+            else:
+                finish = chunk
+            # Heartbeats are throttled by the SDK; they let a cancelled run or a lost worker be noticed.
+            activity.heartbeat()
+        if finish is None:
+            raise ApplicationError(
+                f"{model.provider} ended its answer without finishing it", type="ModelStreamCut"
+            )
+
+        reply = Message(role="assistant", content="".join(text), tool_calls=calls)
+        await self.store.put_message(step.agent_run_id, step.reply_seq, reply)
+        return LlmStepResult(
+            reply_seq=step.reply_seq,
+            has_text=bool(reply.content),
+            tool_calls=calls,
+            finish_reason=finish.reason,
+            usage=finish.usage,
+            model=step.model,
+        )
+
+    @activity.defn(name=RUN_TOOL)
+    async def run_tool(self, task: ToolInput) -> ToolOutcome:
+        call = task.call
+        ctx = ToolContext(agent_run_id=task.agent_run_id, tool_call_id=call.id, data_dir=self.data_dir)
+        try:
+            content, is_error = _result_text(await TOOLS.get(call.name).invoke(call.arguments, ctx)), False
+        except ToolError as err:
+            content, is_error = str(err), True
+        except Exception as err:
+            if not _last_attempt():
+                raise  # Temporal retries it
+            # Out of retries: the model hears about the crash and may try something else.
+            content, is_error = f"{call.name} failed: {type(err).__name__}: {err}", True
+        result = Message(
+            role="tool", content=content, tool_call_id=call.id, name=call.name, is_error=is_error
+        )
+        await self.store.put_message(task.agent_run_id, task.result_seq, result)
+        return ToolOutcome(tool_call_id=call.id, result_seq=task.result_seq, is_error=is_error)
+
+
+def _result_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _last_attempt() -> bool:
+    info = activity.info()
+    limit = info.retry_policy.maximum_attempts if info.retry_policy else 0
+    return limit > 0 and info.attempt >= limit

@@ -1,0 +1,106 @@
+"""PostgreSQL access through asyncpg: schema migrations and the run's conversation store.
+
+Used by the activities (which write) and the gateway (which writes a run's input and reads bodies to
+stream). Workflow code never imports this module.
+"""
+
+import json
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from keel.contracts import Message
+
+# Any fixed number works; it only has to be the same in every Keel process.
+_MIGRATION_LOCK_ID = 0x6B65656C
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """One pool per process. Applies pending migrations before handing the pool out."""
+    pool = await asyncpg.create_pool(
+        database_url, min_size=min_size, max_size=max_size, init=_init_connection
+    )
+    await migrate(pool)
+    return pool
+
+
+def _migrations() -> list[tuple[str, str]]:
+    folder = resources.files("keel") / "migrations"
+    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
+
+
+async def migrate(pool: asyncpg.Pool) -> list[str]:
+    """Apply the migrations not applied yet, in order; returns their names.
+
+    Safe to run twice and from several processes at once: an advisory lock serialises them and each
+    migration commits together with its row in `schema_migrations`.
+    """
+    applied: list[str] = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, sql in _migrations():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+                applied.append(version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
+    return applied
+
+
+class RunStore:
+    """A run's conversation: messages keyed by (agent_run_id, seq).
+
+    Writes are upserts, so an activity retried after it already wrote its message rewrites the same row
+    instead of adding a second one.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def put_messages(self, agent_run_id: str, first_seq: int, messages: list[Message]) -> None:
+        rows = [(agent_run_id, first_seq + i, _body(m)) for i, m in enumerate(messages)]
+        async with self.pool.acquire() as conn:
+            await conn.executemany(
+                "INSERT INTO run_messages (agent_run_id, seq, body) VALUES ($1, $2, $3)"
+                " ON CONFLICT (agent_run_id, seq) DO UPDATE SET body = EXCLUDED.body, updated_at = now()",
+                rows,
+            )
+
+    async def put_message(self, agent_run_id: str, seq: int, message: Message) -> None:
+        await self.put_messages(agent_run_id, seq, [message])
+
+    async def conversation(self, agent_run_id: str, before_seq: int) -> list[Message]:
+        """The messages a model sees at a step: every message with seq < before_seq, in order."""
+        rows = await self.pool.fetch(
+            "SELECT body FROM run_messages WHERE agent_run_id = $1 AND seq < $2 ORDER BY seq",
+            agent_run_id,
+            before_seq,
+        )
+        return [Message.model_validate(r["body"]) for r in rows]
+
+    async def messages(self, agent_run_id: str, seqs: list[int]) -> dict[int, Message]:
+        rows = await self.pool.fetch(
+            "SELECT seq, body FROM run_messages WHERE agent_run_id = $1 AND seq = ANY($2::int[])",
+            agent_run_id,
+            seqs,
+        )
+        return {r["seq"]: Message.model_validate(r["body"]) for r in rows}
+
+
+def _body(message: Message) -> dict[str, Any]:
+    return message.model_dump(mode="json", exclude_defaults=True)

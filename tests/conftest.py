@@ -1,0 +1,111 @@
+"""Session fixtures: a real Temporal dev server, a real PostgreSQL, and Keel's worker and gateway as the
+processes `make dev` runs (`python worker.py`, `python -m api`). Nothing here is mocked."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.client import Client
+
+from keel.settings import Settings
+from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
+from keel.temporal import connect_temporal
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Keel:
+    """Where the test stack lives, and the environment Keel's processes run with."""
+
+    env: dict[str, str]
+    data_dir: Path
+    gateway_url: str
+
+    def settings(self) -> Settings:
+        return Settings(**{k: v for k, v in self.env.items() if k.isupper()})
+
+
+@pytest.fixture(scope="session")
+def temporal_server() -> Iterator[TemporalDevServer]:
+    server = TemporalDevServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres.start(tmp_path_factory.mktemp("postgres") / "data")
+    yield server
+    server.stop()
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if ready():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not become ready in 60 s:\n{log.read_text()[-3000:]}")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def keel(
+    temporal_server: TemporalDevServer, postgres: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Keel]:
+    """Keel's worker and gateway, running as subprocesses against the test Temporal and PostgreSQL."""
+    base = tmp_path_factory.mktemp("keel")
+    port = free_port()
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": temporal_server.address,
+        "DATABASE_URL": postgres.uri,
+        "KEEL_DATA_DIR": str(base / "data"),
+        "KEEL_PORT": str(port),
+        "KEEL_MODEL": "scripted",
+        "KEEL_TASK_QUEUE": "agent-runs",
+    }
+    worker_log, gateway_log = base / "worker.log", base / "gateway.log"
+    worker = _spawn([sys.executable, "worker.py"], env, worker_log)
+    gateway = _spawn([sys.executable, "-m", "api"], env, gateway_log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for("worker", lambda: b"worker polling" in worker_log.read_bytes(), worker, worker_log)
+        _wait_for("gateway", lambda: _healthy(url), gateway, gateway_log)
+        yield Keel(env=env, data_dir=base / "data", gateway_url=url)
+    finally:
+        stop_process_group(gateway)
+        stop_process_group(worker)
+
+
+@pytest.fixture(scope="session")
+async def temporal(temporal_server: TemporalDevServer, keel: Keel) -> Client:
+    return await connect_temporal(keel.settings())
+
+
+@pytest.fixture
+async def http(keel: Keel) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=keel.gateway_url, timeout=30) as client:
+        yield client

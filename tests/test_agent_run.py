@@ -1,0 +1,145 @@
+"""An agent run, end to end: gateway -> Temporal -> worker -> PostgreSQL -> SSE back to the client."""
+
+import json
+
+import httpx
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from activities.models.scripted import DISCLAIMER
+from tests.conftest import Keel
+from tests.ui_stream import chat, chat_body, user_message
+
+LESSON = "plan and write a lesson on recursion"
+
+
+def scheduled_activities(history) -> list[str]:
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+
+
+async def test_lesson_run_calls_tools_through_temporal_and_streams_the_answer(
+    http: httpx.AsyncClient, temporal: Client
+) -> None:
+    stream = await chat(http, chat_body(LESSON, purpose="learnpack-lesson-writer"))
+
+    assert stream.tool_names == ["plan_syllabus", "generate_markdown"]
+    outputs = [c["output"] for c in stream.of_type("tool-output-available")]
+    assert outputs[0]["outline"][0] == "What recursion is and why it matters"
+    assert outputs[1]["markdown"].startswith("# Learn recursion\n")
+    assert stream.text.startswith(DISCLAIMER)
+    assert "## 4. Summary of recursion" in stream.text
+    assert stream.of_type("finish")[0]["finishReason"] == "stop"
+    assert len(stream.of_type("start-step")) == 3
+    assert stream.run_status == "completed"
+
+    run_id = stream.response.headers["x-agent-run-id"]
+    assert run_id.startswith("run-")
+    state = (await http.get(f"/api/runs/{run_id}")).json()
+    assert state["status"] == "completed"
+    assert state["step"] == 3
+    assert state["purpose"] == "learnpack-lesson-writer"
+    assert state["usage"]["prompt_tokens"] > 0 and state["usage"]["completion_tokens"] > 0
+
+    handle = temporal.get_workflow_handle(run_id)
+    description = await handle.describe()
+    assert description.workflow_type == "AgentRun"
+    assert description.task_queue == "agent-runs"
+    assert description.status == WorkflowExecutionStatus.COMPLETED
+    history = await handle.fetch_history()
+    assert scheduled_activities(history) == ["call_llm", "run_tool", "call_llm", "run_tool", "call_llm"]
+
+
+async def test_step_limit_ends_the_run_cleanly(http: httpx.AsyncClient, temporal: Client) -> None:
+    stream = await chat(http, chat_body(LESSON, purpose="learnpack-lesson-writer", max_steps=1))
+
+    assert stream.tool_names == ["plan_syllabus"]
+    assert stream.text == ""
+    assert stream.run_status == "step_limit"
+    assert stream.of_type("finish")[0]["finishReason"] == "other"
+    assert not stream.of_type("error")
+    run_id = stream.response.headers["x-agent-run-id"]
+    state = (await http.get(f"/api/runs/{run_id}")).json()
+    assert (state["status"], state["step"], state["max_steps"]) == ("step_limit", 1, 1)
+    assert "step limit" in state["detail"]
+    # Hitting the limit is an outcome, not a crash: the workflow itself completed.
+    description = await temporal.get_workflow_handle(run_id).describe()
+    assert description.status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_publishing_writes_the_package_once(http: httpx.AsyncClient, keel: Keel) -> None:
+    stream = await chat(
+        http, chat_body("plan, write and publish a lesson on tail calls", purpose="learnpack-lesson-writer")
+    )
+
+    assert stream.tool_names == ["plan_syllabus", "generate_markdown", "publish_package"]
+    published = stream.of_type("tool-output-available")[-1]["output"]
+    folder = keel.data_dir / "packages" / "learn-tail-calls"
+    assert published["slug"] == "learn-tail-calls"
+    assert (folder / "README.md").read_text().startswith("# Learn tail calls\n")
+    assert json.loads((folder / "learn.json").read_text())["agent_run_id"] == stream.response.headers["x-agent-run-id"]
+
+
+async def test_a_later_turn_uses_the_chat_history(http: httpx.AsyncClient, keel: Keel) -> None:
+    first = await chat(http, chat_body("plan and write a lesson on closures", purpose="learnpack-lesson-writer"))
+    # What useChat sends next: the history, with the assistant's tool parts as the client assembled them.
+    assistant = {
+        "id": "a1",
+        "role": "assistant",
+        "parts": [
+            {
+                "type": f"tool-{call['toolName']}",
+                "toolCallId": call["toolCallId"],
+                "state": "output-available",
+                "input": call["input"],
+                "output": result["output"],
+            }
+            for call, result in zip(
+                first.of_type("tool-input-available"), first.of_type("tool-output-available"), strict=True
+            )
+        ]
+        + [{"type": "text", "text": first.text}],
+    }
+    body = {
+        "id": "chat-closures",
+        "purpose": "learnpack-lesson-writer",
+        "messages": [user_message("plan and write a lesson on closures"), assistant, user_message("publish it", "m2")],
+    }
+
+    second = await chat(http, body)
+
+    assert second.tool_names == ["publish_package"]
+    call = second.of_type("tool-input-available")[0]
+    assert call["input"]["title"] == "Learn closures"
+    assert call["toolCallId"] == "call_3"  # ids continue from the earlier turn's calls
+    assert (keel.data_dir / "packages" / "learn-closures" / "README.md").exists()
+
+
+async def test_plain_message_gets_one_step_with_text(http: httpx.AsyncClient) -> None:
+    stream = await chat(http, chat_body("hello there"))
+
+    assert stream.tool_names == []
+    assert len(stream.of_type("start-step")) == 1
+    assert stream.text.startswith(DISCLAIMER) and "hello there" in stream.text
+    # The scripted model streams in small pieces; this step still sends the text as one delta.
+    assert len(stream.of_type("text-start")) == len(stream.of_type("text-end")) == 1
+
+
+async def test_tool_errors_go_back_to_the_model(http: httpx.AsyncClient) -> None:
+    stream = await chat(http, chat_body("calculate 7 / 0 please"))
+
+    assert stream.tool_names == ["calculate"]
+    error = stream.of_type("tool-output-error")[0]
+    assert error["errorText"] == "division by zero"
+    assert "calculate failed: division by zero" in stream.text
+    assert stream.run_status == "completed"
+
+
+async def test_calculator(http: httpx.AsyncClient) -> None:
+    stream = await chat(http, chat_body("calculate (2 + 3) * 4"))
+
+    assert stream.of_type("tool-input-available")[0]["input"] == {"expression": "(2 + 3) * 4"}
+    assert stream.of_type("tool-output-available")[0]["output"]["value"] == 20

@@ -1,0 +1,112 @@
+"""Reading an AI SDK UI message stream the way the AI SDK's client does, strictly."""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+ALLOWED_FIELDS = {
+    "start": {"messageId", "messageMetadata"},
+    "finish": {"finishReason", "messageMetadata"},
+    "start-step": set(),
+    "finish-step": set(),
+    "text-start": {"id"},
+    "text-delta": {"id", "delta"},
+    "text-end": {"id"},
+    "tool-input-available": {"toolCallId", "toolName", "input"},
+    "tool-output-available": {"toolCallId", "output"},
+    "tool-output-error": {"toolCallId", "errorText"},
+    "error": {"errorText"},
+}
+
+
+@dataclass
+class UIStream:
+    response: httpx.Response
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [c for c in self.chunks if c["type"] == kind]
+
+    @property
+    def text(self) -> str:
+        return "".join(c["delta"] for c in self.of_type("text-delta"))
+
+    @property
+    def run_status(self) -> str:
+        return self.of_type("data-run")[-1]["data"]["status"]
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [c["toolName"] for c in self.of_type("tool-input-available")]
+
+
+def parse(response: httpx.Response) -> UIStream:
+    stream = UIStream(response)
+    for event in response.text.split("\n\n"):
+        data = [line[len("data: ") :] for line in event.split("\n") if line.startswith("data: ")]
+        if not data:
+            continue
+        assert not stream.done, "nothing may follow [DONE]"
+        payload = "\n".join(data)
+        if payload == "[DONE]":
+            stream.done = True
+        else:
+            stream.chunks.append(json.loads(payload))
+    return stream
+
+
+def assert_well_formed(stream: UIStream) -> None:
+    """The rules the AI SDK client enforces, plus Keel's own: one start, one finish, [DONE] last."""
+    assert stream.response.headers["content-type"].startswith("text/event-stream")
+    assert stream.response.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    assert stream.done, "the stream must end with [DONE]"
+    chunks = stream.chunks
+    assert chunks[0]["type"] == "start" and chunks[-1]["type"] == "finish"
+    assert [c["type"] for c in chunks].count("start") == 1
+    open_texts: set[str] = set()
+    known_calls: set[str] = set()
+    in_step = False
+    for chunk in chunks:
+        kind = chunk["type"]
+        if kind.startswith("data-"):
+            assert set(chunk) <= {"type", "id", "data", "transient"}
+            continue
+        assert kind in ALLOWED_FIELDS, f"unknown chunk type {kind}"
+        assert set(chunk) - {"type"} <= ALLOWED_FIELDS[kind], f"extra fields in {chunk}"
+        if kind == "start-step":
+            assert not in_step, "start-step inside a step"
+            in_step = True
+        elif kind == "finish-step":
+            assert in_step and not open_texts, "finish-step without its start, or with text still open"
+            in_step = False
+        elif kind == "text-start":
+            assert chunk["id"] not in open_texts
+            open_texts.add(chunk["id"])
+        elif kind in ("text-delta", "text-end"):
+            assert chunk["id"] in open_texts, f"{kind} without its text-start"
+            if kind == "text-end":
+                open_texts.remove(chunk["id"])
+        elif kind == "tool-input-available":
+            known_calls.add(chunk["toolCallId"])
+        elif kind in ("tool-output-available", "tool-output-error"):
+            assert chunk["toolCallId"] in known_calls, "tool output for an unknown call"
+    assert not open_texts and not in_step
+
+
+def user_message(text: str, message_id: str = "m1") -> dict[str, Any]:
+    return {"id": message_id, "role": "user", "parts": [{"type": "text", "text": text}]}
+
+
+def chat_body(text: str, chat_id: str = "chat-1", **extra: Any) -> dict[str, Any]:
+    return {"id": chat_id, "messages": [user_message(text)], "trigger": "submit-message", **extra}
+
+
+async def chat(http: httpx.AsyncClient, body: dict[str, Any]) -> UIStream:
+    response = await http.post("/api/chat", json=body)
+    assert response.status_code == 200, response.text
+    stream = parse(response)
+    assert_well_formed(stream)
+    return stream
