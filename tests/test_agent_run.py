@@ -80,11 +80,16 @@ async def test_publishing_writes_the_package_once(http: httpx.AsyncClient, keel:
     folder = keel.data_dir / "packages" / "learn-tail-calls"
     assert published["slug"] == "learn-tail-calls"
     assert (folder / "README.md").read_text().startswith("# Learn tail calls\n")
-    assert json.loads((folder / "learn.json").read_text())["agent_run_id"] == stream.response.headers["x-agent-run-id"]
+    assert (
+        json.loads((folder / "learn.json").read_text())["agent_run_id"]
+        == stream.response.headers["x-agent-run-id"]
+    )
 
 
 async def test_a_later_turn_uses_the_chat_history(http: httpx.AsyncClient, keel: Keel) -> None:
-    first = await chat(http, chat_body("plan and write a lesson on closures", purpose="learnpack-lesson-writer"))
+    first = await chat(
+        http, chat_body("plan and write a lesson on closures", purpose="learnpack-lesson-writer")
+    )
     # What useChat sends next: the history, with the assistant's tool parts as the client assembled them.
     assistant = {
         "id": "a1",
@@ -106,7 +111,11 @@ async def test_a_later_turn_uses_the_chat_history(http: httpx.AsyncClient, keel:
     body = {
         "id": "chat-closures",
         "purpose": "learnpack-lesson-writer",
-        "messages": [user_message("plan and write a lesson on closures"), assistant, user_message("publish it", "m2")],
+        "messages": [
+            user_message("plan and write a lesson on closures"),
+            assistant,
+            user_message("publish it", "m2"),
+        ],
     }
 
     second = await chat(http, body)

@@ -1,0 +1,67 @@
+# Keel's developer commands. `make` alone lists them. Everything runs from the project's .venv, which the
+# first command that needs it creates and fills.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Touched after a successful install: pip runs again only when pyproject.toml is newer than this.
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+# What `make dev` uses for its state (same default as keel.settings).
+DATA_DIR := $(or $(KEEL_DATA_DIR),.keel)
+
+.DEFAULT_GOAL := help
+.PHONY: help .venv install dev test lint fmt bench clean reset-data
+
+help:
+	@echo "make dev         install if needed, then run Temporal, PostgreSQL, worker and gateway (Ctrl-C stops all)"
+	@echo "make test        install if needed, then run pytest (extra arguments: PYTEST_ARGS='-k name -x')"
+	@echo "make lint        ruff check and ruff format --check"
+	@echo "make fmt         apply ruff's formatting and safe fixes"
+	@echo "make bench       run the benchmarks (bench/)"
+	@echo "make install     create .venv and install Keel with its dev extras (also: make .venv)"
+	@echo "make clean       remove .venv and caches; keeps $(DATA_DIR)/"
+	@echo "make reset-data  delete $(DATA_DIR)/: every run, the database, Temporal's history (no confirmation)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+.venv install: $(STAMP)
+
+dev: $(STAMP)
+	$(PY) -m keel.dev
+
+# pytest exits 5 when it collects no tests; that stays a failure, so CI can't pass with an empty suite.
+# ruff runs first: a lint error fails the suite like a failing test does.
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	@if [ -d bench ]; then \
+		$(PY) -m bench; \
+	else \
+		echo "make bench: benchmarks are not written yet (there is no bench/ directory)"; \
+		exit 1; \
+	fi
+
+# Keeps $(DATA_DIR) on purpose: it holds your runs, conversations and Temporal history. See reset-data.
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	find . -path ./$(DATA_DIR) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Deletes all local state at once, without asking. Stop `make dev` first: the data dir is in use while it runs.
+reset-data:
+	rm -rf $(DATA_DIR)

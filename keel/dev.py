@@ -1,0 +1,266 @@
+"""`make dev`: run the whole stack locally and stop all of it on Ctrl-C.
+
+    python -m keel.dev
+
+Starts, in order: a Temporal dev server with its Web UI (unless TEMPORAL_ADDRESS is set), embedded
+PostgreSQL (unless DATABASE_URL is set), the worker and the gateway. State lives in KEEL_DATA_DIR (default
+.keel/), so runs, conversations and workflow histories survive a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from keel.settings import Settings, get_settings
+from keel.stack import EmbeddedPostgres, TemporalDevServer, port_is_free
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKER_CMD = (sys.executable, "worker.py")
+GATEWAY_CMD = (sys.executable, "-m", "api")
+
+TEMPORAL_HOST = "127.0.0.1"
+TEMPORAL_PORT = 7233
+TEMPORAL_UI_PORT = 8233
+HEALTH_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+
+
+class _StopRequested(BaseException):
+    """Raised from the signal handler; a BaseException so no `except Exception` on the way swallows it."""
+
+
+class _Fatal(Exception):
+    """A startup or runtime failure with a message meant for the user."""
+
+
+def _say(message: str) -> None:
+    print(f"keel dev: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class _Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+
+
+@dataclass
+class _Port:
+    host: str
+    port: int
+    purpose: str
+    remedy: str
+
+
+def _ports_to_check(settings: Settings, embedded_temporal: bool) -> list[_Port]:
+    ports = []
+    if embedded_temporal:
+        hint = "set TEMPORAL_ADDRESS to use an existing Temporal server (maybe another `make dev` is running)"
+        ports.append(_Port(TEMPORAL_HOST, TEMPORAL_PORT, "Temporal dev server", hint))
+        ports.append(_Port(TEMPORAL_HOST, TEMPORAL_UI_PORT, "Temporal Web UI", hint))
+    ports.append(_Port(settings.host, settings.port, "gateway", "set KEEL_PORT"))
+    return ports
+
+
+def _local_url(host: str, port: int) -> str:
+    # A wildcard bind is reachable on loopback; that is the URL to probe and to show.
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{shown}:{port}"
+
+
+def _spawn(name: str, cmd: Sequence[str], env: dict[str, str]) -> _Child:
+    # Own process group, so a terminal Ctrl-C reaches only us and we decide the shutdown order.
+    proc = subprocess.Popen(
+        list(cmd), cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    return _Child(name, proc)
+
+
+def _stop_children(children: Sequence[_Child]) -> None:
+    """SIGTERM every child's group at once, wait up to STOP_TIMEOUT in total, then SIGKILL what is left."""
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for child in children:
+        try:
+            child.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _say(f"{child.name} did not stop within {STOP_TIMEOUT:.0f}s; killing it")
+        # Also reaps grandchildren that outlived the group leader.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, signal.SIGKILL)
+        child.proc.wait()
+
+
+def _check_alive(
+    children: Sequence[_Child], temporal: TemporalDevServer | None, db: EmbeddedPostgres | None
+) -> None:
+    for child in children:
+        code = child.proc.poll()
+        if code is not None:
+            raise _Fatal(f"the {child.name} exited unexpectedly with code {code}; stopping everything")
+    if temporal is not None and temporal.proc.poll() is not None:
+        raise _Fatal(
+            f"the Temporal dev server exited unexpectedly with code {temporal.proc.returncode} "
+            f"(see {temporal.log_file}); stopping everything"
+        )
+    if db is not None and not db.is_running():
+        raise _Fatal(f"PostgreSQL stopped unexpectedly (see {db.pgdata / 'log'}); stopping everything")
+
+
+def _attempt(what: str, step: Callable[[], object]) -> None:
+    # One failing shutdown step must not keep the others from running.
+    try:
+        step()
+    except Exception as err:
+        _say(f"{what} failed: {type(err).__name__}: {err}")
+
+
+def _wait_healthy(url: str, alive: Callable[[], None]) -> None:
+    deadline = time.monotonic() + HEALTH_TIMEOUT
+    while True:
+        alive()
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass  # not listening yet, or not healthy yet
+        if time.monotonic() > deadline:
+            raise _Fatal(
+                f"the gateway did not answer {url}/healthz within {HEALTH_TIMEOUT:.0f}s; stopping everything"
+            )
+        time.sleep(0.5)
+
+
+def _banner(
+    settings: Settings,
+    gateway_url: str,
+    data_dir: Path,
+    temporal: TemporalDevServer | None,
+    db: EmbeddedPostgres | None,
+) -> str:
+    if temporal is not None:
+        temporal_line = f"{temporal.address} (embedded, state in {data_dir / 'temporal.db'})"
+        ui_url = temporal.ui_url
+    else:
+        temporal_line = f"{settings.temporal_address} (from TEMPORAL_ADDRESS)"
+        ui_url = settings.temporal_ui_url
+    postgres_line = f"embedded, data in {db.pgdata}" if db is not None else "from DATABASE_URL"
+    model = settings.model
+    if model == "scripted":
+        model += " (offline scripted model: no API key or network needed; set KEEL_MODEL for a real one)"
+    lines = [
+        "",
+        "keel dev is up",
+        f"  chat / gateway   {gateway_url}",
+        f"  Temporal Web UI  {ui_url}",
+        f"  Temporal         {temporal_line}",
+        f"  PostgreSQL       {postgres_line}",
+        f"  data dir         {data_dir}",
+        f"  model            {model}",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run(*, worker_cmd: Sequence[str] = WORKER_CMD, gateway_cmd: Sequence[str] = GATEWAY_CMD) -> int:
+    """Supervise the stack until a signal or a crash; returns the process exit code."""
+    settings = get_settings()
+    # Explicitly configured services (env vars) are used as they are; only missing ones are embedded.
+    embedded_temporal = "temporal_address" not in settings.model_fields_set
+    embedded_db = not settings.database_url
+    data_dir = settings.data_dir.expanduser().resolve()
+
+    for p in _ports_to_check(settings, embedded_temporal):
+        if not port_is_free(p.host, p.port):
+            _say(f"port {p.port} is already in use ({p.purpose}). Stop whatever holds it or {p.remedy}.")
+            return 2
+
+    stopping = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        if stopping:
+            _say("already stopping, please wait")
+            return
+        stopping = True  # only the first signal interrupts; the shutdown below must run to the end
+        raise _StopRequested(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    db: EmbeddedPostgres | None = None
+    temporal: TemporalDevServer | None = None
+    children: list[_Child] = []
+    exit_code = 0
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, KEEL_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+        if embedded_temporal:
+            _say(f"starting Temporal dev server (log in {data_dir / 'temporal.log'})")
+            temporal = TemporalDevServer.start(
+                port=TEMPORAL_PORT,
+                ui_port=TEMPORAL_UI_PORT,
+                db_file=data_dir / "temporal.db",
+                log_file=data_dir / "temporal.log",
+                host=TEMPORAL_HOST,
+            )
+            env["TEMPORAL_ADDRESS"] = temporal.address
+            env["KEEL_TEMPORAL_UI_URL"] = temporal.ui_url or settings.temporal_ui_url
+        if embedded_db:
+            _say(f"starting PostgreSQL (data in {data_dir / 'postgres'})")
+            db = EmbeddedPostgres.start(data_dir / "postgres")
+            env["DATABASE_URL"] = db.uri
+
+        _say("starting worker and gateway")
+        children.append(_spawn("worker", worker_cmd, env))
+        children.append(_spawn("gateway", gateway_cmd, env))
+
+        def alive() -> None:
+            _check_alive(children, temporal, db)
+
+        gateway_url = _local_url(settings.host, settings.port)
+        _wait_healthy(gateway_url, alive)
+        print(_banner(settings, gateway_url, data_dir, temporal, db), flush=True)
+        while True:
+            alive()
+            time.sleep(0.5)
+    except _StopRequested as stop:
+        _say(f"{stop} received, stopping")
+    except _Fatal as err:
+        _say(str(err))
+        exit_code = 1
+    except Exception as err:  # a startup failure (ports, binaries, timeouts): report it, then clean up
+        _say(f"{type(err).__name__}: {err}")
+        exit_code = 1
+    finally:
+        stopping = True
+        # Dependents first: the gateway and worker, then Temporal, then the database they both use.
+        _attempt("stopping the worker and gateway", lambda: _stop_children(children[::-1]))
+        if temporal is not None:
+            _attempt("stopping Temporal", lambda: temporal.stop(STOP_TIMEOUT))
+        if db is not None:
+            _attempt("stopping PostgreSQL", db.stop)
+        _say("stopped")
+    return exit_code
+
+
+def main() -> int:
+    return run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
