@@ -1,0 +1,118 @@
+"""`make dev` (python -m keel.dev): the whole stack comes up, serves a run, and Ctrl-C leaves nothing behind."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from keel.stack import free_port, port_is_free
+from tests.conftest import ROOT
+from tests.ui_stream import chat_body, parse
+
+DEV_PORTS = (7233, 8233)
+
+
+def dev_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TEMPORAL_ADDRESS", "DATABASE_URL")}
+    return {**env, "KEEL_DATA_DIR": str(data_dir), "KEEL_PORT": str(port), **extra}
+
+
+def processes_using(path: Path) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(path) in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(cmdline)
+    return found
+
+
+def start_dev(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "keel.dev"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_until_up(proc: subprocess.Popen[bytes], log: Path) -> str:
+    """Waits for the banner, which keel.dev prints once the gateway answers /healthz."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        text = log.read_text()
+        if "keel dev is up" in text:
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"make dev did not come up:\n{log.read_text()}")
+
+
+def ctrl_c(proc: subprocess.Popen[bytes]) -> int:
+    os.killpg(proc.pid, signal.SIGINT)
+    return proc.wait(timeout=60)
+
+
+def test_a_taken_port_is_named_and_nothing_starts(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = dev_env(
+            tmp_path / "data", port, TEMPORAL_ADDRESS="127.0.0.1:1", DATABASE_URL="postgresql:///none"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "keel.dev"], cwd=ROOT, env=env, capture_output=True, timeout=60
+        )
+
+    assert result.returncode == 2
+    assert f"port {port} is already in use (gateway)" in result.stderr.decode()
+    assert not (tmp_path / "data").exists()
+
+
+def test_make_dev_runs_a_chat_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
+    if not all(port_is_free("127.0.0.1", p) for p in DEV_PORTS):
+        message = "ports 7233/8233 are taken (is `make dev` running?)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    data_dir, port, log = tmp_path / "keel-data", free_port(), tmp_path / "dev.log"
+    url = f"http://127.0.0.1:{port}"
+
+    dev = start_dev(dev_env(data_dir, port), log)
+    try:
+        banner = wait_until_up(dev, log)
+        assert f"chat / gateway   {url}" in banner
+        assert "Temporal Web UI  http://127.0.0.1:8233" in banner
+        assert httpx.get("http://127.0.0.1:8233", timeout=5).status_code == 200
+        response = httpx.post(f"{url}/api/chat", json=chat_body("calculate 6 * 7"), timeout=60)
+        stream = parse(response)
+        assert stream.of_type("tool-output-available")[0]["output"]["value"] == 42
+        run_id = response.headers["x-agent-run-id"]
+        assert processes_using(data_dir), "Temporal and PostgreSQL should run from the data dir"
+    finally:
+        exit_code = ctrl_c(dev)
+    assert exit_code == 0, log.read_text()
+    time.sleep(0.5)
+    assert processes_using(data_dir) == []
+    assert all(port_is_free("127.0.0.1", p) for p in (*DEV_PORTS, port))
+
+    # A second `make dev` reuses the data dir: the run is still there.
+    log = tmp_path / "dev-again.log"
+    dev = start_dev(dev_env(data_dir, port), log)
+    try:
+        wait_until_up(dev, log)
+        state = httpx.get(f"{url}/api/runs/{run_id}", timeout=30).json()
+        assert state["status"] == "completed"
+    finally:
+        assert ctrl_c(dev) == 0
+    assert processes_using(data_dir) == []
