@@ -1,9 +1,10 @@
 """The `scripted` model: an honest, offline, deterministic stand-in for an LLM.
 
 No language model is involved and every answer says so. It picks tools by their names or trigger words in
-the latest user message, one tool per step in the purpose's order, fills arguments from earlier tool
-results (by parameter name) or from the message itself, and once every wanted tool has run it writes a
-final answer from the results. It streams its text in small chunks, like a real provider.
+the latest user message, one tool per step in the purpose's order (all of them at once, as parallel calls,
+when the message says "in parallel" or "at the same time"), fills arguments from earlier tool results (by
+parameter name) or from the message itself, and once every wanted tool has run it writes a final answer
+from the results. It streams its text in small chunks, like a real provider.
 """
 
 import asyncio
@@ -17,6 +18,7 @@ from keel.contracts import Message, ToolCall, ToolSpec, Usage
 
 DISCLAIMER = "[scripted offline model: no LLM was called]"
 _CHUNK_WORDS = 3
+_PARALLEL = re.compile(r"\b(in parallel|at the same time)\b", re.IGNORECASE)
 
 
 class ScriptedModel:
@@ -35,12 +37,12 @@ class ScriptedModel:
         tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[ModelChunk]:
         usage_in = sum(_estimate_tokens(m.content) for m in messages)
-        call = None if tool_choice == "none" else self.next_tool_call(messages, tools)
-        if call is not None:
-            yield call
-            yield Finish(
-                "tool_calls", Usage(prompt_tokens=usage_in, completion_tokens=_estimate_tokens(str(call)))
-            )
+        calls = [] if tool_choice == "none" else self.next_tool_calls(messages, tools)
+        if calls:
+            for call in calls:
+                yield call
+            written = sum(_estimate_tokens(str(c)) for c in calls)
+            yield Finish("tool_calls", Usage(prompt_tokens=usage_in, completion_tokens=written))
             return
         text = self.answer(messages)
         words = text.split(" ")
@@ -52,20 +54,27 @@ class ScriptedModel:
         yield Finish("stop", Usage(prompt_tokens=usage_in, completion_tokens=_estimate_tokens(text)))
 
     def next_tool_call(self, messages: list[Message], tools: list[ToolSpec]) -> ToolCall | None:
+        calls = self.next_tool_calls(messages, tools)
+        return calls[0] if calls else None
+
+    def next_tool_calls(self, messages: list[Message], tools: list[ToolSpec]) -> list[ToolCall]:
         turn = _latest_turn(messages)
         if turn is None:
-            return None
+            return []
         request, since = turn
         already_called = {c.name for m in since for c in m.tool_calls}
+        calls: list[ToolCall] = []
         for spec in tools:
             if spec.name in already_called or not self._wanted(spec, request):
                 continue
             arguments = _arguments(spec, request, _tool_results(messages))
             if arguments is None:
                 continue
-            call_number = 1 + sum(len(m.tool_calls) for m in messages)
-            return ToolCall(id=f"call_{call_number}", name=spec.name, arguments=arguments)
-        return None
+            call_number = 1 + sum(len(m.tool_calls) for m in messages) + len(calls)
+            calls.append(ToolCall(id=f"call_{call_number}", name=spec.name, arguments=arguments))
+            if not _PARALLEL.search(request):
+                break
+        return calls
 
     def answer(self, messages: list[Message]) -> str:
         turn = _latest_turn(messages)
@@ -119,7 +128,7 @@ def _arguments(spec: ToolSpec, request: str, results: list[dict[str, Any]]) -> d
     for name, schema in properties.items():
         value = next((r[name] for r in results if name in r), None)
         if value is None:
-            value = _from_request(name, schema.get("type"), request)
+            value = _from_request(name, schema.get("type"), request, name in required)
         if value is not None:
             arguments[name] = value
         elif name in required:
@@ -127,7 +136,7 @@ def _arguments(spec: ToolSpec, request: str, results: list[dict[str, Any]]) -> d
     return arguments
 
 
-def _from_request(name: str, kind: str | None, request: str) -> Any:
+def _from_request(name: str, kind: str | None, request: str, required: bool) -> Any:
     if name == "expression":
         candidates = re.findall(r"[\d.\s()+\-*/%^]+", request)
         expressions = [c.strip() for c in candidates if re.search(r"\d", c) and re.search(r"[+\-*/%^]", c)]
@@ -138,7 +147,8 @@ def _from_request(name: str, kind: str | None, request: str) -> Any:
     if kind in ("integer", "number"):
         number = re.search(r"\d+", request)
         return int(number.group()) if number else None
-    if kind == "string":
+    if kind == "string" and required:
+        # The whole message is a poor guess, but better than no call; optional ones keep their default.
         return request[:2000]
     return None
 
