@@ -66,7 +66,8 @@ class AgentActivities:
             tool_calls=calls,
             finish_reason=finish.reason,
             usage=finish.usage,
-            model=step.model,
+            model=finish.route or step.model,
+            request_id=finish.request_id,
         )
 
     @activity.defn(name=RUN_TOOL)
@@ -74,6 +75,9 @@ class AgentActivities:
         call = task.call
         ctx = ToolContext(agent_run_id=task.agent_run_id, tool_call_id=call.id, data_dir=self.data_dir)
         try:
+            if call.arguments_error:
+                # The model's arguments could not be parsed; it hears why and may try again.
+                raise ToolError(f"{call.name} was not run: {call.arguments_error}")
             content, is_error = _result_text(await TOOLS.get(call.name).invoke(call.arguments, ctx)), False
         except ToolError as err:
             content, is_error = str(err), True

@@ -35,11 +35,17 @@ class RunStatus(StrEnum):
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # What the tokens cost in USD, from the route's price table (0 when the price is unknown).
+    cost_usd: float = 0.0
+    # Calls whose route has no price: their cost is missing from cost_usd, which is then a lower bound.
+    unpriced_calls: int = 0
 
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+            unpriced_calls=self.unpriced_calls + other.unpriced_calls,
         )
 
 
@@ -50,6 +56,9 @@ class ToolCall(BaseModel):
     id: str
     name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
+    # Set when the model's arguments could not be parsed (not JSON, not an object): what was wrong. The
+    # tool then does not run and the model gets this back as an error result.
+    arguments_error: str | None = None
 
 
 class Message(BaseModel):
@@ -108,7 +117,10 @@ class LlmStepResult(BaseModel):
     tool_calls: list[ToolCall]
     finish_reason: str
     usage: Usage
+    # The route that answered: one route of the purpose's fallback chain.
     model: str
+    # The provider's id for the request (its request-id header), for support tickets and log searches.
+    request_id: str | None = None
 
 
 class ToolInput(BaseModel):

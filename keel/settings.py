@@ -1,10 +1,13 @@
 """Configuration from environment variables. Every variable is listed in the README's table."""
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from keel.routes import parse_chain
 
 
 class Settings(BaseSettings):
@@ -20,6 +23,34 @@ class Settings(BaseSettings):
     task_queue: str = Field("agent-runs", validation_alias="KEEL_TASK_QUEUE")
     model: str = Field("scripted", validation_alias="KEEL_MODEL")
     log_level: str = Field("INFO", validation_alias="KEEL_LOG_LEVEL")
+    # Model providers. API keys are not settings: each SDK reads its own from the worker's environment, so
+    # they never sit in an object that could be logged or passed around.
+    openai_base_url: str | None = Field(None, validation_alias="OPENAI_BASE_URL")
+    anthropic_base_url: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
+    local_base_url: str = Field("http://127.0.0.1:11434/v1", validation_alias="KEEL_LOCAL_BASE_URL")
+    # Seconds a provider may stay silent (connecting, or between two streamed chunks) before the call
+    # counts as failed and Temporal retries it.
+    model_timeout: float = Field(120.0, gt=0, validation_alias="KEEL_MODEL_TIMEOUT")
+    # Anthropic's Messages API requires a cap on the answer's length.
+    anthropic_max_tokens: int = Field(4096, ge=1, validation_alias="KEEL_ANTHROPIC_MAX_TOKENS")
+    # Extra or overriding prices, USD per million tokens: {"openai:gpt-4o-mini*": [0.15, 0.60], ...}.
+    model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, validation_alias="KEEL_MODEL_PRICES"
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _valid_route(cls, value: str) -> str:
+        parse_chain(value)  # a mistyped KEEL_MODEL stops the worker and gateway at startup, not mid-run
+        return value
+
+    @field_validator("model_prices", mode="before")
+    @classmethod
+    def _prices_from_json(cls, value: object) -> object:
+        # From the environment pydantic-settings decodes the JSON itself; as a keyword it arrives as text.
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
 
     def require_database_url(self) -> str:
         if not self.database_url:

@@ -13,11 +13,17 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from keel.settings import Settings
+from keel.settings import Settings, get_settings
 from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
+from keel.store import RunStore, create_pool
 from keel.temporal import connect_temporal
+from tests.fake_vendors import FakeVendors, start_fake_vendors, stop_fake_vendors
 
 ROOT = Path(__file__).resolve().parent.parent
+VENDOR_TASK_QUEUE = "agent-runs-vendors"
+# The keys the fake vendors are called with. They must never show up where a person or a log could read.
+FAKE_OPENAI_KEY = "sk-test-keel-openai-secret-0123456789"
+FAKE_ANTHROPIC_KEY = "sk-ant-test-keel-secret-0123456789"
 
 
 @dataclass(frozen=True)
@@ -109,3 +115,72 @@ async def temporal(temporal_server: TemporalDevServer, keel: Keel) -> Client:
 async def http(keel: Keel) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=keel.gateway_url, timeout=30) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def fake_vendors() -> Iterator[FakeVendors]:
+    """A local server speaking OpenAI's and Anthropic's wire formats (tests/fake_vendors.py)."""
+    vendors, server, thread = start_fake_vendors()
+    yield vendors
+    stop_fake_vendors(server, thread)
+
+
+@pytest.fixture
+def vendor_settings(fake_vendors: FakeVendors, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """This process's environment pointed at the fake vendors, as a worker's would be."""
+    env = {
+        "OPENAI_API_KEY": FAKE_OPENAI_KEY,
+        "OPENAI_BASE_URL": fake_vendors.openai_base_url,
+        "ANTHROPIC_API_KEY": FAKE_ANTHROPIC_KEY,
+        "ANTHROPIC_BASE_URL": fake_vendors.anthropic_base_url,
+        "KEEL_LOCAL_BASE_URL": fake_vendors.openai_base_url,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@dataclass(frozen=True)
+class VendorWorker:
+    task_queue: str
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def vendor_worker(
+    temporal_server: TemporalDevServer,
+    postgres: EmbeddedPostgres,
+    fake_vendors: FakeVendors,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[VendorWorker]:
+    """A second worker, on its own task queue, whose openai:, anthropic: and local: routes reach the fakes."""
+    base = tmp_path_factory.mktemp("vendor-worker")
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": temporal_server.address,
+        "DATABASE_URL": postgres.uri,
+        "KEEL_DATA_DIR": str(base / "data"),
+        "KEEL_TASK_QUEUE": VENDOR_TASK_QUEUE,
+        "KEEL_MODEL": "openai:gpt-4o-mini",
+        "OPENAI_API_KEY": FAKE_OPENAI_KEY,
+        "OPENAI_BASE_URL": fake_vendors.openai_base_url,
+        "ANTHROPIC_API_KEY": FAKE_ANTHROPIC_KEY,
+        "ANTHROPIC_BASE_URL": fake_vendors.anthropic_base_url,
+        "KEEL_LOCAL_BASE_URL": fake_vendors.openai_base_url,
+    }
+    log = base / "worker.log"
+    worker = _spawn([sys.executable, "worker.py"], env, log)
+    try:
+        _wait_for("vendor worker", lambda: b"worker polling" in log.read_bytes(), worker, log)
+        yield VendorWorker(task_queue=VENDOR_TASK_QUEUE, log=log)
+    finally:
+        stop_process_group(worker)
+
+
+@pytest.fixture(scope="session")
+async def store(postgres: EmbeddedPostgres) -> AsyncIterator[RunStore]:
+    pool = await create_pool(postgres.uri)
+    yield RunStore(pool)
+    await pool.close()

@@ -1,0 +1,169 @@
+"""Each real provider through its official SDK, against a local server speaking the vendor's wire format.
+
+What is checked is what reaches the workflow: normalized chunks, and for failures the ApplicationError
+Temporal acts on (retryable or not, the delay before the next try, a message naming provider and status).
+"""
+
+from datetime import timedelta
+
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.models import Finish, TextDelta, resolve_model
+from activities.tools import TOOLS
+from keel.contracts import Message, ToolCall
+from keel.settings import Settings
+from keel.stack import free_port
+from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY
+from tests.fake_vendors import FakeVendors
+
+PROVIDERS = ["openai", "anthropic", "local"]
+ASSISTANT_TOOLS = [TOOLS.get(n).spec() for n in ("calculate", "current_time")]
+
+
+async def ask(settings: Settings, route: str, text: str = "calculate 2 + 3", attempt: int = 1) -> list:
+    model, _ = resolve_model(route, settings, attempt=attempt)
+    messages = [Message(role="system", content="You are terse."), Message(role="user", content=text)]
+    return [chunk async for chunk in model.stream(messages=messages, model="", tools=ASSISTANT_TOOLS)]
+
+
+async def failure(settings: Settings, route: str, text: str = "calculate 2 + 3") -> ApplicationError:
+    with pytest.raises(ApplicationError) as caught:
+        await ask(settings, route, text)
+    return caught.value
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_text_streams_in_deltas_with_usage_and_request_id(
+    provider: str, vendor_settings: Settings, fake_vendors: FakeVendors
+) -> None:
+    chunks = await ask(vendor_settings, f"{provider}:chatty", "hello there")
+
+    deltas = [c for c in chunks if isinstance(c, TextDelta)]
+    assert len(deltas) > 10
+    assert "hello there" in "".join(d.text for d in deltas)
+    finish = chunks[-1]
+    assert isinstance(finish, Finish) and finish.reason == "stop"
+    assert finish.usage.prompt_tokens > 0 and finish.usage.completion_tokens > 0
+    assert finish.request_id and finish.request_id.startswith(
+        f"req_fake_{'anthropic' if provider == 'anthropic' else 'openai'}"
+    )
+    assert finish.route == f"{provider}:chatty"
+
+    sent = fake_vendors.last("chatty")
+    assert sent.body["stream"] is True
+    if provider == "anthropic":
+        assert sent.path == "/v1/messages"
+        # The SDK sends the key as x-api-key or, in newer versions, as a bearer token.
+        assert FAKE_ANTHROPIC_KEY in (
+            sent.headers.get("x-api-key"),
+            sent.headers.get("authorization", "")[7:],
+        )
+        assert sent.body["system"] == "You are terse."
+        assert sent.body["max_tokens"] == vendor_settings.anthropic_max_tokens
+        assert sent.body["tools"][0]["input_schema"]["properties"]["expression"]["type"] == "string"
+    else:
+        assert sent.path == "/v1/chat/completions"
+        assert sent.body["stream_options"] == {"include_usage": True}
+        assert sent.body["tools"][0]["function"]["name"] == "calculate"
+        expected_key = FAKE_OPENAI_KEY if provider == "openai" else "no-key-needed"
+        assert sent.headers["authorization"] == f"Bearer {expected_key}"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_tool_call_arguments_split_across_chunks_are_reassembled(
+    provider: str, vendor_settings: Settings
+) -> None:
+    chunks = await ask(vendor_settings, f"{provider}:m", "calculate (12 + 30) * 4 - 10 / 5")
+
+    assert chunks[:-1] == [
+        ToolCall(id="call_1", name="calculate", arguments={"expression": "(12 + 30) * 4 - 10 / 5"})
+    ]
+    assert chunks[-1].reason == "tool_calls"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_429_is_left_to_temporal_with_the_retry_after_delay(
+    provider: str, vendor_settings: Settings, fake_vendors: FakeVendors
+) -> None:
+    err = await failure(vendor_settings, f"{provider}:status429")
+
+    assert not err.non_retryable and err.type == "ModelUnavailable"
+    assert err.next_retry_delay == timedelta(milliseconds=1500)
+    assert f"{'anthropic' if provider == 'anthropic' else provider} answered HTTP 429" in err.message
+    # The SDK's own retries are off: one request, and Temporal decides about the next.
+    assert fake_vendors.count("status429") >= 1
+    before = fake_vendors.count("status429")
+    await failure(vendor_settings, f"{provider}:status429")
+    assert fake_vendors.count("status429") == before + 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_500_is_retryable_with_temporal_backoff(provider: str, vendor_settings: Settings) -> None:
+    err = await failure(vendor_settings, f"{provider}:status500")
+    assert not err.non_retryable
+    assert err.next_retry_delay is None  # no Retry-After: the retry policy's backoff applies
+    assert "HTTP 500" in err.message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_401_fails_for_good_naming_provider_and_status_without_the_key(
+    provider: str, vendor_settings: Settings
+) -> None:
+    err = await failure(vendor_settings, f"{provider}:status401")
+
+    assert err.non_retryable and err.type == "ModelRequestRejected"
+    assert f"{provider} answered HTTP 401" in err.message
+    # The fake echoes the key it was sent, as OpenAI does (masked) in its 401s. (A local server gets a
+    # placeholder, which is no secret.)
+    if provider != "local":
+        assert "Incorrect API key provided: [redacted]" in err.message
+    assert FAKE_OPENAI_KEY not in str(err) and FAKE_ANTHROPIC_KEY not in str(err)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_context_length_errors_are_not_retried(provider: str, vendor_settings: Settings) -> None:
+    err = await failure(vendor_settings, f"{provider}:status400")
+    assert err.non_retryable
+    assert "HTTP 400" in err.message and "context window" in err.message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_malformed_arguments_become_a_call_the_model_hears_about(
+    provider: str, vendor_settings: Settings
+) -> None:
+    chunks = await ask(vendor_settings, f"{provider}:malformed")
+
+    [call] = [c for c in chunks if isinstance(c, ToolCall)]
+    assert call.name == "calculate" and call.arguments == {}
+    assert call.arguments_error and "not valid JSON" in call.arguments_error
+    assert chunks[-1].reason == "tool_calls"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_stream_cut_mid_way_is_retryable(provider: str, vendor_settings: Settings) -> None:
+    err = await failure(vendor_settings, f"{provider}:cut")
+    assert not err.non_retryable
+    assert "broke mid-answer" in err.message
+
+
+async def test_an_error_event_inside_an_anthropic_stream_is_retryable(vendor_settings: Settings) -> None:
+    err = await failure(vendor_settings, "anthropic:overloaded", "hello")
+    assert not err.non_retryable
+    assert "overloaded_error" in err.message
+
+
+async def test_a_missing_key_is_a_permanent_error_naming_the_variable(
+    vendor_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    err = await failure(vendor_settings, "openai:gpt-4o-mini")
+    assert err.non_retryable
+    assert "OPENAI_API_KEY" in err.message
+
+
+async def test_a_server_that_is_not_there_is_retryable(vendor_settings: Settings) -> None:
+    nowhere = vendor_settings.model_copy(update={"local_base_url": f"http://127.0.0.1:{free_port()}/v1"})
+    err = await failure(nowhere, "local:llama3")
+    assert not err.non_retryable
+    assert "could not reach local" in err.message

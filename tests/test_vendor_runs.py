@@ -1,0 +1,131 @@
+"""Whole agent runs through Temporal with a worker whose providers are the fake vendors.
+
+The worker (`vendor_worker` in conftest.py) holds real-looking API keys in its environment and runs on its
+own task queue; runs are started the way the gateway starts them (conversation in PostgreSQL first, then
+the workflow), with the route set per run.
+"""
+
+import contextlib
+import json
+import uuid
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from keel.contracts import WORKFLOW_TYPE, AgentRunInput, LlmStepResult, Message, RunState
+from keel.purposes import get_purpose
+from keel.store import RunStore
+from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, VendorWorker
+
+pytestmark = pytest.mark.usefixtures("vendor_worker")
+
+
+async def run(
+    temporal: Client, store: RunStore, worker: VendorWorker, route: str, text: str
+) -> tuple[RunState, WorkflowHandle]:
+    purpose = get_purpose("assistant")
+    spec = purpose.spec(route)
+    run_id = f"run-{uuid.uuid4()}"
+    messages = [Message(role="system", content=purpose.system_prompt), Message(role="user", content=text)]
+    await store.put_messages(run_id, 0, messages)
+    handle = await temporal.start_workflow(
+        WORKFLOW_TYPE,
+        AgentRunInput(agent_run_id=run_id, purpose=spec, message_count=len(messages), max_steps=10),
+        id=run_id,
+        task_queue=worker.task_queue,
+        result_type=RunState,
+    )
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result()  # a failed run still answers the state query
+    return await handle.query("state", result_type=RunState), handle
+
+
+async def llm_results(handle: WorkflowHandle) -> list[tuple[LlmStepResult, int, float]]:
+    """Each call_llm result from history, with its final attempt number and seconds from schedule to start."""
+    events = (await handle.fetch_history()).events
+    by_id = {e.event_id: e for e in events}
+    out = []
+    for event in events:
+        if event.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            continue
+        done = event.activity_task_completed_event_attributes
+        scheduled = by_id[done.scheduled_event_id]
+        if scheduled.activity_task_scheduled_event_attributes.activity_type.name != "call_llm":
+            continue
+        started = by_id[done.started_event_id]
+        [result] = await pydantic_data_converter.decode(done.result.payloads, [LlmStepResult])
+        wait = started.event_time.ToDatetime() - scheduled.event_time.ToDatetime()
+        out.append((result, started.activity_task_started_event_attributes.attempt, wait.total_seconds()))
+    return out
+
+
+@pytest.mark.parametrize(
+    "route", ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5", "local:qwen2.5:7b?tools=json"]
+)
+async def test_an_agent_run_with_tools_end_to_end(
+    route: str, temporal: Client, store: RunStore, vendor_worker: VendorWorker
+) -> None:
+    state, handle = await run(temporal, store, vendor_worker, route, "calculate 2 + 3")
+
+    assert state.status == "completed", state.detail
+    conversation = await store.conversation(state.agent_run_id, 10)
+    [result] = [m for m in conversation if m.role == "tool"]
+    assert json.loads(result.content) == {"expression": "2 + 3", "value": 5}
+    assert 'calculate returned: {"expression": "2 + 3", "value": 5}' in conversation[-1].content
+    steps = await llm_results(handle)
+    assert [r.model for r, _, _ in steps] == [route, route]
+    assert all(r.request_id and r.request_id.startswith("req_fake_") for r, _, _ in steps)
+    # Cost per call, summed per run by the workflow.
+    assert state.usage.cost_usd == pytest.approx(sum(r.usage.cost_usd for r, _, _ in steps))
+    assert (state.usage.cost_usd > 0) == (not route.startswith("local"))
+
+
+async def test_a_429_is_retried_after_the_providers_retry_after(
+    temporal: Client, store: RunStore, vendor_worker: VendorWorker
+) -> None:
+    state, handle = await run(temporal, store, vendor_worker, "openai:status429x1", "calculate 4 + 4")
+
+    assert state.status == "completed", state.detail
+    (first, attempts, waited), _ = await llm_results(handle)
+    assert attempts == 2
+    # Retry-After said 1.5 s; the retry policy alone would have waited 1 s. (Temporal's server retries an
+    # activity no sooner than about a second, so a shorter Retry-After could not be told apart.)
+    assert 1.45 <= waited < 3, waited
+
+
+async def test_a_fallback_route_answers_when_the_first_is_refused(
+    temporal: Client, store: RunStore, vendor_worker: VendorWorker
+) -> None:
+    chain = "openai:status401,anthropic:claude-haiku-4-5"
+    state, handle = await run(temporal, store, vendor_worker, chain, "calculate 1 + 1")
+
+    assert state.status == "completed", state.detail
+    assert [r.model for r, _, _ in await llm_results(handle)] == ["anthropic:claude-haiku-4-5"] * 2
+
+
+async def test_a_malformed_tool_call_goes_back_to_the_model(
+    temporal: Client, store: RunStore, vendor_worker: VendorWorker
+) -> None:
+    state, _ = await run(temporal, store, vendor_worker, "openai:malformed", "calculate 3 + 3")
+
+    assert state.status == "completed", state.detail
+    conversation = await store.conversation(state.agent_run_id, 10)
+    [result] = [m for m in conversation if m.role == "tool"]
+    assert result.is_error and "calculate was not run: the arguments are not valid JSON" in result.content
+    assert "calculate failed" in conversation[-1].content
+
+
+async def test_a_refused_key_fails_the_run_clearly_and_stays_secret(
+    temporal: Client, store: RunStore, vendor_worker: VendorWorker
+) -> None:
+    state, handle = await run(temporal, store, vendor_worker, "openai:status401", "calculate 5 + 5")
+
+    assert state.status == "failed"
+    assert state.detail and "openai answered HTTP 401" in state.detail
+    assert "check OPENAI_API_KEY" in state.detail
+    history = (await handle.fetch_history()).to_json()
+    events = await handle.query("events", 0)
+    for place in (history, state.model_dump_json(), json.dumps(events), vendor_worker.log.read_text()):
+        assert FAKE_OPENAI_KEY not in place and FAKE_ANTHROPIC_KEY not in place
