@@ -1,7 +1,7 @@
 """What a model call cost: a price table keyed by route, in USD per million tokens (input, output).
 
-The defaults are list prices for common models (checked in 2025; providers change them, so
-`KEEL_MODEL_PRICES` adds or overrides entries). Keys are routes without options, and may end in `*` to
+The defaults are the providers' published list prices for common models as of 2025; providers change
+them, so `KEEL_MODEL_PRICES` adds or overrides entries. Keys are routes without options, and may end in `*` to
 cover dated snapshots (`openai:gpt-4o-mini*` covers `gpt-4o-mini-2024-07-18`). The longest matching key
 wins. A model with no price is counted in `Usage.unpriced_calls` instead of being silently free.
 """
@@ -26,6 +26,7 @@ DEFAULT_PRICES: dict[str, Price] = {
     "openai:o4-mini*": (1.10, 4.40),
     "openai:o3-mini*": (1.10, 4.40),
     "openai:o3*": (2.00, 8.00),
+    "anthropic:claude-opus-4-5*": (5.00, 25.00),
     "anthropic:claude-opus-4*": (15.00, 75.00),
     "anthropic:claude-sonnet-4*": (3.00, 15.00),
     "anthropic:claude-3-7-sonnet*": (3.00, 15.00),
