@@ -8,6 +8,7 @@ Configuration comes from the environment (see the README's table); `make dev` se
 import asyncio
 import logging
 import signal
+from datetime import timedelta
 
 from temporalio.worker import Worker
 
@@ -28,7 +29,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         client,
         task_queue=settings.task_queue,
         workflows=[AgentRun],
-        activities=[activities.call_llm, activities.run_tool],
+        activities=[activities.call_llm, activities.run_tool, activities.save_message],
+        # Heartbeats carry cancellation to activities; a short throttle delivers it within a second.
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
     )
     try:
         async with worker:

@@ -4,25 +4,31 @@ Both read and write the run's conversation in PostgreSQL by (agent_run_id, seq),
 travel through Temporal history. Both are safe to retry: their writes are upserts of the same row.
 """
 
+import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import heartbeating
 from activities.models import Finish, TextDelta, UnknownModelRoute, resolve_model
 from activities.tools import TOOLS, ToolContext, ToolError
 from keel.contracts import (
     CALL_LLM,
     RUN_TOOL,
+    SAVE_MESSAGE,
     LlmStepInput,
     LlmStepResult,
     Message,
+    SaveMessageInput,
     ToolCall,
     ToolInput,
     ToolOutcome,
+    ToolPolicy,
 )
 from keel.store import RunStore
 
@@ -39,20 +45,29 @@ class AgentActivities:
         except UnknownModelRoute as err:
             raise ApplicationError(str(err), type="UnknownModelRoute", non_retryable=True) from None
         conversation = await self.store.conversation(step.agent_run_id, step.reply_seq)
-        tools = [TOOLS.get(name).spec() for name in step.tools]
+        server_tools = set(step.tools)
+        # Server-side tools win a name clash with a tool the client declared.
+        client_tools = [t for t in step.client_tools if t.name not in server_tools]
+        tools = [TOOLS.get(name).spec() for name in step.tools] + client_tools
 
         text: list[str] = []
         calls: list[ToolCall] = []
         finish: Finish | None = None
-        async for chunk in model.stream(messages=conversation, model=model_name, tools=tools):
-            if isinstance(chunk, TextDelta):
-                text.append(chunk.text)
-            elif isinstance(chunk, ToolCall):
-                calls.append(chunk)
-            else:
-                finish = chunk
-            # Heartbeats are throttled by the SDK; they let a cancelled run or a lost worker be noticed.
-            activity.heartbeat()
+        try:
+            async with heartbeating():
+                async for chunk in model.stream(messages=conversation, model=model_name, tools=tools):
+                    if isinstance(chunk, TextDelta):
+                        text.append(chunk.text)
+                    elif isinstance(chunk, ToolCall):
+                        calls.append(chunk)
+                    else:
+                        finish = chunk
+        except asyncio.CancelledError:
+            # The run was cancelled mid-answer: keep what the model had written so far.
+            await self.store.put_message(
+                step.agent_run_id, step.reply_seq, Message(role="assistant", content="".join(text))
+            )
+            raise
         if finish is None:
             raise ApplicationError(
                 f"{model.provider} ended its answer without finishing it", type="ModelStreamCut"
@@ -68,6 +83,7 @@ class AgentActivities:
             usage=finish.usage,
             model=finish.route or step.model,
             request_id=finish.request_id,
+            policies={c.id: _policy(c, server_tools, {t.name for t in client_tools}) for c in calls},
         )
 
     @activity.defn(name=RUN_TOOL)
@@ -78,7 +94,9 @@ class AgentActivities:
             if call.arguments_error:
                 # The model's arguments could not be parsed; it hears why and may try again.
                 raise ToolError(f"{call.name} was not run: {call.arguments_error}")
-            content, is_error = _result_text(await TOOLS.get(call.name).invoke(call.arguments, ctx)), False
+            async with heartbeating():
+                value = await TOOLS.get(call.name).invoke(call.arguments, ctx)
+            content, is_error = _result_text(value), False
         except ToolError as err:
             content, is_error = str(err), True
         except Exception as err:
@@ -91,6 +109,50 @@ class AgentActivities:
         )
         await self.store.put_message(task.agent_run_id, task.result_seq, result)
         return ToolOutcome(tool_call_id=call.id, result_seq=task.result_seq, is_error=is_error)
+
+    @activity.defn(name=SAVE_MESSAGE)
+    async def save_message(self, task: SaveMessageInput) -> ToolOutcome:
+        """Store a tool result the workflow produced: a denial, the user's answer, a client tool's output."""
+        message = task.message
+        if task.output_schema is not None and not message.is_error:
+            problem = _schema_problem(message.content, task.output_schema)
+            if problem:
+                message = message.model_copy(
+                    update={
+                        "content": f"the client's result does not match the tool's output schema: {problem}",
+                        "is_error": True,
+                    }
+                )
+        await self.store.put_message(task.agent_run_id, task.seq, message)
+        return ToolOutcome(
+            tool_call_id=message.tool_call_id or "", result_seq=task.seq, is_error=message.is_error
+        )
+
+
+def _policy(call: ToolCall, server_tools: set[str], client_tools: set[str]) -> ToolPolicy:
+    if call.arguments_error:
+        return ToolPolicy()  # nothing to approve: run_tool answers a broken call with an error, unrun
+    if call.name in server_tools:
+        return TOOLS.get(call.name).policy(call.arguments)
+    if call.name in client_tools:
+        return ToolPolicy(handled_by="client")
+    # Not offered to this run (a model may name any tool, in json mode especially): never run it, not even
+    # a registered tool of another purpose, since that would skip its approval.
+    return ToolPolicy(handled_by="nobody")
+
+
+def _schema_problem(content: str, schema: dict[str, Any]) -> str | None:
+    try:
+        value = json.loads(content)
+    except ValueError:
+        value = content
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as err:
+        return err.message
+    except jsonschema.SchemaError as err:
+        return f"the declared schema is invalid: {err.message}"
+    return None
 
 
 def _result_text(value: Any) -> str:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from keel.contracts import Message, ToolCall
+from keel.contracts import ApprovalDecision, Budgets, ClientTool, Message, ToolCall, ToolResultSubmission
 
 MAX_TEXT = 100_000
 MAX_CONTEXT_BYTES = 20_000
@@ -21,6 +21,25 @@ class UIMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
     # Parts stay loosely typed: the AI SDK adds part types over time and unknown ones are skipped.
     parts: list[dict[str, Any]] = Field(max_length=1_000)
+
+
+class RequestBudgets(BaseModel):
+    """Limits for this run; each can only lower the purpose's own."""
+
+    max_steps: int | None = Field(None, ge=1, le=100)
+    max_tokens: int | None = Field(None, ge=1)
+    max_cost_usd: float | None = Field(None, gt=0)
+    max_duration_s: float | None = Field(None, gt=0)
+
+
+class ClientToolDeclaration(BaseModel):
+    """A tool the frontend runs itself. `parameters` (or the AI SDK's `inputSchema`) is a JSON schema."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = Field("", max_length=2000)
+    parameters: dict[str, Any] | None = None
+    inputSchema: dict[str, Any] | None = None  # noqa: N815 (the AI SDK's spelling)
+    outputSchema: dict[str, Any] | None = None  # noqa: N815
 
 
 class ChatRequest(BaseModel):
@@ -36,6 +55,35 @@ class ChatRequest(BaseModel):
     max_steps: int | None = Field(
         None, ge=1, le=100, description="Lower the purpose's step limit for this run"
     )
+    budgets: RequestBudgets | None = Field(None, description="Lower the purpose's budgets for this run")
+    stop_after_tool_calls: dict[str, int] | None = Field(
+        None,
+        description="stopWhen: end the run once a tool was called this many times, e.g. {'publish_package': 1}",
+    )
+    tools: list[ClientToolDeclaration] | None = Field(
+        None, max_length=64, description="Client-side tools the frontend runs itself"
+    )
+
+    def requested_budgets(self) -> Budgets | None:
+        requested = self.budgets or RequestBudgets()
+        if self.max_steps is not None:
+            requested = requested.model_copy(update={"max_steps": self.max_steps})
+        if requested == RequestBudgets():
+            return None
+        fields = requested.model_dump()
+        # The purpose's step limit stands unless the request lowers it.
+        return Budgets(**{**fields, "max_steps": fields["max_steps"] or 1_000_000})
+
+    def client_tools(self) -> list[ClientTool]:
+        return [
+            ClientTool(
+                name=t.name,
+                description=t.description,
+                parameters=t.parameters or t.inputSchema or {"type": "object", "properties": {}},
+                output_schema=t.outputSchema,
+            )
+            for t in self.tools or []
+        ]
 
 
 class BadChatRequest(ValueError):
@@ -83,7 +131,7 @@ def _assistant_messages(ui: UIMessage) -> list[Message]:
             continue
         state = part.get("state")
         if state not in ("output-available", "output-error"):
-            continue  # a call without a result can't be replayed to a model
+            continue  # a call without a result (or only an approval) can't be replayed to a model
         name = kind.removeprefix("tool-")
         arguments = part.get("input") if isinstance(part.get("input"), dict) else {}
         calls.append(ToolCall(id=str(part["toolCallId"]), name=name, arguments=arguments))
@@ -102,3 +150,35 @@ def _assistant_messages(ui: UIMessage) -> list[Message]:
     if not text and not calls:
         return []
     return [Message(role="assistant", content=text, tool_calls=calls), *results]
+
+
+def pending_answers(ui: UIMessage) -> tuple[list[ApprovalDecision], list[ToolResultSubmission]]:
+    """What an assistant message resubmitted by the AI SDK answers: approval responses and tool results."""
+    approvals: list[ApprovalDecision] = []
+    results: list[ToolResultSubmission] = []
+    for part in ui.parts:
+        kind, call_id = part.get("type", ""), part.get("toolCallId")
+        if not (isinstance(kind, str) and kind.startswith("tool-") and isinstance(call_id, str)):
+            continue
+        state, approval = part.get("state"), part.get("approval")
+        if (
+            state == "approval-responded"
+            and isinstance(approval, dict)
+            and isinstance(approval.get("approved"), bool)
+        ):
+            reason = approval.get("reason")
+            approvals.append(
+                ApprovalDecision(
+                    tool_call_id=call_id,
+                    approved=approval["approved"],
+                    reason=reason if isinstance(reason, str) else None,
+                    approver="chat",
+                )
+            )
+        elif state == "output-available":
+            results.append(ToolResultSubmission(tool_call_id=call_id, output=part.get("output")))
+        elif state == "output-error":
+            results.append(
+                ToolResultSubmission(tool_call_id=call_id, error=str(part.get("errorText") or "failed"))
+            )
+    return approvals, results

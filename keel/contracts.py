@@ -8,6 +8,7 @@ Message bodies and tool results never travel through workflow history. Activitie
 PostgreSQL under (agent_run_id, seq) and the workflow passes those sequence numbers around instead.
 """
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -17,19 +18,49 @@ from pydantic import BaseModel, Field
 WORKFLOW_TYPE = "AgentRun"
 CALL_LLM = "call_llm"
 RUN_TOOL = "run_tool"
+SAVE_MESSAGE = "save_message"
 STATE_QUERY = "state"
 EVENTS_QUERY = "events"
+# Signals: fixed names, usable from `temporal workflow signal` and the Web UI.
+APPROVAL_SIGNAL = "approval"
+ANSWER_SIGNAL = "answer"
+CANCEL_SIGNAL = "cancel"
+TOOL_RESULT_SIGNAL = "tool_result"
+# Double texting with the `enqueue` policy: the active run hears which run waits for it, and tells it when
+# it is done.
+QUEUE_NEXT_SIGNAL = "queue_next"
+PREVIOUS_DONE_SIGNAL = "previous_run_finished"
+# Updates: the same decisions, for the gateway, which needs to know at once whether one was accepted.
+APPROVAL_UPDATE = "decide_approval"
+ANSWER_UPDATE = "submit_answer"
+TOOL_RESULT_UPDATE = "submit_tool_result"
+# The built-in tool through which a model asks the user a question; the workflow handles it itself.
+ASK_USER_TOOL = "ask_user"
 
 
 class RunStatus(StrEnum):
     running = "running"
+    waiting_for_approval = "waiting_for_approval"
+    waiting_for_input = "waiting_for_input"
+    waiting_for_tool_result = "waiting_for_tool_result"
     completed = "completed"
     failed = "failed"
+    cancelled = "cancelled"
     step_limit = "step_limit"
+    budget_exceeded = "budget_exceeded"
+    needs_input = "needs_input"
 
     @property
     def is_final(self) -> bool:
-        return self is not RunStatus.running
+        return self not in _ACTIVE
+
+
+_ACTIVE = {
+    RunStatus.running,
+    RunStatus.waiting_for_approval,
+    RunStatus.waiting_for_input,
+    RunStatus.waiting_for_tool_result,
+}
 
 
 class Usage(BaseModel):
@@ -39,6 +70,10 @@ class Usage(BaseModel):
     cost_usd: float = 0.0
     # Calls whose route has no price: their cost is missing from cost_usd, which is then a lower bound.
     unpriced_calls: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(
@@ -81,13 +116,35 @@ class ToolSpec(BaseModel):
     parameters: dict[str, Any]
 
 
+class ClientTool(ToolSpec):
+    """A tool the frontend declares and runs itself; the run waits for its result."""
+
+    output_schema: dict[str, Any] | None = None
+
+
+class Budgets(BaseModel):
+    """Limits on one run; None means no limit. A run that reaches one ends with a status naming it."""
+
+    max_steps: int = Field(10, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_cost_usd: float | None = Field(None, gt=0)
+    max_duration_s: float | None = Field(None, gt=0)
+
+
 class PurposeSpec(BaseModel):
     """A snapshot of a purpose taken when the run starts, so editing a purpose never changes a live run."""
 
     slug: str
     model: str
     tools: list[str]
-    step_limit: int
+    budgets: Budgets = Budgets()
+    # How long a tool call waits for a person's approval before it counts as denied.
+    approval_timeout_s: float = 3600
+    # Whether the run may pause for the user's answer when the model asks (ask_user); if not, the run
+    # ends with status needs_input.
+    allow_questions: bool = True
+    # stopWhen: end the run once a tool has been called this many times (like the AI SDK's hasToolCall).
+    stop_after_tool_calls: dict[str, int] = Field(default_factory=dict)
 
 
 class AgentRunInput(BaseModel):
@@ -96,8 +153,11 @@ class AgentRunInput(BaseModel):
     agent_run_id: str
     purpose: PurposeSpec
     message_count: int
-    max_steps: int
     chat_id: str | None = None
+    user_id: str | None = None
+    client_tools: list[ClientTool] = Field(default_factory=list)
+    # Set when this run was queued behind the chat's active run; it starts once that one finishes.
+    queued_behind: str | None = None
     # A short preview of the user's request, for people reading the run in the Temporal Web UI.
     input_summary: str = ""
 
@@ -107,8 +167,19 @@ class LlmStepInput(BaseModel):
     step: int
     model: str
     tools: list[str]
+    client_tools: list[ToolSpec] = Field(default_factory=list)
     # The model sees messages with seq < reply_seq and its reply is stored at reply_seq.
     reply_seq: int
+
+
+class ToolPolicy(BaseModel):
+    """How the workflow must treat one tool call, decided by the tool's own declaration."""
+
+    needs_approval: bool = False
+    max_calls_per_run: int | None = None
+    # worker: run_tool runs it; workflow: built in (ask_user); client: the frontend runs it;
+    # nobody: the run doesn't offer a tool of that name, and the model is told so.
+    handled_by: Literal["worker", "workflow", "client", "nobody"] = "worker"
 
 
 class LlmStepResult(BaseModel):
@@ -121,6 +192,9 @@ class LlmStepResult(BaseModel):
     model: str
     # The provider's id for the request (its request-id header), for support tickets and log searches.
     request_id: str | None = None
+    # Per tool_call_id. Approval predicates are code next to the tool, so the activity evaluates them
+    # and history records the verdict, which keeps replays deterministic.
+    policies: dict[str, ToolPolicy] = Field(default_factory=dict)
 
 
 class ToolInput(BaseModel):
@@ -135,6 +209,74 @@ class ToolOutcome(BaseModel):
     tool_call_id: str
     result_seq: int
     is_error: bool
+    denied: bool = False
+
+
+class SaveMessageInput(BaseModel):
+    """A tool result the workflow produced itself (a denial, an answer, a client tool's output)."""
+
+    agent_run_id: str
+    seq: int
+    message: Message
+    # For a client tool's output: checked against this schema before it reaches the model.
+    output_schema: dict[str, Any] | None = None
+
+
+# --- Signal and update payloads ---
+
+
+class ApprovalDecision(BaseModel):
+    tool_call_id: str
+    approved: bool
+    reason: str | None = None
+    # Who decided. The gateway sets the authenticated user; a CLI signal may name anyone.
+    approver: str | None = None
+
+
+class UserAnswer(BaseModel):
+    text: str = Field(min_length=1)
+
+
+class CancelRequest(BaseModel):
+    reason: str | None = None
+
+
+class QueuedRun(BaseModel):
+    agent_run_id: str
+
+
+class ToolResultSubmission(BaseModel):
+    tool_call_id: str
+    output: Any = None
+    # Set when the client's tool failed; the model sees this text as the error.
+    error: str | None = None
+
+
+class ApprovalRecord(BaseModel):
+    """The audit trail of one approval: what was asked, who decided what and when."""
+
+    tool_call_id: str
+    tool_name: str
+    arguments: dict[str, Any]
+    arguments_sha256: str
+    requested_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None = None
+    approved: bool | None = None
+    reason: str | None = None
+    approver: str | None = None
+    expired: bool = False
+
+
+class PendingQuestion(BaseModel):
+    tool_call_id: str
+    question: str
+
+
+class PendingToolResult(BaseModel):
+    tool_call_id: str
+    tool_name: str
+    arguments: dict[str, Any]
 
 
 # --- Run events: the one family of progress events, numbered per run by `seq` (1, 2, 3, ...). ---
@@ -163,7 +305,7 @@ class ToolCallRequested(BaseModel):
 
 
 class ToolResultReady(BaseModel):
-    """A tool finished; its result is the message stored at `message_seq`."""
+    """A tool finished (or was denied); its result is the message stored at `message_seq`."""
 
     type: Literal["tool_result"] = "tool_result"
     seq: int
@@ -171,6 +313,41 @@ class ToolResultReady(BaseModel):
     tool_call_id: str
     message_seq: int
     is_error: bool
+    denied: bool = False
+
+
+class ApprovalRequested(BaseModel):
+    type: Literal["approval_requested"] = "approval_requested"
+    seq: int
+    step: int
+    tool_call_id: str
+    expires_at: datetime
+
+
+class ApprovalDecided(BaseModel):
+    type: Literal["approval_decided"] = "approval_decided"
+    seq: int
+    step: int
+    tool_call_id: str
+    approved: bool
+    expired: bool = False
+
+
+class QuestionAsked(BaseModel):
+    type: Literal["question_asked"] = "question_asked"
+    seq: int
+    step: int
+    tool_call_id: str
+    question: str
+
+
+class ClientToolRequested(BaseModel):
+    """The run waits for the frontend to run this tool call and send its result."""
+
+    type: Literal["client_tool_requested"] = "client_tool_requested"
+    seq: int
+    step: int
+    tool_call_id: str
 
 
 class StepFinished(BaseModel):
@@ -185,12 +362,32 @@ class RunFinished(BaseModel):
     status: RunStatus
     # Why the run ended when it is not a plain completion, in words a person can act on.
     detail: str | None = None
+    # A model reply cut short by cancellation: whatever text it had written is stored here.
+    partial_message_seq: int | None = None
 
 
 RunEvent = Annotated[
-    StepStarted | TextProduced | ToolCallRequested | ToolResultReady | StepFinished | RunFinished,
+    StepStarted
+    | TextProduced
+    | ToolCallRequested
+    | ToolResultReady
+    | ApprovalRequested
+    | ApprovalDecided
+    | QuestionAsked
+    | ClientToolRequested
+    | StepFinished
+    | RunFinished,
     Field(discriminator="type"),
 ]
+# Events after which the run waits for someone outside it.
+WAITING_EVENTS = (ApprovalRequested, QuestionAsked, ClientToolRequested)
+
+
+class BudgetsLeft(BaseModel):
+    steps: int
+    tokens: int | None = None
+    cost_usd: float | None = None
+    seconds: float | None = None
 
 
 class RunState(BaseModel):
@@ -201,7 +398,15 @@ class RunState(BaseModel):
     model: str
     status: RunStatus
     step: int
-    max_steps: int
+    budgets: Budgets
+    budgets_left: BudgetsLeft
     usage: Usage
     last_event_seq: int
+    started_at: datetime
+    chat_id: str | None = None
+    user_id: str | None = None
     detail: str | None = None
+    pending_approvals: list[ApprovalRecord] = Field(default_factory=list)
+    pending_question: PendingQuestion | None = None
+    pending_tool_results: list[PendingToolResult] = Field(default_factory=list)
+    approvals: list[ApprovalRecord] = Field(default_factory=list)

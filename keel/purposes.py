@@ -5,9 +5,9 @@ takes a `PurposeSpec` snapshot into the workflow input and stores the system pro
 first message, so a run keeps the purpose it started with.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from keel.contracts import PurposeSpec
+from keel.contracts import ASK_USER_TOOL, Budgets, PurposeSpec
 
 DEFAULT_STEP_LIMIT = 10
 
@@ -18,17 +18,40 @@ class Purpose:
     title: str
     system_prompt: str
     tools: tuple[str, ...]
-    step_limit: int = DEFAULT_STEP_LIMIT
+    budgets: Budgets = field(default_factory=lambda: Budgets(max_steps=DEFAULT_STEP_LIMIT))
     # A `provider:model` route; None means the KEEL_MODEL default.
     model: str | None = None
+    approval_timeout_s: float = 3600
+    # When the model asks the user something: wait for the answer, or end the run as needs_input.
+    allow_questions: bool = True
+    stop_after_tool_calls: dict[str, int] = field(default_factory=dict)
 
-    def spec(self, default_model: str) -> PurposeSpec:
+    def spec(self, default_model: str, budgets: Budgets | None = None) -> PurposeSpec:
+        """The snapshot a run starts with; `budgets` may only lower the purpose's own limits."""
         return PurposeSpec(
             slug=self.slug,
             model=self.model or default_model,
-            tools=list(self.tools),
-            step_limit=self.step_limit,
+            # ask_user is built in: every purpose can ask, and allow_questions decides what happens.
+            tools=[*self.tools, ASK_USER_TOOL],
+            budgets=tighter(self.budgets, budgets) if budgets else self.budgets,
+            approval_timeout_s=self.approval_timeout_s,
+            allow_questions=self.allow_questions,
+            stop_after_tool_calls=dict(self.stop_after_tool_calls),
         )
+
+
+def tighter(limits: Budgets, requested: Budgets) -> Budgets:
+    """Each limit is the smaller of the purpose's and the request's (None = no limit)."""
+
+    def pick(a: float | None, b: float | None) -> float | None:
+        return b if a is None else a if b is None else min(a, b)
+
+    return Budgets(
+        max_steps=min(limits.max_steps, requested.max_steps),
+        max_tokens=pick(limits.max_tokens, requested.max_tokens),
+        max_cost_usd=pick(limits.max_cost_usd, requested.max_cost_usd),
+        max_duration_s=pick(limits.max_duration_s, requested.max_duration_s),
+    )
 
 
 PURPOSES: dict[str, Purpose] = {
@@ -41,7 +64,7 @@ PURPOSES: dict[str, Purpose] = {
                 "You are a helpful assistant. Use the calculator for arithmetic and the clock for the "
                 "current date and time; answer briefly."
             ),
-            tools=("calculate", "current_time"),
+            tools=("calculate", "current_time", "wait"),
         ),
         Purpose(
             slug="learnpack-lesson-writer",
@@ -51,6 +74,8 @@ PURPOSES: dict[str, Purpose] = {
                 "Markdown, and publish the package only when the user asks for it."
             ),
             tools=("plan_syllabus", "generate_markdown", "publish_package"),
+            # Lessons are written in one go: a run that needs an answer ends as needs_input instead of waiting.
+            allow_questions=False,
         ),
     )
 }

@@ -1,6 +1,7 @@
 """Model routes: which provider and model answers, written as one string.
 
     scripted                          the offline stand-in
+    scripted:slow                     the same, writing five chunks a second
     openai:gpt-4o-mini                OpenAI's Chat Completions API (OPENAI_API_KEY, OPENAI_BASE_URL)
     anthropic:claude-sonnet-4-5       Anthropic's Messages API (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL)
     local:llama3.1:8b                 any OpenAI-compatible server at KEEL_LOCAL_BASE_URL
@@ -58,6 +59,8 @@ def parse_route(text: str) -> Route:
                 f"model route {text!r}: unknown option {option!r}; the one option is tools=native|json"
             )
         tool_mode = "json" if value.strip() == "json" else "native"
+    if provider == "scripted" and model not in ("", "slow"):
+        raise RouteError(f"model route {text!r}: the scripted model is `scripted` or `scripted:slow`")
     if provider == "scripted" and tool_mode == "json":
         raise RouteError(f"model route {text!r}: the scripted model has no json tool mode")
     return Route(provider, model, tool_mode)

@@ -3,6 +3,7 @@
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +24,10 @@ class Settings(BaseSettings):
     task_queue: str = Field("agent-runs", validation_alias="KEEL_TASK_QUEUE")
     model: str = Field("scripted", validation_alias="KEEL_MODEL")
     log_level: str = Field("INFO", validation_alias="KEEL_LOG_LEVEL")
+    # A new message on a chat whose run is still active: reject it (409), queue it, or cancel the run.
+    double_texting: Literal["reject", "enqueue", "interrupt"] = Field(
+        "reject", validation_alias="KEEL_DOUBLE_TEXTING"
+    )
     # Model providers. API keys are not settings: each SDK reads its own from the worker's environment, so
     # they never sit in an object that could be logged or passed around.
     openai_base_url: str | None = Field(None, validation_alias="OPENAI_BASE_URL")

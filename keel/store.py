@@ -101,6 +101,26 @@ class RunStore:
         )
         return {r["seq"]: Message.model_validate(r["body"]) for r in rows}
 
+    async def record_chat_run(self, chat_id: str, agent_run_id: str) -> None:
+        await self.pool.execute(
+            "INSERT INTO chat_runs (chat_id, agent_run_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            chat_id,
+            agent_run_id,
+        )
+
+    async def chat_runs(self, chat_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT agent_run_id, started_at FROM chat_runs WHERE chat_id = $1 ORDER BY started_at DESC LIMIT $2",
+            chat_id,
+            limit,
+        )
+        return [dict(r) for r in rows]
+
+    async def latest_chat_run(self, chat_id: str) -> str | None:
+        return await self.pool.fetchval(
+            "SELECT agent_run_id FROM chat_runs WHERE chat_id = $1 ORDER BY started_at DESC LIMIT 1", chat_id
+        )
+
 
 def _body(message: Message) -> dict[str, Any]:
     return message.model_dump(mode="json", exclude_defaults=True)

@@ -106,6 +106,32 @@ def keel(
         stop_process_group(worker)
 
 
+EXTRA_GATEWAYS = {
+    "enqueue": {"KEEL_DOUBLE_TEXTING": "enqueue"},
+    "interrupt": {"KEEL_DOUBLE_TEXTING": "interrupt"},
+    "slow": {"KEEL_MODEL": "scripted:slow"},
+}
+
+
+@pytest.fixture(scope="session")
+def gateways(keel: Keel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """More gateways on the same worker, configured differently: name -> base URL (see EXTRA_GATEWAYS)."""
+    base = tmp_path_factory.mktemp("gateways")
+    started: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    try:
+        for name, overrides in EXTRA_GATEWAYS.items():
+            port, log = free_port(), base / f"gateway-{name}.log"
+            url = f"http://127.0.0.1:{port}"
+            env = {**keel.env, "KEEL_PORT": str(port), **overrides}
+            started[name] = (_spawn([sys.executable, "-m", "api"], env, log), url)
+        for name, (proc, url) in started.items():
+            _wait_for(f"{name} gateway", lambda url=url: _healthy(url), proc, base / f"gateway-{name}.log")
+        yield {name: url for name, (_, url) in started.items()}
+    finally:
+        for proc, _ in started.values():
+            stop_process_group(proc)
+
+
 @pytest.fixture(scope="session")
 async def temporal(temporal_server: TemporalDevServer, keel: Keel) -> Client:
     return await connect_temporal(keel.settings())

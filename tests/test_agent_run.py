@@ -1,14 +1,11 @@
 """An agent run, end to end: gateway -> Temporal -> worker -> PostgreSQL -> SSE back to the client."""
 
-import json
-
 import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from activities.models.scripted import DISCLAIMER
-from tests.conftest import Keel
-from tests.ui_stream import chat, chat_body, user_message
+from tests.ui_stream import chat, chat_body
 
 LESSON = "plan and write a lesson on recursion"
 
@@ -57,74 +54,18 @@ async def test_step_limit_ends_the_run_cleanly(http: httpx.AsyncClient, temporal
     stream = await chat(http, chat_body(LESSON, purpose="learnpack-lesson-writer", max_steps=1))
 
     assert stream.tool_names == ["plan_syllabus"]
-    assert stream.text == ""
+    # The run ends with a final message saying why, not with an error.
+    assert stream.text == "[step_limit] stopped after 1 steps (the step limit) with tool calls still pending"
     assert stream.run_status == "step_limit"
     assert stream.of_type("finish")[0]["finishReason"] == "other"
     assert not stream.of_type("error")
     run_id = stream.response.headers["x-agent-run-id"]
     state = (await http.get(f"/api/runs/{run_id}")).json()
-    assert (state["status"], state["step"], state["max_steps"]) == ("step_limit", 1, 1)
+    assert (state["status"], state["step"], state["budgets"]["max_steps"]) == ("step_limit", 1, 1)
     assert "step limit" in state["detail"]
     # Hitting the limit is an outcome, not a crash: the workflow itself completed.
     description = await temporal.get_workflow_handle(run_id).describe()
     assert description.status == WorkflowExecutionStatus.COMPLETED
-
-
-async def test_publishing_writes_the_package_once(http: httpx.AsyncClient, keel: Keel) -> None:
-    stream = await chat(
-        http, chat_body("plan, write and publish a lesson on tail calls", purpose="learnpack-lesson-writer")
-    )
-
-    assert stream.tool_names == ["plan_syllabus", "generate_markdown", "publish_package"]
-    published = stream.of_type("tool-output-available")[-1]["output"]
-    folder = keel.data_dir / "packages" / "learn-tail-calls"
-    assert published["slug"] == "learn-tail-calls"
-    assert (folder / "README.md").read_text().startswith("# Learn tail calls\n")
-    assert (
-        json.loads((folder / "learn.json").read_text())["agent_run_id"]
-        == stream.response.headers["x-agent-run-id"]
-    )
-
-
-async def test_a_later_turn_uses_the_chat_history(http: httpx.AsyncClient, keel: Keel) -> None:
-    first = await chat(
-        http, chat_body("plan and write a lesson on closures", purpose="learnpack-lesson-writer")
-    )
-    # What useChat sends next: the history, with the assistant's tool parts as the client assembled them.
-    assistant = {
-        "id": "a1",
-        "role": "assistant",
-        "parts": [
-            {
-                "type": f"tool-{call['toolName']}",
-                "toolCallId": call["toolCallId"],
-                "state": "output-available",
-                "input": call["input"],
-                "output": result["output"],
-            }
-            for call, result in zip(
-                first.of_type("tool-input-available"), first.of_type("tool-output-available"), strict=True
-            )
-        ]
-        + [{"type": "text", "text": first.text}],
-    }
-    body = {
-        "id": "chat-closures",
-        "purpose": "learnpack-lesson-writer",
-        "messages": [
-            user_message("plan and write a lesson on closures"),
-            assistant,
-            user_message("publish it", "m2"),
-        ],
-    }
-
-    second = await chat(http, body)
-
-    assert second.tool_names == ["publish_package"]
-    call = second.of_type("tool-input-available")[0]
-    assert call["input"]["title"] == "Learn closures"
-    assert call["toolCallId"] == "call_3"  # ids continue from the earlier turn's calls
-    assert (keel.data_dir / "packages" / "learn-closures" / "README.md").exists()
 
 
 async def test_plain_message_gets_one_step_with_text(http: httpx.AsyncClient) -> None:

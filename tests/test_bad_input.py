@@ -30,7 +30,18 @@ BAD_BODIES: dict[str, tuple[Any, int, str]] = {
             ],
         },
         400,
-        "last message must be a user message",
+        "does not name a run to continue",
+    ),
+    "assistant message answering an unknown run": (
+        {
+            **GOOD,
+            "messages": [
+                user_message("hi"),
+                {"id": "run-00000000-0000-0000-0000-000000000000", "role": "assistant", "parts": []},
+            ],
+        },
+        404,
+        "no run",
     ),
     "user message without text": (
         {**GOOD, "messages": [{"id": "m", "role": "user", "parts": [{"type": "file", "url": "x"}]}]},

@@ -2,10 +2,12 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+import keel.store
 from keel.contracts import Message
 from keel.stack import EmbeddedPostgres
 from keel.store import RunStore, create_pool, migrate
@@ -18,18 +20,28 @@ async def pool(postgres: EmbeddedPostgres) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-async def test_migrations_are_safe_to_run_again_and_at_once(
-    postgres: EmbeddedPostgres, pool: asyncpg.Pool
+async def test_migrations_apply_once_when_processes_start_together(
+    pool: asyncpg.Pool, postgres: EmbeddedPostgres
 ) -> None:
-    pools = [await asyncpg.create_pool(postgres.uri, min_size=1, max_size=1) for _ in range(3)]
+    await pool.execute("DROP DATABASE IF EXISTS migration_race")
+    await pool.execute("CREATE DATABASE migration_race")
+    uri = postgres.uri.replace("/postgres?", "/migration_race?")
+    pools = [await asyncpg.create_pool(uri, min_size=1, max_size=1) for _ in range(3)]
     try:
         applied = await asyncio.gather(*(migrate(p) for p in pools))
+        again = await migrate(pools[0])
+        versions = [
+            r["version"] for r in await pools[0].fetch("SELECT version FROM schema_migrations ORDER BY 1")
+        ]
     finally:
         for p in pools:
             await p.close()
-    assert applied == [[], [], []]  # already applied by the fixture's create_pool
-    versions = [r["version"] for r in await pool.fetch("SELECT version FROM schema_migrations")]
-    assert versions == ["0001_run_messages"]
+    expected = sorted(f.stem for f in (Path(keel.store.__file__).parent / "migrations").glob("*.sql"))
+    # Exactly one of the three applied each migration, in order; running again applies nothing.
+    assert sorted(v for names in applied for v in names) == expected
+    assert [names for names in applied if names] == [expected]
+    assert again == []
+    assert versions == expected
 
 
 async def test_rewriting_a_message_updates_it_in_place(pool: asyncpg.Pool) -> None:

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from activities.agent import _policy
 from activities.tools import TOOLS, ToolContext, ToolError
+from keel.contracts import ToolCall, ToolPolicy
 from keel.purposes import PURPOSES
 
 
@@ -74,3 +76,16 @@ async def test_publishing_twice_leaves_one_package(tmp_path: Path) -> None:
         result = await publish.invoke({"title": "Learn X", "markdown": "# X\n"}, ctx(tmp_path))
     assert sorted(p.name for p in (tmp_path / "packages").iterdir()) == ["learn-x"]
     assert sorted(p.name for p in Path(result["path"]).iterdir()) == ["README.md", "learn.json"]
+
+
+def test_a_tool_the_run_does_not_offer_never_runs() -> None:
+    # A model may name any registered tool (json mode makes it easy): outside the run's tools it gets an
+    # error result instead of running, so publish_package can't slip past its approval under `assistant`.
+    call = ToolCall(id="call_1", name="publish_package", arguments={"title": "x", "markdown": "y"})
+    assert _policy(call, server_tools={"calculate"}, client_tools=set()).handled_by == "nobody"
+    assert _policy(call, server_tools={"publish_package"}, client_tools=set()).needs_approval
+
+
+def test_a_broken_call_skips_its_approval_predicate() -> None:
+    call = ToolCall(id="call_1", name="wait", arguments={}, arguments_error="not JSON")
+    assert _policy(call, server_tools={"wait"}, client_tools=set()) == ToolPolicy()

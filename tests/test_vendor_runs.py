@@ -14,7 +14,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from keel.contracts import WORKFLOW_TYPE, AgentRunInput, LlmStepResult, Message, RunState
+from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Budgets, LlmStepResult, Message, RunState
 from keel.purposes import get_purpose
 from keel.store import RunStore
 from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, VendorWorker
@@ -23,16 +23,21 @@ pytestmark = pytest.mark.usefixtures("vendor_worker")
 
 
 async def run(
-    temporal: Client, store: RunStore, worker: VendorWorker, route: str, text: str
+    temporal: Client,
+    store: RunStore,
+    worker: VendorWorker,
+    route: str,
+    text: str,
+    budgets: Budgets | None = None,
 ) -> tuple[RunState, WorkflowHandle]:
     purpose = get_purpose("assistant")
-    spec = purpose.spec(route)
+    spec = purpose.spec(route, budgets)
     run_id = f"run-{uuid.uuid4()}"
     messages = [Message(role="system", content=purpose.system_prompt), Message(role="user", content=text)]
     await store.put_messages(run_id, 0, messages)
     handle = await temporal.start_workflow(
         WORKFLOW_TYPE,
-        AgentRunInput(agent_run_id=run_id, purpose=spec, message_count=len(messages), max_steps=10),
+        AgentRunInput(agent_run_id=run_id, purpose=spec, message_count=len(messages)),
         id=run_id,
         task_queue=worker.task_queue,
         result_type=RunState,
@@ -80,6 +85,20 @@ async def test_an_agent_run_with_tools_end_to_end(
     # Cost per call, summed per run by the workflow.
     assert state.usage.cost_usd == pytest.approx(sum(r.usage.cost_usd for r, _, _ in steps))
     assert (state.usage.cost_usd > 0) == (not route.startswith("local"))
+
+
+async def test_the_cost_budget_ends_a_run_gracefully(
+    temporal: Client, store: RunStore, vendor_worker: VendorWorker
+) -> None:
+    # The first step (a priced gpt-4o-mini call) costs more than a millionth of a dollar.
+    state, handle = await run(
+        temporal, store, vendor_worker, "openai:gpt-4o-mini", "calculate 2 + 3", Budgets(max_cost_usd=1e-6)
+    )
+
+    assert state.status == "budget_exceeded"
+    assert state.step == 1 and state.usage.cost_usd > 1e-6
+    assert state.detail.startswith("the cost budget is used up ($")
+    assert state.budgets_left.cost_usd == 0
 
 
 async def test_a_429_is_retried_after_the_providers_retry_after(

@@ -1,6 +1,7 @@
 """Reading an AI SDK UI message stream the way the AI SDK's client does, strictly."""
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ ALLOWED_FIELDS = {
     "tool-input-available": {"toolCallId", "toolName", "input"},
     "tool-output-available": {"toolCallId", "output"},
     "tool-output-error": {"toolCallId", "errorText"},
+    "tool-approval-request": {"approvalId", "toolCallId"},
+    "tool-output-denied": {"toolCallId"},
     "error": {"errorText"},
 }
 
@@ -58,7 +61,7 @@ def parse(response: httpx.Response) -> UIStream:
     return stream
 
 
-def assert_well_formed(stream: UIStream) -> None:
+def assert_well_formed(stream: UIStream, *, resumed: bool = False) -> None:
     """The rules the AI SDK client enforces, plus Keel's own: one start, one finish, [DONE] last."""
     assert stream.response.headers["content-type"].startswith("text/event-stream")
     assert stream.response.headers["x-vercel-ai-ui-message-stream"] == "v1"
@@ -91,8 +94,13 @@ def assert_well_formed(stream: UIStream) -> None:
                 open_texts.remove(chunk["id"])
         elif kind == "tool-input-available":
             known_calls.add(chunk["toolCallId"])
-        elif kind in ("tool-output-available", "tool-output-error"):
-            assert chunk["toolCallId"] in known_calls, "tool output for an unknown call"
+        elif kind in (
+            "tool-output-available",
+            "tool-output-error",
+            "tool-output-denied",
+            "tool-approval-request",
+        ):
+            assert chunk["toolCallId"] in known_calls or resumed, f"{kind} for an unknown call"
     assert not open_texts and not in_step
 
 
@@ -100,13 +108,57 @@ def user_message(text: str, message_id: str = "m1") -> dict[str, Any]:
     return {"id": message_id, "role": "user", "parts": [{"type": "text", "text": text}]}
 
 
-def chat_body(text: str, chat_id: str = "chat-1", **extra: Any) -> dict[str, Any]:
+def chat_body(text: str, chat_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A first message in a new chat (each call a new chat, unless `chat_id` says otherwise)."""
+    chat_id = chat_id or f"chat-{uuid.uuid4().hex[:12]}"
     return {"id": chat_id, "messages": [user_message(text)], "trigger": "submit-message", **extra}
 
 
 async def chat(http: httpx.AsyncClient, body: dict[str, Any]) -> UIStream:
+    """POST /api/chat and check the stream. A body ending with the assistant's message continues a run,
+    so its stream may speak of tool calls made in the stream before it."""
     response = await http.post("/api/chat", json=body)
     assert response.status_code == 200, response.text
     stream = parse(response)
-    assert_well_formed(stream)
+    assert_well_formed(stream, resumed=body["messages"][-1]["role"] == "assistant")
     return stream
+
+
+def assistant_message(
+    *streams: UIStream, approvals: dict[str, bool] | None = None, outputs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The assistant UI message `useChat` assembles from one or more streams of the same run, with the
+    user's approval responses and client-side tool outputs added, as `addToolApprovalResponse` and
+    `addToolResult` leave it."""
+    approvals, outputs = approvals or {}, outputs or {}
+    parts: list[dict[str, Any]] = []
+    tools: dict[str, dict[str, Any]] = {}
+    for stream in streams:
+        for chunk in stream.chunks:
+            kind = chunk["type"]
+            if kind == "tool-input-available":
+                part = {
+                    "type": f"tool-{chunk['toolName']}",
+                    "toolCallId": chunk["toolCallId"],
+                    "state": "input-available",
+                    "input": chunk["input"],
+                }
+                tools[chunk["toolCallId"]] = part
+                parts.append(part)
+            elif kind == "tool-output-available":
+                tools[chunk["toolCallId"]].update(state="output-available", output=chunk["output"])
+            elif kind == "tool-output-error":
+                tools[chunk["toolCallId"]].update(state="output-error", errorText=chunk["errorText"])
+            elif kind == "tool-output-denied":
+                tools[chunk["toolCallId"]].update(state="output-denied")
+            elif kind == "tool-approval-request":
+                tools[chunk["toolCallId"]].update(
+                    state="approval-requested", approval={"id": chunk["approvalId"]}
+                )
+            elif kind == "text-delta":
+                parts.append({"type": "text", "text": chunk["delta"]})
+    for call_id, approved in approvals.items():
+        tools[call_id].update(state="approval-responded", approval={"id": call_id, "approved": approved})
+    for call_id, output in outputs.items():
+        tools[call_id].update(state="output-available", output=output)
+    return {"id": streams[0].chunks[0]["messageId"], "role": "assistant", "parts": parts}

@@ -4,12 +4,19 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityCancellationType
 
-# An LLM call streams, so it heartbeats: a dead worker or a cancelled run is noticed within the heartbeat
-# timeout instead of the whole start-to-close timeout. Provider outages are retried with backoff.
+# LLM calls and tools heartbeat every second (activities/heartbeat.py): a dead worker is noticed within
+# the heartbeat timeout instead of the whole start-to-close timeout, and a cancelled run stops them at
+# once. Cancellation waits for the activity to finish stopping, so the words written so far are kept.
+_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+_ON_CANCEL = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+
+# Provider outages are retried with backoff.
 CALL_LLM_OPTIONS: dict[str, Any] = {
     "start_to_close_timeout": timedelta(minutes=5),
-    "heartbeat_timeout": timedelta(seconds=30),
+    "heartbeat_timeout": _HEARTBEAT_TIMEOUT,
+    "cancellation_type": _ON_CANCEL,
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1),
         backoff_coefficient=2.0,
@@ -21,12 +28,24 @@ CALL_LLM_OPTIONS: dict[str, Any] = {
 # Tools report their own failures as error results for the model; an exception escaping a tool is
 # unexpected, so it gets a few quick retries and then goes back to the model as an error.
 RUN_TOOL_OPTIONS: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(minutes=2),
+    "start_to_close_timeout": timedelta(minutes=10),
+    "heartbeat_timeout": _HEARTBEAT_TIMEOUT,
+    "cancellation_type": _ON_CANCEL,
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1),
         backoff_coefficient=2.0,
         maximum_interval=timedelta(seconds=10),
         maximum_attempts=3,
+    ),
+}
+
+# Storing a message the workflow produced (a denial, an answer): quick, and retried while PostgreSQL is away.
+SAVE_MESSAGE_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=30),
     ),
 }
 

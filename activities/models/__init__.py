@@ -45,6 +45,9 @@ def resolve_model(
     return chain, route
 
 
+SLOW_SCRIPTED_CHUNK_DELAY = 0.2
+
+
 def provider_for(route: Route, settings: Settings) -> tuple[ChatModel, str]:
     """One route's provider and the model name to send it. Keys come from the worker's environment.
 
@@ -53,7 +56,9 @@ def provider_for(route: Route, settings: Settings) -> tuple[ChatModel, str]:
     model: ChatModel
     if route.provider == "scripted":
         triggers = {name: TOOLS.get(name).triggers for name in TOOLS.names()}
-        return ScriptedModel(triggers), route.model or "scripted"
+        # `scripted:slow` writes five chunks a second: for watching a stream, or cancelling mid-answer.
+        delay = SLOW_SCRIPTED_CHUNK_DELAY if route.model == "slow" else 0.0
+        return ScriptedModel(triggers, chunk_delay=delay), route.model or "scripted"
     if route.provider == "openai":
         from activities.models.openai_chat import OpenAIChatModel
 

@@ -1,6 +1,7 @@
 """Harmless everyday tools for the `assistant` purpose."""
 
 import ast
+import asyncio
 import operator
 from datetime import UTC, datetime
 from typing import Annotated
@@ -67,3 +68,12 @@ def current_time(
         raise ToolError(f"unknown time zone {timezone!r}") from None
     now = datetime.now(UTC).astimezone(zone)
     return {"timezone": timezone, "iso": now.isoformat(timespec="seconds"), "weekday": now.strftime("%A")}
+
+
+@TOOLS.tool(triggers=("wait", "sleep"), approval=lambda arguments: arguments.get("seconds", 0) > 10)
+async def wait(
+    seconds: Annotated[float, Field(gt=0, le=300, description="How long to wait, in seconds")],
+) -> dict[str, float]:
+    """Wait for a while, then say so. Waits longer than 10 seconds need a person's approval."""
+    await asyncio.sleep(seconds)
+    return {"waited_seconds": seconds}

@@ -52,7 +52,7 @@ def _slug(title: str) -> str:
     return slug[:60] or "lesson"
 
 
-@TOOLS.tool(triggers=("publish",), side_effects=True)
+@TOOLS.tool(triggers=("publish",), side_effects=True, approval="always", max_calls_per_run=1)
 def publish_package(
     title: Annotated[str, Field(min_length=1, max_length=200, description="The lesson's title")],
     markdown: Annotated[str, Field(min_length=1, description="The lesson in Markdown")],

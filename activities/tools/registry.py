@@ -5,11 +5,14 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from keel.contracts import ToolSpec
+from keel.contracts import ToolPolicy, ToolSpec
+
+# An approval policy: "never", "always", or a predicate over the call's arguments (True = ask a person).
+ApprovalPolicy = Literal["never", "always"] | Callable[[dict[str, Any]], bool]
 
 
 class ToolError(Exception):
@@ -34,6 +37,24 @@ class Tool:
     # Words in a user's message that make the offline scripted model call this tool.
     triggers: tuple[str, ...]
     side_effects: bool
+    approval: ApprovalPolicy
+    max_calls_per_run: int | None = None
+    # "workflow" for built-ins the workflow answers itself (ask_user): the function never runs.
+    handled_by: Literal["worker", "workflow"] = "worker"
+
+    def policy(self, arguments: dict[str, Any]) -> ToolPolicy:
+        if self.approval in ("always", "never"):
+            needs_approval = self.approval == "always"
+        else:
+            try:
+                needs_approval = bool(self.approval(arguments))
+            except Exception:
+                needs_approval = True  # a predicate that can't decide asks a person
+        return ToolPolicy(
+            needs_approval=needs_approval,
+            max_calls_per_run=self.max_calls_per_run,
+            handled_by=self.handled_by,
+        )
 
     def spec(self) -> ToolSpec:
         schema = self.arguments.model_json_schema()
@@ -66,9 +87,18 @@ class ToolRegistry:
         self._tools: dict[str, Tool] = {}
 
     def tool(
-        self, *, triggers: tuple[str, ...] = (), side_effects: bool = False
+        self,
+        *,
+        triggers: tuple[str, ...] = (),
+        side_effects: bool = False,
+        approval: ApprovalPolicy | None = None,
+        max_calls_per_run: int | None = None,
+        handled_by: Literal["worker", "workflow"] = "worker",
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Register a function as a tool; its name, docstring and signature describe it to the model."""
+        """Register a function as a tool; its name, docstring and signature describe it to the model.
+
+        Side-effecting tools need a person's approval unless they say otherwise (`approval="never"`).
+        """
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
             if fn.__name__ in self._tools:
@@ -80,6 +110,9 @@ class ToolRegistry:
                 arguments=_arguments_model(fn),
                 triggers=triggers,
                 side_effects=side_effects,
+                approval=approval or ("always" if side_effects else "never"),
+                max_calls_per_run=max_calls_per_run,
+                handled_by=handled_by,
             )
             return fn
 

@@ -1,0 +1,222 @@
+"""`POST /api/chat`: start a run, or continue the one waiting for this chat, and stream it.
+
+A body whose last message is the user's starts a new run (subject to the double-texting policy when the
+chat already has an active run). A body whose last message is the assistant's is the AI SDK answering
+that run: approvals (`approval-responded` parts), the user's answer to `ask_user` and client-side tool
+results (`output-available` / `output-error` parts) go to the waiting run, which keeps streaming.
+"""
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from fastapi import APIRouter, HTTPException
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from api.chat_request import BadChatRequest, ChatRequest, pending_answers, to_conversation
+from api.gateway import Gateway, GatewayDep, http_error, is_run_id
+from api.run_stream import ui_chunks
+from keel.contracts import (
+    ANSWER_UPDATE,
+    APPROVAL_UPDATE,
+    CANCEL_SIGNAL,
+    EVENTS_QUERY,
+    PREVIOUS_DONE_SIGNAL,
+    QUEUE_NEXT_SIGNAL,
+    TOOL_RESULT_UPDATE,
+    WAITING_EVENTS,
+    WORKFLOW_TYPE,
+    AgentRunInput,
+    CancelRequest,
+    Message,
+    QueuedRun,
+    RunEvent,
+    RunState,
+    UserAnswer,
+)
+from keel.purposes import UnknownPurpose, get_purpose
+
+log = logging.getLogger("keel.api")
+router = APIRouter(tags=["chat"])
+
+UI_STREAM_HEADERS = {
+    "x-vercel-ai-ui-message-stream": "v1",
+    "x-accel-buffering": "no",
+    "cache-control": "no-cache",
+}
+INTERRUPT_WAIT_SECONDS = 30
+
+
+@router.post("/api/chat", summary="Start an agent run, or answer the waiting one, and stream it")
+async def chat(request: ChatRequest, gw: GatewayDep) -> EventSourceResponse:
+    if request.messages[-1].role == "assistant":
+        agent_run_id, after = await _continue_run(request, gw)
+    else:
+        agent_run_id, after = await _start_run(request, gw), 0
+    return EventSourceResponse(
+        _sse(gw, agent_run_id, after),
+        headers={**UI_STREAM_HEADERS, "x-agent-run-id": agent_run_id},
+        sep="\n",
+    )
+
+
+async def _start_run(request: ChatRequest, gw: Gateway) -> str:
+    try:
+        purpose = get_purpose(request.purpose)
+        conversation = to_conversation(request)
+    except (UnknownPurpose, BadChatRequest) as err:
+        raise HTTPException(400, str(err)) from None
+    spec = purpose.spec(gw.settings.model, request.requested_budgets())
+    if request.stop_after_tool_calls:
+        spec.stop_after_tool_calls.update(request.stop_after_tool_calls)
+    system = [Message(role="system", content=purpose.system_prompt)]
+    if request.context:
+        system.append(Message(role="system", content="Application context:\n" + json.dumps(request.context)))
+    messages = system + conversation
+    queued_behind = await _apply_double_texting(request.id, gw)
+
+    agent_run_id = f"run-{uuid.uuid4()}"
+    summary = _clip(conversation[-1].content, 120)
+    try:
+        await gw.store.put_messages(agent_run_id, 0, messages)
+        await gw.store.record_chat_run(request.id, agent_run_id)
+    except (OSError, asyncpg.PostgresError) as err:
+        raise HTTPException(503, f"PostgreSQL is unavailable, no run was started: {err}") from None
+    try:
+        await gw.temporal.start_workflow(
+            WORKFLOW_TYPE,
+            AgentRunInput(
+                agent_run_id=agent_run_id,
+                purpose=spec,
+                message_count=len(messages),
+                chat_id=request.id,
+                client_tools=request.client_tools(),
+                queued_behind=queued_behind,
+                input_summary=summary,
+            ),
+            id=agent_run_id,
+            task_queue=gw.settings.task_queue,
+            static_summary=f"{purpose.slug}: {summary}",
+        )
+        if queued_behind:
+            await _queue_behind(gw, queued_behind, agent_run_id)
+    except RPCError as err:
+        raise HTTPException(503, f"Temporal is unavailable, no run was started: {err.message}") from None
+    log.info("started run %s (purpose %s, chat %s)", agent_run_id, purpose.slug, request.id)
+    return agent_run_id
+
+
+async def _apply_double_texting(chat_id: str, gw: Gateway) -> str | None:
+    """Returns the run to queue behind, if any; raises 409 under `reject`; cancels under `interrupt`."""
+    active = await _active_run(chat_id, gw)
+    if active is None:
+        return None
+    policy = gw.settings.double_texting
+    if policy == "reject":
+        raise HTTPException(
+            409,
+            f"chat {chat_id!r} already has an active run {active.agent_run_id} ({active.status.value}): "
+            f"answer it, cancel it (POST /api/runs/{active.agent_run_id}/cancel) or wait for it to finish",
+        )
+    if policy == "enqueue":
+        return active.agent_run_id
+    handle = gw.run(active.agent_run_id)
+    await handle.signal(CANCEL_SIGNAL, CancelRequest(reason="interrupted by a new message"))
+    try:
+        await asyncio.wait_for(handle.result(), INTERRUPT_WAIT_SECONDS)
+    except TimeoutError:
+        raise HTTPException(503, f"run {active.agent_run_id} did not stop in time; try again") from None
+    except Exception:  # it ended, one way or another: that is all that matters here
+        pass
+    return None
+
+
+async def _active_run(chat_id: str, gw: Gateway) -> RunState | None:
+    agent_run_id = await gw.store.latest_chat_run(chat_id)
+    if agent_run_id is None:
+        return None
+    try:
+        state = await gw.state(agent_run_id)
+    except HTTPException as err:
+        if err.status_code == 404:
+            return None
+        raise
+    return None if state.status.is_final else state
+
+
+async def _queue_behind(gw: Gateway, active_run_id: str, queued_run_id: str) -> None:
+    try:
+        await gw.run(active_run_id).signal(QUEUE_NEXT_SIGNAL, QueuedRun(agent_run_id=queued_run_id))
+    except RPCError:
+        # It finished in the meantime, so it will not tell the queued run: tell it ourselves.
+        await gw.run(queued_run_id).signal(PREVIOUS_DONE_SIGNAL)
+
+
+async def _continue_run(request: ChatRequest, gw: Gateway) -> tuple[str, int]:
+    """Deliver the client's answers to the run the last assistant message belongs to."""
+    agent_run_id = request.messageId or request.messages[-1].id
+    if not is_run_id(agent_run_id):
+        raise HTTPException(400, "the last message is the assistant's but does not name a run to continue")
+    state = await gw.state(agent_run_id)
+    if state.chat_id != request.id:
+        raise HTTPException(404, f"no run {agent_run_id!r} in chat {request.id!r}")
+    approvals, results = pending_answers(request.messages[-1])
+    handle = gw.run(agent_run_id)
+    events: list[RunEvent] = await handle.query(EVENTS_QUERY, 0, result_type=list[RunEvent])
+    waiting = {e.tool_call_id: e.seq for e in events if isinstance(e, WAITING_EVENTS)}
+    answered = [a.tool_call_id for a in approvals] + [r.tool_call_id for r in results]
+    if not answered:
+        raise HTTPException(
+            400, "the last message answers nothing: no approval response or tool result in it"
+        )
+    for decision in approvals:
+        if any(a.tool_call_id == decision.tool_call_id and a.decided_at for a in state.approvals):
+            continue  # a resubmission of what was already decided: just resume the stream
+        await _deliver(handle, APPROVAL_UPDATE, decision, agent_run_id)
+    for result in results:
+        if state.pending_question and state.pending_question.tool_call_id == result.tool_call_id:
+            text = result.output if isinstance(result.output, str) else json.dumps(result.output)
+            await _deliver(
+                handle, ANSWER_UPDATE, UserAnswer(text=result.error or text or "(no answer)"), agent_run_id
+            )
+        elif any(p.tool_call_id == result.tool_call_id for p in state.pending_tool_results):
+            await _deliver(handle, TOOL_RESULT_UPDATE, result, agent_run_id)
+    # Resume right after the waiting events this message answers; earlier events were already streamed.
+    known = [waiting[call_id] for call_id in answered if call_id in waiting]
+    if not known:
+        raise HTTPException(404, f"run {agent_run_id!r} never waited for {', '.join(answered)}")
+    return agent_run_id, max(known)
+
+
+async def _deliver(handle: WorkflowHandle[Any, Any], update: str, arg: Any, agent_run_id: str) -> None:
+    try:
+        await handle.execute_update(update, arg)
+    except (WorkflowUpdateFailedError, RPCError) as err:
+        raise http_error(err, agent_run_id) from None
+
+
+async def _sse(gw: Gateway, agent_run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    try:
+        async for chunk in ui_chunks(gw.run(agent_run_id), gw.store, agent_run_id, after=after):
+            yield _event(chunk)
+    except (RPCError, OSError, asyncpg.PostgresError, LookupError) as err:
+        # Headers are gone already; the stream itself says what went wrong. The run goes on regardless.
+        log.warning("stream of %s broke: %s", agent_run_id, err)
+        yield _event({"type": "error", "errorText": f"lost the run's progress: {err}"})
+    yield ServerSentEvent("[DONE]", sep="\n")
+
+
+def _event(chunk: dict[str, Any]) -> ServerSentEvent:
+    # Plain "\n" line ends, as the AI SDK's own servers write them.
+    return ServerSentEvent(json.dumps(chunk, separators=(",", ":")), sep="\n")
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

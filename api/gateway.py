@@ -1,0 +1,62 @@
+"""What every route needs: the Temporal client, the store, the settings, and Temporal errors as HTTP ones."""
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from keel.contracts import STATE_QUERY, RunState
+from keel.settings import Settings
+from keel.store import RunStore
+
+_RUN_ID = re.compile(r"^run-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def is_run_id(value: str | None) -> bool:
+    return bool(value and _RUN_ID.match(value))
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    temporal: Client
+    store: RunStore
+
+    def run(self, agent_run_id: str) -> WorkflowHandle[Any, Any]:
+        """A handle on an existing run; malformed ids are 404 like unknown ones, so ids leak nothing."""
+        if not is_run_id(agent_run_id):
+            raise HTTPException(404, f"no run {agent_run_id!r}")
+        return self.temporal.get_workflow_handle(agent_run_id)
+
+    async def state(self, agent_run_id: str) -> RunState:
+        try:
+            return await self.run(agent_run_id).query(STATE_QUERY, result_type=RunState)
+        except RPCError as err:
+            raise http_error(err, agent_run_id) from None
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(_gateway)]
+
+
+def http_error(err: Exception, agent_run_id: str) -> HTTPException:
+    """Temporal's answer to a query, signal or update, as the HTTP status a client can act on."""
+    if isinstance(err, WorkflowUpdateFailedError) and isinstance(err.cause, ApplicationError):
+        status = {"NotFound": 404, "Conflict": 409}.get(err.cause.type or "", 400)
+        return HTTPException(status, err.cause.message)
+    if isinstance(err, RPCError):
+        if err.status == RPCStatusCode.NOT_FOUND:
+            if "completed" in err.message.lower() or "closed" in err.message.lower():
+                return HTTPException(409, f"run {agent_run_id!r} has already finished")
+            return HTTPException(404, f"no run {agent_run_id!r}")
+        if err.status == RPCStatusCode.FAILED_PRECONDITION:
+            return HTTPException(409, f"run {agent_run_id!r} has already finished")
+        return HTTPException(503, f"Temporal could not answer: {err.message}")
+    return HTTPException(503, f"Temporal could not answer: {err}")

@@ -1,0 +1,105 @@
+"""Run state and run control: approve or deny a tool call, answer a question, send a client tool's result,
+cancel. Each is the workflow's update (or signal) of the same name, so the CLI and the Web UI can do the
+same with `temporal workflow signal`."""
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, Field
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from api.gateway import Gateway, GatewayDep, http_error
+from keel.contracts import (
+    ANSWER_UPDATE,
+    APPROVAL_UPDATE,
+    CANCEL_SIGNAL,
+    TOOL_RESULT_UPDATE,
+    ApprovalDecision,
+    ApprovalRecord,
+    CancelRequest,
+    RunState,
+    ToolResultSubmission,
+    UserAnswer,
+)
+
+router = APIRouter(prefix="/api/runs", tags=["runs"])
+
+
+class ApprovalBody(BaseModel):
+    approved: bool
+    reason: str | None = Field(None, max_length=2000)
+
+
+class AnswerBody(BaseModel):
+    text: str = Field(min_length=1, max_length=100_000)
+
+
+class ToolResultBody(BaseModel):
+    output: Any = None
+    error: str | None = Field(None, max_length=100_000, description="Set when the client's tool failed")
+
+
+class CancelBody(BaseModel):
+    reason: str | None = Field(None, max_length=2000)
+
+
+class Accepted(BaseModel):
+    agent_run_id: str
+    status: str
+
+
+class ChatRun(BaseModel):
+    agent_run_id: str
+    started_at: datetime
+
+
+@router.get("", summary="The runs a chat started, newest first")
+async def chat_runs(gw: GatewayDep, chat_id: str = Query(min_length=1, max_length=200)) -> list[ChatRun]:
+    return [ChatRun(**row) for row in await gw.store.chat_runs(chat_id)]
+
+
+@router.get("/{agent_run_id}", summary="A run's state: status, step, usage, budgets, pending approvals")
+async def run_state(agent_run_id: str, gw: GatewayDep) -> RunState:
+    return await gw.state(agent_run_id)
+
+
+@router.post("/{agent_run_id}/approvals/{tool_call_id}", summary="Approve or deny a tool call waiting for it")
+async def decide(agent_run_id: str, tool_call_id: str, body: ApprovalBody, gw: GatewayDep) -> ApprovalRecord:
+    decision = ApprovalDecision(
+        tool_call_id=tool_call_id, approved=body.approved, reason=body.reason, approver="api"
+    )
+    return await _update(gw, agent_run_id, APPROVAL_UPDATE, decision, ApprovalRecord)
+
+
+@router.post("/{agent_run_id}/answer", summary="Answer the question the agent asked")
+async def answer(agent_run_id: str, body: AnswerBody, gw: GatewayDep) -> Accepted:
+    await _update(gw, agent_run_id, ANSWER_UPDATE, UserAnswer(text=body.text), None)
+    return Accepted(agent_run_id=agent_run_id, status="answered")
+
+
+@router.post("/{agent_run_id}/tool-results/{tool_call_id}", summary="The result of a client-side tool call")
+async def tool_result(agent_run_id: str, tool_call_id: str, body: ToolResultBody, gw: GatewayDep) -> Accepted:
+    submission = ToolResultSubmission(tool_call_id=tool_call_id, output=body.output, error=body.error)
+    await _update(gw, agent_run_id, TOOL_RESULT_UPDATE, submission, None)
+    return Accepted(agent_run_id=agent_run_id, status="result received")
+
+
+@router.post("/{agent_run_id}/cancel", status_code=202, summary="Cancel a run; it stops what it is doing")
+async def cancel(agent_run_id: str, gw: GatewayDep, body: CancelBody | None = None) -> Accepted:
+    state = await gw.state(agent_run_id)
+    if state.status.is_final:
+        raise HTTPException(409, f"run {agent_run_id!r} has already finished ({state.status.value})")
+    try:
+        await gw.run(agent_run_id).signal(CANCEL_SIGNAL, CancelRequest(reason=body.reason if body else None))
+    except RPCError as err:
+        raise http_error(err, agent_run_id) from None
+    return Accepted(agent_run_id=agent_run_id, status="cancelling")
+
+
+async def _update(gw: Gateway, agent_run_id: str, name: str, arg: BaseModel, result_type: type | None) -> Any:
+    try:
+        return await gw.run(agent_run_id).execute_update(name, arg, result_type=result_type)
+    except (WorkflowUpdateFailedError, RPCError) as err:
+        raise http_error(err, agent_run_id) from None

