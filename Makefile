@@ -7,11 +7,15 @@ PY := $(VENV)/bin/python
 # Touched after a successful install: pip runs again only when pyproject.toml is newer than this.
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The real AI SDK client (npm packages `ai` 5 and 6) for tests/test_ai_sdk_client.py, in a git-ignored
+# node_modules; npm runs again only when package.json or its lock is newer than this stamp.
+NODE_DIR := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 # What `make dev` uses for its state (same default as keel.settings).
 DATA_DIR := $(or $(KEEL_DATA_DIR),.keel)
 
 .DEFAULT_GOAL := help
-.PHONY: help .venv install dev test lint fmt bench clean reset-data
+.PHONY: help .venv install node-deps dev test lint fmt bench clean reset-data
 
 help:
 	@echo "make dev         install if needed, then run Temporal, PostgreSQL, worker and gateway (Ctrl-C stops all)"
@@ -32,12 +36,24 @@ $(STAMP): pyproject.toml | $(PY)
 
 .venv install: $(STAMP)
 
+$(NODE_STAMP): $(NODE_DIR)/package.json $(wildcard $(NODE_DIR)/package-lock.json)
+	cd $(NODE_DIR) && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+	touch $@
+
+# Without npm the AI SDK client tests skip themselves (and fail under CI=true), saying why.
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory -s $(NODE_STAMP); \
+	else \
+		echo "npm not found: the AI SDK client tests will be skipped"; \
+	fi
+
 dev: $(STAMP)
 	$(PY) -m keel.dev
 
 # pytest exits 5 when it collects no tests; that stays a failure, so CI can't pass with an empty suite.
 # ruff runs first: a lint error fails the suite like a failing test does.
-test: $(STAMP)
+test: $(STAMP) node-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -59,7 +75,7 @@ bench: $(STAMP)
 
 # Keeps $(DATA_DIR) on purpose: it holds your runs, conversations and Temporal history. See reset-data.
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info $(NODE_DIR)/node_modules
 	find . -path ./$(DATA_DIR) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Deletes all local state at once, without asking. Stop `make dev` first: the data dir is in use while it runs.

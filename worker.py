@@ -13,6 +13,7 @@ from datetime import timedelta
 from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
+from keel.deltas import PostgresDeltaChannel
 from keel.settings import Settings, get_settings
 from keel.store import RunStore, create_pool
 from keel.temporal import connect_temporal
@@ -24,7 +25,11 @@ log = logging.getLogger("keel.worker")
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     client = await connect_temporal(settings)
     pool = await create_pool(settings.require_database_url())
-    activities = AgentActivities(store=RunStore(pool), data_dir=settings.data_dir.resolve())
+    activities = AgentActivities(
+        store=RunStore(pool),
+        data_dir=settings.data_dir.resolve(),
+        deltas=PostgresDeltaChannel(pool, batch_window=settings.stream_batch_ms / 1000),
+    )
     worker = Worker(
         client,
         task_queue=settings.task_queue,

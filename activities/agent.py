@@ -30,6 +30,7 @@ from keel.contracts import (
     ToolOutcome,
     ToolPolicy,
 )
+from keel.deltas import NO_DELTAS, DeltaChannel, DeltaWriter
 from keel.store import RunStore
 
 
@@ -37,6 +38,8 @@ from keel.store import RunStore
 class AgentActivities:
     store: RunStore
     data_dir: Path
+    # Where live token deltas go (keel/deltas.py); never through workflow history.
+    deltas: DeltaChannel = NO_DELTAS
 
     @activity.defn(name=CALL_LLM)
     async def call_llm(self, step: LlmStepInput) -> LlmStepResult:
@@ -53,11 +56,13 @@ class AgentActivities:
         text: list[str] = []
         calls: list[ToolCall] = []
         finish: Finish | None = None
+        live = DeltaWriter.for_llm_step(self.deltas, step, activity.info().attempt)
         try:
             async with heartbeating():
                 async for chunk in model.stream(messages=conversation, model=model_name, tools=tools):
                     if isinstance(chunk, TextDelta):
                         text.append(chunk.text)
+                        live.write(chunk.text)
                     elif isinstance(chunk, ToolCall):
                         calls.append(chunk)
                     else:
@@ -68,6 +73,8 @@ class AgentActivities:
                 step.agent_run_id, step.reply_seq, Message(role="assistant", content="".join(text))
             )
             raise
+        finally:
+            await live.close()  # every delta is stored before the workflow hears how this attempt ended
         if finish is None:
             raise ApplicationError(
                 f"{model.provider} ended its answer without finishing it", type="ModelStreamCut"

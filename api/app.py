@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from api import chat, runs
 from api.gateway import Gateway, GatewayDep
+from keel.deltas import PostgresDeltaChannel
 from keel.purposes import PURPOSES
 from keel.settings import Settings, get_settings
 from keel.store import RunStore, create_pool
@@ -26,10 +27,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         temporal = await connect_temporal(settings)
         pool = await create_pool(settings.require_database_url())
-        app.state.gateway = Gateway(settings=settings, temporal=temporal, store=RunStore(pool))
+        deltas = PostgresDeltaChannel(pool, listen_dsn=settings.require_database_url())
+        app.state.gateway = Gateway(settings=settings, temporal=temporal, store=RunStore(pool), deltas=deltas)
         try:
             yield
         finally:
+            await deltas.close()
             await pool.close()
 
     app = FastAPI(

@@ -4,24 +4,27 @@ A body whose last message is the user's starts a new run (subject to the double-
 chat already has an active run). A body whose last message is the assistant's is the AI SDK answering
 that run: approvals (`approval-responded` parts), the user's answer to `ask_user` and client-side tool
 results (`output-available` / `output-error` parts) go to the waiting run, which keeps streaming.
+
+`GET /api/chat/{chat_id}/stream` is the AI SDK's resume (`useChat({resume: true})`): the chat's active
+stream from its start, or 204 when there is none.
 """
 
 import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-from fastapi import APIRouter, HTTPException
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from fastapi import APIRouter, HTTPException, Response
+from sse_starlette import EventSourceResponse
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from api.chat_request import BadChatRequest, ChatRequest, pending_answers, to_conversation
 from api.gateway import Gateway, GatewayDep, http_error, is_run_id
-from api.run_stream import ui_chunks
+from api.run_stream import StreamStart, active_segment, pause_after
+from api.streams import stream_response
 from keel.contracts import (
     ANSWER_UPDATE,
     APPROVAL_UPDATE,
@@ -56,14 +59,32 @@ INTERRUPT_WAIT_SECONDS = 30
 @router.post("/api/chat", summary="Start an agent run, or answer the waiting one, and stream it")
 async def chat(request: ChatRequest, gw: GatewayDep) -> EventSourceResponse:
     if request.messages[-1].role == "assistant":
-        agent_run_id, after = await _continue_run(request, gw)
+        agent_run_id, start = await _continue_run(request, gw)
     else:
-        agent_run_id, after = await _start_run(request, gw), 0
-    return EventSourceResponse(
-        _sse(gw, agent_run_id, after),
-        headers={**UI_STREAM_HEADERS, "x-agent-run-id": agent_run_id},
-        sep="\n",
-    )
+        agent_run_id, start = await _start_run(request, gw), StreamStart()
+    return stream_response(gw, agent_run_id, start=start)
+
+
+@router.get(
+    "/api/chat/{chat_id}/stream",
+    summary="The AI SDK's resume: the chat's active stream from its start, or 204 when there is none",
+    responses={204: {"description": "The chat has no run, or its latest run has finished"}},
+)
+async def resume_chat_stream(chat_id: str, gw: GatewayDep) -> Response:
+    agent_run_id = await gw.store.latest_chat_run(chat_id)
+    if agent_run_id is None:
+        return Response(status_code=204)
+    try:
+        state = await gw.state(agent_run_id)
+    except HTTPException as err:
+        if err.status_code == 404:
+            return Response(status_code=204)
+        raise
+    if state.status.is_final:
+        return Response(status_code=204)
+    # State first, then events: a run that waits has emitted what it waits for.
+    events: list[RunEvent] = await gw.run(agent_run_id).query(EVENTS_QUERY, 0, result_type=list[RunEvent])
+    return stream_response(gw, agent_run_id, start=active_segment(events, waiting=state.status != "running"))
 
 
 async def _start_run(request: ChatRequest, gw: Gateway) -> str:
@@ -158,7 +179,7 @@ async def _queue_behind(gw: Gateway, active_run_id: str, queued_run_id: str) -> 
         await gw.run(queued_run_id).signal(PREVIOUS_DONE_SIGNAL)
 
 
-async def _continue_run(request: ChatRequest, gw: Gateway) -> tuple[str, int]:
+async def _continue_run(request: ChatRequest, gw: Gateway) -> tuple[str, StreamStart]:
     """Deliver the client's answers to the run the last assistant message belongs to."""
     agent_run_id = request.messageId or request.messages[-1].id
     if not is_run_id(agent_run_id):
@@ -176,8 +197,10 @@ async def _continue_run(request: ChatRequest, gw: Gateway) -> tuple[str, int]:
             400, "the last message answers nothing: no approval response or tool result in it"
         )
     for decision in approvals:
-        if any(a.tool_call_id == decision.tool_call_id and a.decided_at for a in state.approvals):
-            continue  # a resubmission of what was already decided: just resume the stream
+        if state.status.is_final or any(
+            a.tool_call_id == decision.tool_call_id and a.decided_at for a in state.approvals
+        ):
+            continue  # decided already, or the run is over: just stream the rest of it
         await _deliver(handle, APPROVAL_UPDATE, decision, agent_run_id)
     for result in results:
         if state.pending_question and state.pending_question.tool_call_id == result.tool_call_id:
@@ -187,11 +210,12 @@ async def _continue_run(request: ChatRequest, gw: Gateway) -> tuple[str, int]:
             )
         elif any(p.tool_call_id == result.tool_call_id for p in state.pending_tool_results):
             await _deliver(handle, TOOL_RESULT_UPDATE, result, agent_run_id)
-    # Resume right after the waiting events this message answers; earlier events were already streamed.
+    # Stream the segment after the pause at the waiting events this message answers; earlier segments
+    # were streamed already.
     known = [waiting[call_id] for call_id in answered if call_id in waiting]
     if not known:
         raise HTTPException(404, f"run {agent_run_id!r} never waited for {', '.join(answered)}")
-    return agent_run_id, max(known)
+    return agent_run_id, StreamStart(after_pause=pause_after(events, max(known)))
 
 
 async def _deliver(handle: WorkflowHandle[Any, Any], update: str, arg: Any, agent_run_id: str) -> None:
@@ -199,22 +223,6 @@ async def _deliver(handle: WorkflowHandle[Any, Any], update: str, arg: Any, agen
         await handle.execute_update(update, arg)
     except (WorkflowUpdateFailedError, RPCError) as err:
         raise http_error(err, agent_run_id) from None
-
-
-async def _sse(gw: Gateway, agent_run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
-    try:
-        async for chunk in ui_chunks(gw.run(agent_run_id), gw.store, agent_run_id, after=after):
-            yield _event(chunk)
-    except (RPCError, OSError, asyncpg.PostgresError, LookupError) as err:
-        # Headers are gone already; the stream itself says what went wrong. The run goes on regardless.
-        log.warning("stream of %s broke: %s", agent_run_id, err)
-        yield _event({"type": "error", "errorText": f"lost the run's progress: {err}"})
-    yield ServerSentEvent("[DONE]", sep="\n")
-
-
-def _event(chunk: dict[str, Any]) -> ServerSentEvent:
-    # Plain "\n" line ends, as the AI SDK's own servers write them.
-    return ServerSentEvent(json.dumps(chunk, separators=(",", ":")), sep="\n")
 
 
 def _clip(text: str, limit: int) -> str:

@@ -10,6 +10,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from keel.contracts import STATE_QUERY, RunState
+from keel.deltas import DeltaChannel
 from keel.settings import Settings
 from keel.store import RunStore
 
@@ -25,6 +26,8 @@ class Gateway:
     settings: Settings
     temporal: Client
     store: RunStore
+    # Live token deltas from the LLM activities (keel/deltas.py).
+    deltas: DeltaChannel
 
     def run(self, agent_run_id: str) -> WorkflowHandle[Any, Any]:
         """A handle on an existing run; malformed ids are 404 like unknown ones, so ids leak nothing."""

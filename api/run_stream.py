@@ -1,12 +1,35 @@
-"""Following a run and speaking the AI SDK's UI message stream protocol.
+"""Following a run and speaking the AI SDK's UI message stream protocol: live, numbered and resumable.
 
-`follow_run` yields a run's new `RunEvent`s as they happen: it long-polls the workflow's history (so it
-wakes when the workflow makes progress, with no fixed polling interval) and then asks the `events` query
-for what is new. `ui_chunks` turns those events into UI message stream chunks.
+A run's stream merges two sources:
+
+- its workflow events (`RunEvent`, numbered by `seq`): `follow_run` long-polls the workflow's history, so it
+  wakes when the workflow makes progress (no fixed polling interval), then asks the `events` query for
+  what is new;
+- the token deltas of each step's LLM call, which never enter history: they come out of band through the
+  run's `DeltaChannel` (keel/deltas.py), live from its notifications and, for whatever a viewer missed,
+  from its log.
+
+`RunStream` turns both into one sequence of chunks that comes out the same every time it is produced: a
+step's deltas sit between its `step_started` event and the event after it, in (attempt, n) order. Each
+chunk's id is `seq * ID_SPAN + i`, the i-th chunk produced after event `seq` (seq 0: the stream's opening),
+so ids only grow and mean the same to every gateway process, before and after a restart: that is what
+makes Last-Event-ID work.
+
+The sequence is cut into segments, each a complete UI message stream (`start` ... `finish`), because the
+AI SDK expects a response to end when the run waits for someone: a segment ends after each group of
+waiting events (approval requests, a question, client-side tool calls; a step emits its group all at
+once), and the next segment begins right after it. A response serves one segment, or the rest of one.
+
+Retries stay clean: each attempt of an LLM call writes its own text part (`text-<seq>`, then
+`text-<seq>-<attempt>`). When a retried attempt begins, the part of the abandoned one is ended and a
+`data-retry` part says so, naming the discarded part; the step's final text only completes the part of
+the attempt that succeeded, never repeats what was streamed.
 """
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType
@@ -14,13 +37,12 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 
 from keel.contracts import (
     EVENTS_QUERY,
-    STATE_QUERY,
     WAITING_EVENTS,
     ApprovalRequested,
     Message,
+    QuestionAsked,
     RunEvent,
     RunFinished,
-    RunState,
     RunStatus,
     StepFinished,
     StepStarted,
@@ -28,7 +50,11 @@ from keel.contracts import (
     ToolCallRequested,
     ToolResultReady,
 )
+from keel.deltas import RESYNC, VIEWER_QUEUE, Delta, DeltaBatch, DeltaChannel
 from keel.store import RunStore
+
+# Chunk ids: seq * ID_SPAN + the chunk's index after event `seq`. No step streams a million chunks.
+ID_SPAN = 1_000_000
 
 # History events after which the workflow's state may have changed.
 _PROGRESS = {
@@ -68,103 +94,380 @@ async def _ended_from_outside(handle: WorkflowHandle[Any, Any], seq: int) -> Run
     return RunFinished(seq=seq, status=final, detail=f"the workflow ended as {name} outside the agent loop")
 
 
-async def ui_chunks(
-    handle: WorkflowHandle[Any, Any], store: RunStore, agent_run_id: str, *, after: int = 0
-) -> AsyncIterator[dict[str, Any]]:
-    """The run as UI message stream chunks from event `after` on (the caller adds `[DONE]`).
+@dataclass(frozen=True)
+class Chunk:
+    id: int
+    body: dict[str, Any]
 
-    Ends with `finish` when the run finishes, or, as the AI SDK expects, when it starts waiting for
-    someone: an approval, the user's answer, a client-side tool's result. The client's answer then
-    arrives as a new request, which continues the same run from where this stream stopped.
-    """
-    translator = _Translator(agent_run_id)
-    yield {"type": "start", "messageId": agent_run_id}
-    yield _run_data(agent_run_id, RunStatus.running, None)
-    async for events in follow_run(handle, after):
+
+@dataclass(frozen=True)
+class SegmentEnd:
+    """The stream paused after waiting event `seq`; the next segment begins here."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """Where a response begins: the run's first segment (the default), right after the chunk with id
+    `after_id` (Last-Event-ID), or the segment that begins after the pause at waiting event `after_pause`."""
+
+    after_id: int | None = None
+    after_pause: int | None = None
+
+
+@dataclass(frozen=True)
+class _Events:
+    events: list[RunEvent]
+
+
+class RunStream:
+    """One run's chunks, merged from its workflow events and its token deltas (see the module's docs)."""
+
+    def __init__(
+        self, handle: WorkflowHandle[Any, Any], store: RunStore, deltas: DeltaChannel, agent_run_id: str
+    ) -> None:
+        self.handle = handle
+        self.store = store
+        self.deltas = deltas
+        self.agent_run_id = agent_run_id
+
+    async def chunks(self) -> AsyncIterator[Chunk | SegmentEnd]:
+        """The run's whole stream from its beginning, live until the run finishes."""
+        translator = _Translator(self.agent_run_id)
+        for chunk in translator.opening():
+            yield chunk
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=VIEWER_QUEUE)
+        # Subscribed before anything is read, so every delta is either in the log by the time it is read
+        # or announced to this stream afterwards.
+        subscription = await self.deltas.subscribe(self.agent_run_id, queue)
+        pump = asyncio.create_task(self._pump(queue))
+        try:
+            while not translator.finished:
+                item = await queue.get()
+                out: list[Chunk | SegmentEnd] = []
+                if subscription.overflowed:
+                    # This viewer fell behind and lost notifications: catch up from the log.
+                    subscription.overflowed = False
+                    out += await self._catch_up(translator)
+                if isinstance(item, _Events):
+                    out += await self._events(translator, item.events)
+                elif isinstance(item, DeltaBatch):
+                    out += await self._batch(translator, item)
+                elif item is RESYNC:
+                    out += await self._catch_up(translator)
+                elif isinstance(item, BaseException):
+                    raise item
+                for chunk in out:
+                    yield chunk
+        finally:
+            # No awaiting here: this also runs when a client that went away cancels the stream.
+            pump.cancel()
+            subscription.close()
+
+    async def _pump(self, queue: asyncio.Queue[object]) -> None:
+        try:
+            async for events in follow_run(self.handle):
+                await queue.put(_Events(events))
+        except Exception as err:  # handed to the stream, which reports it to its client
+            await queue.put(err)
+
+    async def _events(self, translator: "_Translator", events: list[RunEvent]) -> list[Chunk | SegmentEnd]:
         seqs = [e.message_seq for e in events if isinstance(e, TextProduced | ToolResultReady)]
         seqs += [
             e.partial_message_seq for e in events if isinstance(e, RunFinished) and e.partial_message_seq
         ]
-        bodies = await store.messages(agent_run_id, seqs) if seqs else {}
+        bodies = await self.store.messages(self.agent_run_id, seqs) if seqs else {}
+        out: list[Chunk | SegmentEnd] = []
         for event in events:
-            for chunk in translator.chunks(event, bodies):
-                yield chunk
-        if any(isinstance(e, WAITING_EVENTS) for e in events) and not isinstance(events[-1], RunFinished):
-            state: RunState = await handle.query(STATE_QUERY, result_type=RunState)
-            if not state.status.is_final:
-                for chunk in translator.pause(state):
-                    yield chunk
-                return
+            if event.seq <= translator.seq:
+                if not isinstance(event, RunFinished):
+                    continue  # a step start this stream learnt of from the step's first delta
+                # The run ended from outside before the events query told of that step's start.
+                event = event.model_copy(update={"seq": translator.seq + 1})
+            if translator.call is not None:
+                # This event ends the step's LLM call, whose deltas are all stored by now: take the rest.
+                out += translator.deltas(await self._read(translator.call))
+            out += translator.event(event, bodies)
+            if isinstance(event, StepStarted):
+                out += translator.deltas(await self.deltas.read(self.agent_run_id, event.step))
+        out += translator.batch_end()
+        return out
+
+    async def _batch(self, translator: "_Translator", batch: DeltaBatch) -> list[Chunk | SegmentEnd]:
+        call = translator.call
+        if call is None and not translator.finished and 0 < batch.event_seq == translator.seq + 1:
+            # The step's first words, before the events query has told of its start: the delta names the
+            # event that started the step, and every event before that one has been streamed already.
+            return await self._events(translator, [StepStarted(seq=batch.event_seq, step=batch.step)])
+        if call is None or batch.step != call.step:
+            return []  # a step not started here yet (read from the log when it is) or already over
+        attempt, n = call.position
+        if batch.texts is None or batch.attempt != attempt or batch.first_n > n + 1:
+            # Too large to notify, a new attempt, or a gap: the log has it all, in order.
+            return translator.deltas(await self._read(call))
+        return translator.deltas(batch.deltas())
+
+    async def _catch_up(self, translator: "_Translator") -> list[Chunk | SegmentEnd]:
+        return [] if translator.call is None else translator.deltas(await self._read(translator.call))
+
+    async def _read(self, call: "_Call") -> list[Delta]:
+        return await self.deltas.read(self.agent_run_id, call.step, call.position)
+
+
+async def segment(stream: RunStream, start: StreamStart) -> AsyncIterator[Chunk]:
+    """The chunks of one segment of the run's stream, from `start` to the segment's end."""
+    started = start.after_id is None and start.after_pause is None
+    emitted = False
+    chunks = stream.chunks()
+    try:
+        async for item in chunks:
+            if isinstance(item, SegmentEnd):
+                if emitted:
+                    return
+                if item.seq == start.after_pause:
+                    started = True
+                continue
+            if not started:
+                if start.after_id is None or item.id <= start.after_id:
+                    continue
+                started = True
+            emitted = True
+            yield item
+    finally:
+        await chunks.aclose()
+
+
+def pause_points(events: Sequence[RunEvent]) -> list[int]:
+    """The seqs at which the stream pauses: the last waiting event of each group of consecutive ones."""
+    return [
+        e.seq
+        for i, e in enumerate(events)
+        if isinstance(e, WAITING_EVENTS)
+        and not (i + 1 < len(events) and isinstance(events[i + 1], WAITING_EVENTS))
+    ]
+
+
+def pause_after(events: Sequence[RunEvent], seq: int) -> int:
+    """The pause that ends the segment in which waiting event `seq` was streamed."""
+    return next(p for p in pause_points(events) if p >= seq)
+
+
+def active_segment(events: Sequence[RunEvent], waiting: bool) -> StreamStart:
+    """Where the run's current segment begins. A run that waits for someone has streamed its latest
+    segment to the end (it asked); otherwise the latest segment is the one still being streamed."""
+    pauses = pause_points(events)
+    if waiting and pauses:
+        pauses = pauses[:-1]
+    return StreamStart(after_pause=pauses[-1]) if pauses else StreamStart()
+
+
+@dataclass
+class _Call:
+    """The LLM call of the step in progress: from its `step_started` event to the event after it."""
+
+    step: int
+    # The last delta taken, as (attempt, n); deltas of attempt 1 start at n = 0.
+    position: tuple[int, int] = (1, -1)
+    attempt: int = 0
+    part: str | None = None
+    streamed: list[str] = field(default_factory=list)
 
 
 class _Translator:
-    """Run events to UI message stream chunks, keeping the step and text parts balanced."""
+    """Run events and deltas to numbered UI message stream chunks, keeping steps and text parts balanced.
+
+    Pure and deterministic: given the same events and deltas it produces the same chunks with the same ids,
+    whichever order live notifications happened to arrive in.
+    """
 
     def __init__(self, agent_run_id: str) -> None:
         self.agent_run_id = agent_run_id
-        # A continued stream starts inside the step that paused; that step's start was already sent.
+        self.seq = 0
+        self.index = 0
         self.in_step = False
+        self.call: _Call | None = None
+        self.waiting: list[RunEvent] = []
+        # After a pause the next segment opens with the next event, not while the run still waits.
+        self.reopen = False
+        self.finished = False
 
-    def chunks(self, event: RunEvent, bodies: dict[int, Message]) -> list[dict[str, Any]]:
-        match event:
-            case StepStarted():
-                self.in_step = True
-                return [{"type": "start-step"}]
-            case TextProduced(message_seq=seq):
-                return _text(f"text-{seq}", _body(bodies, seq).content)
-            case ToolCallRequested(call=call):
-                return [
-                    {
-                        "type": "tool-input-available",
-                        "toolCallId": call.id,
-                        "toolName": call.name,
-                        "input": call.arguments,
-                    }
-                ]
-            case ApprovalRequested(tool_call_id=call_id):
-                return [{"type": "tool-approval-request", "approvalId": call_id, "toolCallId": call_id}]
-            case ToolResultReady(tool_call_id=call_id, message_seq=seq, is_error=is_error, denied=denied):
-                if denied:
-                    return [{"type": "tool-output-denied", "toolCallId": call_id}]
-                result = _body(bodies, seq)
-                if is_error:
-                    return [{"type": "tool-output-error", "toolCallId": call_id, "errorText": result.content}]
-                return [
-                    {
-                        "type": "tool-output-available",
-                        "toolCallId": call_id,
-                        "output": _output(result.content),
-                    }
-                ]
-            case StepFinished():
-                return self._end_step()
-            case RunFinished(status=status, detail=detail, partial_message_seq=partial):
-                chunks: list[dict[str, Any]] = []
-                if partial is not None and partial in bodies and bodies[partial].content:
-                    chunks += _text(f"text-{partial}", bodies[partial].content)
-                if status not in (RunStatus.completed, RunStatus.failed) and detail:
-                    # Budgets, limits and cancellation end the run with a final message a person can read.
-                    chunks += _text(f"notice-{event.seq}", f"[{status.value}] {detail}")
-                chunks += self._end_step()
-                chunks.append(_run_data(self.agent_run_id, status, detail))
-                if status is RunStatus.failed:
-                    chunks.append({"type": "error", "errorText": detail or "the run failed"})
-                chunks.append({"type": "finish", "finishReason": _FINISH_REASONS.get(status, "other")})
-                return chunks
-        return []  # approval decisions, questions, client tool requests: no chunk of their own
-
-    def pause(self, state: RunState) -> list[dict[str, Any]]:
+    def opening(self) -> list[Chunk]:
+        """What every segment begins with: `start`, and the run's id and status."""
         return [
-            *self._end_step(),
-            _run_data(self.agent_run_id, state.status, state.detail),
-            {"type": "finish", "finishReason": "tool-calls"},
+            self._chunk({"type": "start", "messageId": self.agent_run_id}),
+            self._chunk(_run_data(self.agent_run_id, RunStatus.running, None)),
         ]
 
-    def _end_step(self) -> list[dict[str, Any]]:
+    def event(self, event: RunEvent, bodies: dict[int, Message]) -> list[Chunk | SegmentEnd]:
+        out: list[Chunk | SegmentEnd] = []
+        if self.waiting and not isinstance(event, WAITING_EVENTS):
+            out += self._pause()
+        if self.reopen:
+            self.reopen = False
+            out += self.opening()
+        self.seq, self.index = event.seq, 0
+        # The first event after a step's start ends its LLM call. A text part still open then is completed
+        # by the reply's text (or the text of a reply cut short); otherwise it is simply ended.
+        call, self.call = self.call, None
+        if not isinstance(event, TextProduced | RunFinished):
+            out += self._end_part(call)
+        match event:
+            case StepStarted(step=step):
+                self.in_step = True
+                out.append(self._chunk({"type": "start-step"}))
+                self.call = _Call(step)
+            case TextProduced(step=step, message_seq=seq):
+                out += self._final_text(call or _Call(step), _body(bodies, seq).content, seq)
+            case ToolCallRequested(call=tool_call):
+                out.append(
+                    self._chunk(
+                        {
+                            "type": "tool-input-available",
+                            "toolCallId": tool_call.id,
+                            "toolName": tool_call.name,
+                            "input": tool_call.arguments,
+                        }
+                    )
+                )
+            case ApprovalRequested(tool_call_id=call_id):
+                self.waiting.append(event)
+                out.append(
+                    self._chunk(
+                        {"type": "tool-approval-request", "approvalId": call_id, "toolCallId": call_id}
+                    )
+                )
+            case ToolResultReady(tool_call_id=call_id, message_seq=seq, is_error=is_error, denied=denied):
+                if denied:
+                    out.append(self._chunk({"type": "tool-output-denied", "toolCallId": call_id}))
+                elif is_error:
+                    text = _body(bodies, seq).content
+                    out.append(
+                        self._chunk({"type": "tool-output-error", "toolCallId": call_id, "errorText": text})
+                    )
+                else:
+                    output = _output(_body(bodies, seq).content)
+                    out.append(
+                        self._chunk(
+                            {"type": "tool-output-available", "toolCallId": call_id, "output": output}
+                        )
+                    )
+            case StepFinished():
+                out += self._end_step()
+            case RunFinished(status=status, detail=detail, partial_message_seq=partial):
+                partial_text = bodies[partial].content if partial is not None and partial in bodies else ""
+                if partial is not None and partial_text:
+                    # A reply cut short (cancelled, out of time): complete what was streamed of it.
+                    out += self._final_text(call or _Call(0), partial_text, partial)
+                else:
+                    out += self._end_part(call)
+                if status not in (RunStatus.completed, RunStatus.failed) and detail:
+                    # Budgets, limits and cancellation end the run with a final message a person can read.
+                    out += self._text(f"notice-{event.seq}", f"[{status.value}] {detail}")
+                out += self._end_step()
+                out.append(self._chunk(_run_data(self.agent_run_id, status, detail)))
+                if status is RunStatus.failed:
+                    out.append(self._chunk({"type": "error", "errorText": detail or "the run failed"}))
+                out.append(
+                    self._chunk({"type": "finish", "finishReason": _FINISH_REASONS.get(status, "other")})
+                )
+                self.finished = True
+            case _:
+                # Approval decisions, questions and client tool requests have no chunk of their own.
+                if isinstance(event, WAITING_EVENTS):
+                    self.waiting.append(event)
+        return out
+
+    def batch_end(self) -> list[Chunk | SegmentEnd]:
+        """A step emits its waiting events all at once, so a batch that ends with some ends their group."""
+        return self._pause() if self.waiting and not self.finished else []
+
+    def deltas(self, deltas: Sequence[Delta]) -> list[Chunk | SegmentEnd]:
+        call = self.call
+        out: list[Chunk | SegmentEnd] = []
+        for delta in deltas:
+            if call is None or delta.step != call.step or delta.position <= call.position:
+                continue  # another step's, or taken already (from a notification, or the log)
+            call.position = delta.position
+            if delta.attempt != call.attempt:
+                discarded = call.part
+                out += self._end_part(call)
+                if delta.attempt > 1:
+                    out.append(self._retry(call.step, delta.attempt, discarded))
+                call.attempt = delta.attempt
+            if delta.text:
+                if call.part is None:
+                    call.part = _part_id(delta.reply_seq, delta.attempt)
+                    out.append(self._chunk({"type": "text-start", "id": call.part}))
+                out.append(self._chunk({"type": "text-delta", "id": call.part, "delta": delta.text}))
+                call.streamed.append(delta.text)
+        return out
+
+    def _final_text(self, call: _Call, text: str, reply_seq: int) -> list[Chunk | SegmentEnd]:
+        """The reply's whole text is known: finish the part that streamed it, sending only what is missing."""
+        out: list[Chunk | SegmentEnd] = []
+        if call.part is not None:
+            streamed = "".join(call.streamed)
+            if text.startswith(streamed):
+                if rest := text[len(streamed) :]:
+                    out.append(self._chunk({"type": "text-delta", "id": call.part, "delta": rest}))
+                out += self._end_part(call)
+                return out
+            # What was streamed is not how the reply begins (an attempt that could not announce itself):
+            # discard it and send the reply whole.
+            discarded = call.part
+            out += self._end_part(call)
+            out.append(self._retry(call.step, None, discarded))
+            return out + self._text(f"text-{reply_seq}-final", text)
+        return out + self._text(_part_id(reply_seq, call.attempt), text)
+
+    def _end_part(self, call: _Call | None) -> list[Chunk | SegmentEnd]:
+        if call is None or call.part is None:
+            return []
+        part, call.part, call.streamed = call.part, None, []
+        return [self._chunk({"type": "text-end", "id": part})]
+
+    def _retry(self, step: int, attempt: int | None, discarded: str | None) -> Chunk:
+        return self._chunk(
+            {
+                "type": "data-retry",
+                "id": f"retry-{step}-{attempt or 'final'}",
+                "data": {"step": step, "attempt": attempt, "discardedTextId": discarded},
+            }
+        )
+
+    def _pause(self) -> list[Chunk | SegmentEnd]:
+        group, self.waiting, self.reopen = self.waiting, [], True
+        if any(isinstance(e, ApprovalRequested) for e in group):
+            status = RunStatus.waiting_for_approval
+        elif any(isinstance(e, QuestionAsked) for e in group):
+            status = RunStatus.waiting_for_input
+        else:
+            status = RunStatus.waiting_for_tool_result
+        return [
+            *self._end_step(),
+            self._chunk(_run_data(self.agent_run_id, status, None)),
+            self._chunk({"type": "finish", "finishReason": "tool-calls"}),
+            SegmentEnd(group[-1].seq),
+        ]
+
+    def _end_step(self) -> list[Chunk | SegmentEnd]:
         if not self.in_step:
             return []
         self.in_step = False
-        return [{"type": "finish-step"}]
+        return [self._chunk({"type": "finish-step"})]
+
+    def _text(self, part_id: str, text: str) -> list[Chunk | SegmentEnd]:
+        return [
+            self._chunk({"type": "text-start", "id": part_id}),
+            self._chunk({"type": "text-delta", "id": part_id, "delta": text}),
+            self._chunk({"type": "text-end", "id": part_id}),
+        ]
+
+    def _chunk(self, body: dict[str, Any]) -> Chunk:
+        chunk = Chunk(self.seq * ID_SPAN + self.index, body)
+        self.index += 1
+        return chunk
 
 
 _FINISH_REASONS = {
@@ -173,12 +476,8 @@ _FINISH_REASONS = {
 }
 
 
-def _text(part_id: str, text: str) -> list[dict[str, Any]]:
-    return [
-        {"type": "text-start", "id": part_id},
-        {"type": "text-delta", "id": part_id, "delta": text},
-        {"type": "text-end", "id": part_id},
-    ]
+def _part_id(reply_seq: int, attempt: int) -> str:
+    return f"text-{reply_seq}" if attempt <= 1 else f"text-{reply_seq}-{attempt}"
 
 
 def _run_data(agent_run_id: str, status: RunStatus, detail: str | None) -> dict[str, Any]:

@@ -5,12 +5,13 @@ same with `temporal workflow signal`."""
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from api.gateway import Gateway, GatewayDep, http_error
+from api.streams import last_event_id, resumed_response
 from keel.contracts import (
     ANSWER_UPDATE,
     APPROVAL_UPDATE,
@@ -63,6 +64,27 @@ async def chat_runs(gw: GatewayDep, chat_id: str = Query(min_length=1, max_lengt
 @router.get("/{agent_run_id}", summary="A run's state: status, step, usage, budgets, pending approvals")
 async def run_state(agent_run_id: str, gw: GatewayDep) -> RunState:
     return await gw.state(agent_run_id)
+
+
+@router.get(
+    "/{agent_run_id}/events",
+    summary="The run's stream (SSE); with Last-Event-ID, what came after that event, then live",
+    responses={204: {"description": "The run has finished and nothing came after Last-Event-ID"}},
+)
+async def run_events(
+    agent_run_id: str,
+    request: Request,
+    gw: GatewayDep,
+    last_event_id_param: int | None = Query(
+        None,
+        alias="last_event_id",
+        ge=0,
+        description="As the Last-Event-ID header, which wins when both are set",
+    ),
+) -> Response:
+    after = last_event_id(request, last_event_id_param)
+    state = await gw.state(agent_run_id)  # unknown runs are 404
+    return await resumed_response(gw, agent_run_id, after, finished=state.status.is_final)
 
 
 @router.post("/{agent_run_id}/approvals/{tool_call_id}", summary="Approve or deny a tool call waiting for it")

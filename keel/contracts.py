@@ -170,6 +170,9 @@ class LlmStepInput(BaseModel):
     client_tools: list[ToolSpec] = Field(default_factory=list)
     # The model sees messages with seq < reply_seq and its reply is stored at reply_seq.
     reply_seq: int
+    # The seq of the step's `step_started` event: live token deltas carry it, so a gateway can stream the
+    # step's first words before the `events` query has told it the step began (0: unknown).
+    step_event_seq: int = 0
 
 
 class ToolPolicy(BaseModel):

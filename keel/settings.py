@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     model_prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict, validation_alias="KEEL_MODEL_PRICES"
     )
+    # Live streams: a keep-alive comment after this many idle seconds, and how long the LLM activity
+    # gathers token deltas before publishing a batch (0: publish at once, batching only under load).
+    sse_ping_seconds: float = Field(15.0, gt=0, validation_alias="KEEL_SSE_PING_SECONDS")
+    stream_batch_ms: float = Field(0.0, ge=0, le=1000, validation_alias="KEEL_STREAM_BATCH_MS")
 
     @field_validator("model")
     @classmethod

@@ -109,7 +109,8 @@ def keel(
 EXTRA_GATEWAYS = {
     "enqueue": {"KEEL_DOUBLE_TEXTING": "enqueue"},
     "interrupt": {"KEEL_DOUBLE_TEXTING": "interrupt"},
-    "slow": {"KEEL_MODEL": "scripted:slow"},
+    # Five chunks a second, for watching streams; keep-alive comments after a quarter second of silence.
+    "slow": {"KEEL_MODEL": "scripted:slow", "KEEL_SSE_PING_SECONDS": "0.25"},
 }
 
 

@@ -74,7 +74,7 @@ async def test_plain_message_gets_one_step_with_text(http: httpx.AsyncClient) ->
     assert stream.tool_names == []
     assert len(stream.of_type("start-step")) == 1
     assert stream.text.startswith(DISCLAIMER) and "hello there" in stream.text
-    # The scripted model streams in small pieces; this step still sends the text as one delta.
+    # The scripted model streams in small pieces: deltas of one text part.
     assert len(stream.of_type("text-start")) == len(stream.of_type("text-end")) == 1
 
 

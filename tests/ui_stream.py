@@ -28,6 +28,8 @@ ALLOWED_FIELDS = {
 class UIStream:
     response: httpx.Response
     chunks: list[dict[str, Any]] = field(default_factory=list)
+    # Each chunk's SSE `id:` (None when it had none).
+    ids: list[int | None] = field(default_factory=list)
     done: bool = False
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
@@ -47,9 +49,14 @@ class UIStream:
 
 
 def parse(response: httpx.Response) -> UIStream:
+    return parse_text(response.text, response)
+
+
+def parse_text(text: str, response: httpx.Response) -> UIStream:
     stream = UIStream(response)
-    for event in response.text.split("\n\n"):
+    for event in text.split("\n\n"):
         data = [line[len("data: ") :] for line in event.split("\n") if line.startswith("data: ")]
+        ids = [line[len("id: ") :] for line in event.split("\n") if line.startswith("id: ")]
         if not data:
             continue
         assert not stream.done, "nothing may follow [DONE]"
@@ -58,6 +65,7 @@ def parse(response: httpx.Response) -> UIStream:
             stream.done = True
         else:
             stream.chunks.append(json.loads(payload))
+            stream.ids.append(int(ids[-1]) if ids else None)
     return stream
 
 
@@ -69,6 +77,10 @@ def assert_well_formed(stream: UIStream, *, resumed: bool = False) -> None:
     chunks = stream.chunks
     assert chunks[0]["type"] == "start" and chunks[-1]["type"] == "finish"
     assert [c["type"] for c in chunks].count("start") == 1
+    # Every chunk has an id, and ids only grow (errors reported by the stream itself have none).
+    ids = [i for c, i in zip(chunks, stream.ids, strict=True) if c["type"] != "error"]
+    assert None not in ids, "every chunk has an SSE id"
+    assert ids == sorted(set(ids)), "SSE ids strictly increase"
     open_texts: set[str] = set()
     known_calls: set[str] = set()
     in_step = False

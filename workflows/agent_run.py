@@ -200,6 +200,7 @@ class AgentRun:
                 tools=self._purpose.tools,
                 client_tools=self._run.client_tools,
                 reply_seq=self._thinking_seq,
+                step_event_seq=len(self._events),
             ),
             LlmStepResult,
             summary=f"LLM call {step} · {self._purpose.model}",

@@ -1,0 +1,101 @@
+"""A run's stream as a Server-Sent Events response, shared by every endpoint that streams one:
+`POST /api/chat`, `GET /api/runs/{id}/events` (resumable with Last-Event-ID) and `GET /api/chat/{id}/stream`
+(the AI SDK's resume).
+
+Each chunk is one SSE event whose `id:` is the chunk's id in the run's stream (api/run_stream.py); the
+response ends with `data: [DONE]`, which has no id, as do keep-alive comments. A client that goes away
+costs nothing: its stream stops, and the run never notices.
+"""
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from fastapi import HTTPException, Request, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from temporalio.service import RPCError
+
+from api.gateway import Gateway
+from api.run_stream import RunStream, StreamStart, segment
+
+log = logging.getLogger("keel.api")
+
+UI_STREAM_HEADERS = {
+    "x-vercel-ai-ui-message-stream": "v1",
+    "x-accel-buffering": "no",
+    "cache-control": "no-cache",
+}
+_DONE = "[DONE]"
+
+
+def stream_response(
+    gw: Gateway,
+    agent_run_id: str,
+    events: AsyncIterator[ServerSentEvent] | None = None,
+    start: StreamStart | None = None,
+) -> EventSourceResponse:
+    """The run's stream from `start` (default: its beginning), or the given events."""
+    return EventSourceResponse(
+        events if events is not None else sse_events(gw, agent_run_id, start or StreamStart()),
+        headers={**UI_STREAM_HEADERS, "x-agent-run-id": agent_run_id},
+        sep="\n",
+        ping=gw.settings.sse_ping_seconds,
+    )
+
+
+async def sse_events(gw: Gateway, agent_run_id: str, start: StreamStart) -> AsyncIterator[ServerSentEvent]:
+    stream = RunStream(gw.run(agent_run_id), gw.store, gw.deltas, agent_run_id)
+    try:
+        async for chunk in segment(stream, start):
+            yield ServerSentEvent(_json(chunk.body), id=str(chunk.id), sep="\n")
+    except (RPCError, OSError, asyncpg.PostgresError, LookupError) as err:
+        # Headers are gone already; the stream itself says what went wrong. The run goes on regardless.
+        log.warning("stream of %s broke: %s", agent_run_id, err)
+        yield ServerSentEvent(
+            _json({"type": "error", "errorText": f"lost the run's progress: {err}"}), sep="\n"
+        )
+    yield ServerSentEvent(_DONE, sep="\n")
+
+
+async def resumed_response(gw: Gateway, agent_run_id: str, after_id: int | None, finished: bool) -> Response:
+    """The run's stream after chunk `after_id`. 204 when a finished run has nothing left after it, which
+    also tells a browser's EventSource to stop reconnecting."""
+    events = sse_events(gw, agent_run_id, StreamStart(after_id=after_id))
+    if finished and after_id is not None:
+        first = await anext(events)
+        if first.data == _DONE:
+            return Response(status_code=204)
+        events = _prepend(first, events)
+    return stream_response(gw, agent_run_id, events)
+
+
+def last_event_id(request: Request, query_value: int | None) -> int | None:
+    """The `Last-Event-ID` header, else the `last_event_id` query parameter. The header wins: an EventSource
+    opened with the parameter sends the header, newer, when it reconnects."""
+    header = request.headers.get("last-event-id")
+    if header is None or not header.strip():
+        return query_value
+    try:
+        value = int(header.strip())
+    except ValueError:
+        raise HTTPException(
+            400, f"Last-Event-ID must be an event id from this run's stream, not {header!r}"
+        ) from None
+    if value < 0:
+        raise HTTPException(400, "Last-Event-ID must not be negative")
+    return value
+
+
+async def _prepend(
+    first: ServerSentEvent, rest: AsyncIterator[ServerSentEvent]
+) -> AsyncIterator[ServerSentEvent]:
+    yield first
+    async for event in rest:
+        yield event
+
+
+def _json(chunk: dict[str, Any]) -> str:
+    # Compact JSON on one line, as the AI SDK's own servers write it.
+    return json.dumps(chunk, separators=(",", ":"))
