@@ -48,11 +48,6 @@ from keel.purposes import UnknownPurpose, get_purpose
 log = logging.getLogger("keel.api")
 router = APIRouter(tags=["chat"])
 
-UI_STREAM_HEADERS = {
-    "x-vercel-ai-ui-message-stream": "v1",
-    "x-accel-buffering": "no",
-    "cache-control": "no-cache",
-}
 INTERRUPT_WAIT_SECONDS = 30
 
 
