@@ -6,7 +6,7 @@ travel through Temporal history. Both are safe to retry: their writes are upsert
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import heartbeating
 from activities.models import Finish, TextDelta, UnknownModelRoute, resolve_model
+from activities.records import RunRecorder, until_stored
 from activities.tools import TOOLS, ToolContext, ToolError
 from keel.contracts import (
     CALL_LLM,
@@ -40,6 +41,8 @@ class AgentActivities:
     data_dir: Path
     # Where live token deltas go (keel/deltas.py); never through workflow history.
     deltas: DeltaChannel = NO_DELTAS
+    # Run records of each attempt: llm_calls and tool_runs rows, metrics, spans (activities/records.py).
+    records: RunRecorder = field(default_factory=RunRecorder)
 
     @activity.defn(name=CALL_LLM)
     async def call_llm(self, step: LlmStepInput) -> LlmStepResult:
@@ -47,7 +50,7 @@ class AgentActivities:
             model, model_name = resolve_model(step.model)
         except UnknownModelRoute as err:
             raise ApplicationError(str(err), type="UnknownModelRoute", non_retryable=True) from None
-        conversation = await self.store.conversation(step.agent_run_id, step.reply_seq)
+        conversation = await until_stored(lambda: self.store.conversation(step.agent_run_id, step.reply_seq))
         server_tools = set(step.tools)
         # Server-side tools win a name clash with a tool the client declared.
         client_tools = [t for t in step.client_tools if t.name not in server_tools]
@@ -57,9 +60,12 @@ class AgentActivities:
         calls: list[ToolCall] = []
         finish: Finish | None = None
         live = DeltaWriter.for_llm_step(self.deltas, step, activity.info().attempt)
+        llm_call = self.records.llm_call(step, model)
         try:
             async with heartbeating():
-                async for chunk in model.stream(messages=conversation, model=model_name, tools=tools):
+                async for chunk in llm_call.watch(
+                    model.stream(messages=conversation, model=model_name, tools=tools)
+                ):
                     if isinstance(chunk, TextDelta):
                         text.append(chunk.text)
                         live.write(chunk.text)
@@ -81,7 +87,7 @@ class AgentActivities:
             )
 
         reply = Message(role="assistant", content="".join(text), tool_calls=calls)
-        await self.store.put_message(step.agent_run_id, step.reply_seq, reply)
+        await until_stored(lambda: self.store.put_message(step.agent_run_id, step.reply_seq, reply))
         return LlmStepResult(
             reply_seq=step.reply_seq,
             has_text=bool(reply.content),
@@ -97,24 +103,27 @@ class AgentActivities:
     async def run_tool(self, task: ToolInput) -> ToolOutcome:
         call = task.call
         ctx = ToolContext(agent_run_id=task.agent_run_id, tool_call_id=call.id, data_dir=self.data_dir)
-        try:
-            if call.arguments_error:
-                # The model's arguments could not be parsed; it hears why and may try again.
-                raise ToolError(f"{call.name} was not run: {call.arguments_error}")
-            async with heartbeating():
-                value = await TOOLS.get(call.name).invoke(call.arguments, ctx)
-            content, is_error = _result_text(value), False
-        except ToolError as err:
-            content, is_error = str(err), True
-        except Exception as err:
-            if not _last_attempt():
-                raise  # Temporal retries it
-            # Out of retries: the model hears about the crash and may try something else.
-            content, is_error = f"{call.name} failed: {type(err).__name__}: {err}", True
+        value: Any = None
+        with self.records.tool_run(task) as record:
+            try:
+                if call.arguments_error:
+                    # The model's arguments could not be parsed; it hears why and may try again.
+                    raise ToolError(f"{call.name} was not run: {call.arguments_error}")
+                async with heartbeating():
+                    value = await TOOLS.get(call.name).invoke(call.arguments, ctx)
+                content, is_error = _result_text(value), False
+            except ToolError as err:
+                content, is_error = str(err), True
+            except Exception as err:
+                if not _last_attempt():
+                    raise  # Temporal retries it
+                # Out of retries: the model hears about the crash and may try something else.
+                content, is_error = f"{call.name} failed: {type(err).__name__}: {err}", True
+            record.finished(value, content, is_error)
         result = Message(
             role="tool", content=content, tool_call_id=call.id, name=call.name, is_error=is_error
         )
-        await self.store.put_message(task.agent_run_id, task.result_seq, result)
+        await until_stored(lambda: self.store.put_message(task.agent_run_id, task.result_seq, result))
         return ToolOutcome(tool_call_id=call.id, result_seq=task.result_seq, is_error=is_error)
 
     @activity.defn(name=SAVE_MESSAGE)
@@ -130,7 +139,7 @@ class AgentActivities:
                         "is_error": True,
                     }
                 )
-        await self.store.put_message(task.agent_run_id, task.seq, message)
+        await until_stored(lambda: self.store.put_message(task.agent_run_id, task.seq, message))
         return ToolOutcome(
             tool_call_id=message.tool_call_id or "", result_seq=task.seq, is_error=message.is_error
         )

@@ -2,12 +2,28 @@
 
 import uvicorn
 
+from keel.logs import configure_logging
 from keel.settings import get_settings
+from keel.telemetry import configure_tracing
 
 
 def main() -> None:
     settings = get_settings()
-    uvicorn.run("api.app:create_app", factory=True, host=settings.host, port=settings.port, log_level="info")
+    configure_logging(settings.log_level, "gateway")
+    tracing = configure_tracing("keel-gateway")
+    try:
+        # log_config=None: uvicorn's own lines go through the JSON handler too.
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            log_config=None,
+        )
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse
 
-from api import chat, runs
+from api import chat, observe, runs
 from api.gateway import Gateway, GatewayDep
 from keel.deltas import PostgresDeltaChannel
 from keel.purposes import PURPOSES
 from keel.settings import Settings, get_settings
 from keel.store import RunStore, create_pool
+from keel.telemetry import with_tracing
 from keel.temporal import connect_temporal
 
 _STATIC = Path(__file__).parent / "static"
@@ -25,7 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        temporal = await connect_temporal(settings)
+        temporal = with_tracing(await connect_temporal(settings))
         pool = await create_pool(settings.require_database_url())
         deltas = PostgresDeltaChannel(pool, listen_dsn=settings.require_database_url())
         app.state.gateway = Gateway(settings=settings, temporal=temporal, store=RunStore(pool), deltas=deltas)
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(chat.router)
     app.include_router(runs.router)
+    observe.install(app)  # request spans and durations, GET /metrics, the run viewer (/runs, GET /api/runs)
 
     @app.get("/", include_in_schema=False)
     async def chat_page() -> FileResponse:

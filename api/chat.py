@@ -25,6 +25,7 @@ from api.chat_request import BadChatRequest, ChatRequest, pending_answers, to_co
 from api.gateway import Gateway, GatewayDep, http_error, is_run_id
 from api.run_stream import StreamStart, active_segment, pause_after
 from api.streams import stream_response
+from keel import metrics, records
 from keel.contracts import (
     ANSWER_UPDATE,
     APPROVAL_UPDATE,
@@ -102,6 +103,15 @@ async def _start_run(request: ChatRequest, gw: Gateway) -> str:
     try:
         await gw.store.put_messages(agent_run_id, 0, messages)
         await gw.store.record_chat_run(request.id, agent_run_id)
+        await records.run_started(
+            gw.store.pool,
+            agent_run_id=agent_run_id,
+            purpose=purpose.slug,
+            model=spec.model,
+            chat_id=request.id,
+            user_id=None,
+            input_summary=summary,
+        )
     except (OSError, asyncpg.PostgresError) as err:
         raise HTTPException(503, f"PostgreSQL is unavailable, no run was started: {err}") from None
     try:
@@ -124,7 +134,14 @@ async def _start_run(request: ChatRequest, gw: Gateway) -> str:
             await _queue_behind(gw, queued_behind, agent_run_id)
     except RPCError as err:
         raise HTTPException(503, f"Temporal is unavailable, no run was started: {err.message}") from None
-    log.info("started run %s (purpose %s, chat %s)", agent_run_id, purpose.slug, request.id)
+    metrics.RUNS_STARTED.labels(purpose.slug).inc()
+    log.info(
+        "started run %s (purpose %s, chat %s)",
+        agent_run_id,
+        purpose.slug,
+        request.id,
+        extra={"agent_run_id": agent_run_id, "purpose": purpose.slug},
+    )
     return agent_run_id
 
 

@@ -2,7 +2,6 @@
 cancel. Each is the workflow's update (or signal) of the same name, so the CLI and the Web UI can do the
 same with `temporal workflow signal`."""
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -51,14 +50,7 @@ class Accepted(BaseModel):
     status: str
 
 
-class ChatRun(BaseModel):
-    agent_run_id: str
-    started_at: datetime
-
-
-@router.get("", summary="The runs a chat started, newest first")
-async def chat_runs(gw: GatewayDep, chat_id: str = Query(min_length=1, max_length=200)) -> list[ChatRun]:
-    return [ChatRun(**row) for row in await gw.store.chat_runs(chat_id)]
+# `GET /api/runs` (a chat's runs, and every run by status, purpose, user and time) is in api/viewer.py.
 
 
 @router.get("/{agent_run_id}", summary="A run's state: status, step, usage, budgets, pending approvals")

@@ -19,6 +19,8 @@ WORKFLOW_TYPE = "AgentRun"
 CALL_LLM = "call_llm"
 RUN_TOOL = "run_tool"
 SAVE_MESSAGE = "save_message"
+# Writes the workflow's own facts (status changes, approvals, the outcome) to the run records.
+RECORD_RUN = "record_run"
 STATE_QUERY = "state"
 EVENTS_QUERY = "events"
 # Signals: fixed names, usable from `temporal workflow signal` and the Web UI.
@@ -173,6 +175,8 @@ class LlmStepInput(BaseModel):
     # The seq of the step's `step_started` event: live token deltas carry it, so a gateway can stream the
     # step's first words before the `events` query has told it the step began (0: unknown).
     step_event_seq: int = 0
+    # For logs and records only.
+    purpose: str = ""
 
 
 class ToolPolicy(BaseModel):
@@ -206,6 +210,8 @@ class ToolInput(BaseModel):
     call: ToolCall
     # Where the tool's result message is stored.
     result_seq: int
+    # For logs and records only.
+    purpose: str = ""
 
 
 class ToolOutcome(BaseModel):
@@ -413,3 +419,52 @@ class RunState(BaseModel):
     pending_question: PendingQuestion | None = None
     pending_tool_results: list[PendingToolResult] = Field(default_factory=list)
     approvals: list[ApprovalRecord] = Field(default_factory=list)
+
+
+# --- Run records: the workflow's own facts, written by the `record_run` activity (keel/records.py) ---
+
+
+class ToolRunNote(BaseModel):
+    """A tool call as the workflow sees it: waiting for someone, decided, or answered without run_tool."""
+
+    seq: int
+    step: int
+    tool_call_id: str
+    tool_name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    # waiting_for_approval, waiting_for_input, waiting_for_tool_result, approved, ok, error, denied,
+    # expired, not_run
+    status: str
+    approval: ApprovalRecord | None = None
+    error_message: str | None = None
+    result: Any = None
+    # When the tool call started waiting for the user or the client, and when it ended (final statuses).
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class RunNote(BaseModel):
+    """The run's row in `agent_runs` as the workflow knows it at one moment."""
+
+    agent_run_id: str
+    temporal_run_id: str
+    # The workflow's event count when the note was taken: a later note always has a higher one, so a note
+    # that arrives late never overwrites a newer status.
+    version: int
+    status: RunStatus
+    purpose: str
+    model: str
+    chat_id: str | None = None
+    user_id: str | None = None
+    input_summary: str = ""
+    started_at: datetime
+    step: int
+    usage: Usage
+    # The route that answered the latest LLM call.
+    model_route: str | None = None
+    finished_at: datetime | None = None
+    detail: str | None = None
+    error_type: str | None = None
+    # Where the run's last text answer is stored, for the record's output summary.
+    output_seq: int | None = None
+    tool_runs: list[ToolRunNote] = Field(default_factory=list)

@@ -69,6 +69,10 @@ def _ports_to_check(settings: Settings, embedded_temporal: bool) -> list[_Port]:
         ports.append(_Port(TEMPORAL_HOST, TEMPORAL_PORT, "Temporal dev server", hint))
         ports.append(_Port(TEMPORAL_HOST, TEMPORAL_UI_PORT, "Temporal Web UI", hint))
     ports.append(_Port(settings.host, settings.port, "gateway", "set KEEL_PORT"))
+    if settings.worker_metrics_port:
+        remedy = "set KEEL_WORKER_METRICS_PORT (0 turns the worker's metrics off)"
+        port = settings.worker_metrics_port
+        ports.append(_Port(settings.worker_metrics_host, port, "worker metrics", remedy))
     return ports
 
 
@@ -165,6 +169,8 @@ def _banner(
         "",
         "keel dev is up",
         f"  chat / gateway   {gateway_url}",
+        f"  run viewer       {gateway_url}/runs",
+        f"  metrics          {gateway_url}/metrics (gateway), {_worker_metrics(settings)} (worker)",
         f"  Temporal Web UI  {ui_url}",
         f"  Temporal         {temporal_line}",
         f"  PostgreSQL       {postgres_line}",
@@ -174,6 +180,12 @@ def _banner(
         "",
     ]
     return "\n".join(lines)
+
+
+def _worker_metrics(settings: Settings) -> str:
+    if not settings.worker_metrics_port:
+        return "off"
+    return _local_url(settings.worker_metrics_host, settings.worker_metrics_port) + "/metrics"
 
 
 def run(*, worker_cmd: Sequence[str] = WORKER_CMD, gateway_cmd: Sequence[str] = GATEWAY_CMD) -> int:

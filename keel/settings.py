@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     task_queue: str = Field("agent-runs", validation_alias="KEEL_TASK_QUEUE")
     model: str = Field("scripted", validation_alias="KEEL_MODEL")
     log_level: str = Field("INFO", validation_alias="KEEL_LOG_LEVEL")
+    # The worker's Prometheus endpoint (http://host:port/metrics); port 0 turns it off.
+    worker_metrics_host: str = Field("127.0.0.1", validation_alias="KEEL_WORKER_METRICS_HOST")
+    worker_metrics_port: int = Field(9464, ge=0, le=65535, validation_alias="KEEL_WORKER_METRICS_PORT")
     # A new message on a chat whose run is still active: reject it (409), queue it, or cancel the run.
     double_texting: Literal["reject", "enqueue", "interrupt"] = Field(
         "reject", validation_alias="KEEL_DOUBLE_TEXTING"

@@ -92,6 +92,8 @@ def keel(
         "KEEL_PORT": str(port),
         "KEEL_MODEL": "scripted",
         "KEEL_TASK_QUEUE": "agent-runs",
+        # The worker's /metrics on a port of its own, so tests never collide with `make dev` (9464).
+        "KEEL_WORKER_METRICS_PORT": str(free_port()),
     }
     worker_log, gateway_log = base / "worker.log", base / "gateway.log"
     worker = _spawn([sys.executable, "worker.py"], env, worker_log)
@@ -190,6 +192,7 @@ def vendor_worker(
         "DATABASE_URL": postgres.uri,
         "KEEL_DATA_DIR": str(base / "data"),
         "KEEL_TASK_QUEUE": VENDOR_TASK_QUEUE,
+        "KEEL_WORKER_METRICS_PORT": str(free_port()),
         "KEEL_MODEL": "openai:gpt-4o-mini",
         "OPENAI_API_KEY": FAKE_OPENAI_KEY,
         "OPENAI_BASE_URL": fake_vendors.openai_base_url,

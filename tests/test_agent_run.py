@@ -47,7 +47,15 @@ async def test_lesson_run_calls_tools_through_temporal_and_streams_the_answer(
     assert description.task_queue == "agent-runs"
     assert description.status == WorkflowExecutionStatus.COMPLETED
     history = await handle.fetch_history()
-    assert scheduled_activities(history) == ["call_llm", "run_tool", "call_llm", "run_tool", "call_llm"]
+    # The last activity records the run's outcome in agent_runs (see test_run_records.py).
+    assert scheduled_activities(history) == [
+        "call_llm",
+        "run_tool",
+        "call_llm",
+        "run_tool",
+        "call_llm",
+        "record_run",
+    ]
 
 
 async def test_step_limit_ends_the_run_cleanly(http: httpx.AsyncClient, temporal: Client) -> None:

@@ -14,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
+from activities.records import RecordActivities
 from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Message, RunState, RunStatus
 from keel.purposes import get_purpose
 from keel.stack import EmbeddedPostgres
@@ -48,7 +49,12 @@ async def test_an_unanswered_approval_expires_and_the_model_is_told(store: RunSt
             env.client,
             task_queue="expiry",
             workflows=[AgentRun],
-            activities=[activities.call_llm, activities.run_tool, activities.save_message],
+            activities=[
+                activities.call_llm,
+                activities.run_tool,
+                activities.save_message,
+                RecordActivities(store.pool).record_run,
+            ],
         ),
     ):
         handle = await env.client.start_workflow(

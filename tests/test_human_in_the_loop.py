@@ -265,7 +265,12 @@ async def test_temporal_cancellation_from_the_cli_ends_the_run_as_cancelled(
     response = await asyncio.wait_for(streaming, timeout=6)
 
     assert '"status":"cancelled"' in response.text
-    description = await temporal.get_workflow_handle(agent_run_id).describe()
+    # The stream ends with the run; the workflow closes once the run's last record is written, just after.
+    for _ in range(100):
+        description = await temporal.get_workflow_handle(agent_run_id).describe()
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            break
+        await asyncio.sleep(0.05)
     assert description.status == WorkflowExecutionStatus.CANCELED
     RECORDED.append(agent_run_id)
 

@@ -85,7 +85,9 @@ async def final_reply(store: RunStore, agent_run_id: str) -> str:
 
 
 async def history_length(temporal: Client, agent_run_id: str) -> int:
-    return len((await temporal.get_workflow_handle(agent_run_id).fetch_history()).events)
+    handle = temporal.get_workflow_handle(agent_run_id)
+    await handle.result()  # the run records its outcome just after its stream ends, then completes
+    return len((await handle.fetch_history()).events)
 
 
 async def test_tokens_stream_live_and_a_reconnecting_client_misses_nothing(

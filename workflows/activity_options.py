@@ -49,6 +49,18 @@ SAVE_MESSAGE_OPTIONS: dict[str, Any] = {
     ),
 }
 
+# Writing the run records (agent_runs, and the tool rows the workflow owns): retried without limit, so a
+# PostgreSQL outage only delays them. Quick retries first, then every 10 s at most, so records catch up soon
+# after the database returns. A run's last record is awaited before the workflow completes.
+RECORD_RUN_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=10),
+    ),
+}
+
 # Fallback chains (`KEEL_MODEL=openai:gpt-4o-mini,anthropic:claude-haiku-4-5`): a route gets this many
 # consecutive call_llm attempts before the next route takes over; the last route keeps the attempts that
 # remain of CALL_LLM_OPTIONS' maximum. A route that fails for good (401, 404...) hands over at once.

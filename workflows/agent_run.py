@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import json
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         EVENTS_QUERY,
         PREVIOUS_DONE_SIGNAL,
         QUEUE_NEXT_SIGNAL,
+        RECORD_RUN,
         RUN_TOOL,
         SAVE_MESSAGE,
         STATE_QUERY,
@@ -54,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         QueuedRun,
         RunEvent,
         RunFinished,
+        RunNote,
         RunState,
         RunStatus,
         SaveMessageInput,
@@ -67,10 +69,16 @@ with workflow.unsafe.imports_passed_through():
         ToolPolicy,
         ToolResultReady,
         ToolResultSubmission,
+        ToolRunNote,
         Usage,
         UserAnswer,
     )
-    from workflows.activity_options import CALL_LLM_OPTIONS, RUN_TOOL_OPTIONS, SAVE_MESSAGE_OPTIONS
+    from workflows.activity_options import (
+        CALL_LLM_OPTIONS,
+        RECORD_RUN_OPTIONS,
+        RUN_TOOL_OPTIONS,
+        SAVE_MESSAGE_OPTIONS,
+    )
     from workflows.stop_conditions import Progress, Stop, conditions_for, first_stop, time_budget_detail
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -110,13 +118,27 @@ class AgentRun:
         # Double texting (enqueue): runs queued behind this one, and whether the one before us is done.
         self._queued: list[str] = []
         self._may_start = run.queued_behind is None
+        # Run records (keel/records.py): record_run activities in flight, tool notes waiting to go out with
+        # the next one, and what the run's row needs that the state does not keep.
+        self._recording = False
+        self._records: list[asyncio.Task[None]] = []
+        self._tool_notes: list[ToolRunNote] = []
+        self._model_route: str | None = None
+        self._output_seq: int | None = None
+        self._error_type: str | None = None
+        # What the run is doing right now, for its one-line current details in the Web UI.
+        self._doing: dict[str, str] = {}
+        self._tool_calls: dict[str, tuple[int, ToolCall, int]] = {}
 
     @workflow.run
     async def run(self, run: AgentRunInput) -> RunState:
         conditions = conditions_for(self._purpose)
+        # Runs started before run records existed replay without them.
+        self._recording = workflow.patched("keel-run-records")
         try:
             if not self._may_start:
                 self._detail = f"queued behind {run.queued_behind}"
+                self._describe()
                 await workflow.wait_condition(lambda: self._may_start)
                 self._detail = None
             while True:
@@ -128,6 +150,7 @@ class AgentRun:
                 if stop is not None:
                     return await self._end(stop)
         except _RunFailed as failure:
+            await self._flush_records()
             await self._release_queue()
             # Failing the workflow makes the run show as Failed in the Temporal Web UI as well.
             raise ApplicationError(str(failure), type="AgentRunFailed", non_retryable=True) from None
@@ -140,6 +163,7 @@ class AgentRun:
 
     async def _end(self, stop: Stop) -> RunState:
         state = self._finish(stop)
+        await self._flush_records()
         await self._release_queue()
         return state
 
@@ -191,6 +215,7 @@ class AgentRun:
 
     async def _think(self, step: int) -> LlmStepResult:
         self._thinking_seq = self._take_seq()
+        self._set_doing("think", f"LLM call {step} · {self._purpose.model}: waiting for the model")
         reply = await self._execute(
             CALL_LLM,
             LlmStepInput(
@@ -201,14 +226,19 @@ class AgentRun:
                 client_tools=self._run.client_tools,
                 reply_seq=self._thinking_seq,
                 step_event_seq=len(self._events),
+                purpose=self._purpose.slug,
             ),
             LlmStepResult,
             summary=f"LLM call {step} · {self._purpose.model}",
             options=CALL_LLM_OPTIONS,
             failure="the model call failed",
         )
+        self._set_doing("think", None)
         self._thinking_seq = None
         self._usage += reply.usage
+        self._model_route = reply.model
+        if reply.has_text:
+            self._output_seq = reply.reply_seq
         return reply
 
     async def _act(self, step: int, call: ToolCall, policy: ToolPolicy) -> None:
@@ -217,18 +247,16 @@ class AgentRun:
             outcome = await self._ask_user(step, call, seq)
         elif policy.handled_by == "nobody":
             offered = ", ".join(self._purpose.tools + [t.name for t in self._run.client_tools])
-            outcome = await self._save_result(
-                call, seq, f"there is no tool named {call.name!r}; the tools are: {offered}"
-            )
+            why = f"there is no tool named {call.name!r}; the tools are: {offered}"
+            self._note_tool(step, call, seq, "not_run", error_message=why)
+            outcome = await self._save_result(call, seq, why)
         elif policy.max_calls_per_run is not None and self._tool_runs[call.name] >= policy.max_calls_per_run:
-            outcome = await self._save_result(
-                call,
-                seq,
-                f"{call.name} may run at most {policy.max_calls_per_run} time(s) per run; it already ran",
-            )
+            why = f"{call.name} may run at most {policy.max_calls_per_run} time(s) per run; it already ran"
+            self._note_tool(step, call, seq, "not_run", error_message=why)
+            outcome = await self._save_result(call, seq, why)
         elif policy.handled_by == "client":
             outcome = await self._client_result(step, call, seq)
-        elif policy.needs_approval and not (record := await self._approval(step, call)).approved:
+        elif policy.needs_approval and not (record := await self._approval(step, call, seq)).approved:
             why = "the approval expired" if record.expired else f"denied by {record.approver or 'a person'}"
             reason = f": {record.reason}" if record.reason else ""
             outcome = await self._save_result(
@@ -236,14 +264,22 @@ class AgentRun:
             )
         else:
             self._tool_runs[call.name] += 1
+            self._set_doing(call.id, f"running tool {call.name}")
             outcome = await self._execute(
                 RUN_TOOL,
-                ToolInput(agent_run_id=self._run.agent_run_id, step=step, call=call, result_seq=seq),
+                ToolInput(
+                    agent_run_id=self._run.agent_run_id,
+                    step=step,
+                    call=call,
+                    result_seq=seq,
+                    purpose=self._purpose.slug,
+                ),
                 ToolOutcome,
                 summary=f"tool {call.name}",
                 options=RUN_TOOL_OPTIONS,
                 failure=f"tool {call.name} could not run",
             )
+            self._set_doing(call.id, None)
         if outcome is not None:
             self._emit(
                 ToolResultReady,
@@ -256,7 +292,7 @@ class AgentRun:
 
     # --- waiting for people ---
 
-    async def _approval(self, step: int, call: ToolCall) -> ApprovalRecord:
+    async def _approval(self, step: int, call: ToolCall, seq: int) -> ApprovalRecord:
         now = workflow.now()
         timeout = timedelta(seconds=self._purpose.approval_timeout_s)
         record = ApprovalRecord(
@@ -269,6 +305,7 @@ class AgentRun:
         )
         self._approvals[call.id] = record
         self._emit(ApprovalRequested, step=step, tool_call_id=call.id, expires_at=record.expires_at)
+        self._note_tool(step, call, seq, "waiting_for_approval", approval=record, send=True)
         try:
             await workflow.wait_condition(lambda: call.id in self._decisions, timeout=timeout)
             decision = self._decisions[call.id]
@@ -283,23 +320,36 @@ class AgentRun:
         self._emit(
             ApprovalDecided, step=step, tool_call_id=call.id, approved=record.approved, expired=record.expired
         )
+        if record.approved:
+            self._note_tool(step, call, seq, "approved", approval=record, send=True)
+        else:
+            why = "the approval expired" if record.expired else f"denied by {record.approver or 'a person'}"
+            status = "expired" if record.expired else "denied"
+            self._note_tool(step, call, seq, status, approval=record, error_message=why, send=True)
         return record
 
     async def _ask_user(self, step: int, call: ToolCall, seq: int) -> ToolOutcome | None:
         question = str(call.arguments.get("question") or "").strip() or "(the agent asked without a question)"
         if not self._purpose.allow_questions:
             self._unanswerable_question = question
+            self._note_tool(step, call, seq, "not_run", error_message="this purpose can't wait for an answer")
             return None
         self._question = PendingQuestion(tool_call_id=call.id, question=question)
         self._emit(QuestionAsked, step=step, tool_call_id=call.id, question=question)
+        asked = workflow.now()
+        self._note_tool(step, call, seq, "waiting_for_input", started_at=asked, send=True)
         timeout = timedelta(seconds=self._purpose.approval_timeout_s)
         try:
             await workflow.wait_condition(lambda: self._answer is not None, timeout=timeout)
         except TimeoutError:
             self._question = None
             self._unanswerable_question = question
+            self._note_tool(
+                step, call, seq, "expired", started_at=asked, error_message="no answer in time", send=True
+            )
             return None
         answer, self._answer, self._question = self._answer or "", None, None
+        self._note_tool(step, call, seq, "ok", started_at=asked, result={"answer": answer}, send=True)
         return await self._save_result(call, seq, answer, is_error=False)
 
     async def _client_result(self, step: int, call: ToolCall, seq: int) -> ToolOutcome:
@@ -307,18 +357,24 @@ class AgentRun:
             tool_call_id=call.id, tool_name=call.name, arguments=call.arguments
         )
         self._emit(ClientToolRequested, step=step, tool_call_id=call.id)
+        asked = workflow.now()
+        self._note_tool(step, call, seq, "waiting_for_tool_result", started_at=asked, send=True)
         timeout = timedelta(seconds=self._purpose.approval_timeout_s)
         try:
             await workflow.wait_condition(lambda: call.id in self._client_results, timeout=timeout)
         except TimeoutError:
             del self._client_calls[call.id]
-            return await self._save_result(
-                call, seq, f"the client did not return a result for {call.name} in time"
-            )
+            why = f"the client did not return a result for {call.name} in time"
+            self._note_tool(step, call, seq, "expired", started_at=asked, error_message=why, send=True)
+            return await self._save_result(call, seq, why)
         del self._client_calls[call.id]
         submitted = self._client_results[call.id]
         if submitted.error is not None:
+            self._note_tool(
+                step, call, seq, "error", started_at=asked, error_message=submitted.error, send=True
+            )
             return await self._save_result(call, seq, submitted.error)
+        self._note_tool(step, call, seq, "ok", started_at=asked, result=submitted.output, send=True)
         content = submitted.output if isinstance(submitted.output, str) else json.dumps(submitted.output)
         schema = next((t.output_schema for t in self._run.client_tools if t.name == call.name), None)
         return await self._save_result(call, seq, content, is_error=False, output_schema=schema)
@@ -489,6 +545,7 @@ class AgentRun:
             if isinstance(err.cause, CancelledError):
                 raise asyncio.CancelledError() from err
             cause = str(err.cause) if err.cause is not None else str(err)
+            self._error_type = getattr(err.cause, "type", None) or type(err.cause or err).__name__
             self._finish(Stop(RunStatus.failed, f"{failure}: {cause}"))
             raise _RunFailed(f"{failure}: {cause}") from err
 
@@ -525,7 +582,23 @@ class AgentRun:
         return seq
 
     def _emit(self, event_type: type, **fields: object) -> None:
-        self._events.append(event_type(seq=len(self._events) + 1, **fields))
+        event = event_type(seq=len(self._events) + 1, **fields)
+        self._events.append(event)
+        # One log line per event (never on replay: workflow.logger skips it).
+        step = getattr(event, "step", None)
+        tool = event.call.name if isinstance(event, ToolCallRequested) else None
+        workflow.logger.info(
+            _event_line(event),
+            extra={
+                "agent_run_id": self._run.agent_run_id,
+                "purpose": self._purpose.slug,
+                "phase": _PHASES.get(event.type, "act"),
+                "step": step,
+                "tool": tool,
+                "event": event.type,
+            },
+        )
+        self._describe()
 
     def _finish(self, stop: Stop) -> RunState:
         if self._final is None:
@@ -536,8 +609,167 @@ class AgentRun:
                 if stop.status in (RunStatus.cancelled, RunStatus.budget_exceeded)
                 else None
             )
+            if partial is not None:
+                self._output_seq = partial
+            # Whatever still waits for someone ends with the run.
+            now = workflow.now()
+            for record in self._approvals.values():
+                if record.decided_at is None:
+                    self._note_tool_id(record.tool_call_id, "cancelled", approval=record, finished_at=now)
+            if self._question is not None:
+                self._note_tool_id(self._question.tool_call_id, "cancelled", finished_at=now)
+            for pending in self._client_calls.values():
+                self._note_tool_id(pending.tool_call_id, "cancelled", finished_at=now)
             self._emit(RunFinished, status=stop.status, detail=stop.detail, partial_message_seq=partial)
         return self.state()
+
+    # --- run records and current details ---
+
+    def _note_tool(
+        self,
+        step: int,
+        call: ToolCall,
+        seq: int,
+        status: str,
+        *,
+        approval: ApprovalRecord | None = None,
+        error_message: str | None = None,
+        result: Any = None,
+        started_at: datetime | None = None,
+        send: bool = False,
+    ) -> None:
+        """Note a tool call's state for its tool_runs row; `send` records it (and the run's status) now."""
+        final = status not in (
+            "waiting_for_approval",
+            "waiting_for_input",
+            "waiting_for_tool_result",
+            "approved",
+        )
+        self._tool_calls[call.id] = (step, call, seq)
+        self._tool_notes.append(
+            ToolRunNote(
+                seq=seq,
+                step=step,
+                tool_call_id=call.id,
+                tool_name=call.name,
+                arguments=call.arguments,
+                status=status,
+                approval=approval.model_copy() if approval is not None else None,
+                error_message=error_message,
+                result=result,
+                started_at=started_at,
+                finished_at=workflow.now() if final else None,
+            )
+        )
+        if send:
+            self._send_record()
+
+    def _note_tool_id(self, tool_call_id: str, status: str, **fields: Any) -> None:
+        if tool_call_id in self._tool_calls:
+            step, call, seq = self._tool_calls[tool_call_id]
+            fields.pop("finished_at", None)
+            self._note_tool(step, call, seq, status, **fields)
+
+    def _send_record(self) -> None:
+        """Start a record_run activity with the run's row as it is now and the tool notes so far."""
+        notes, self._tool_notes = self._tool_notes, []
+        if not self._recording:
+            return
+        state = self.state()
+        note = RunNote(
+            agent_run_id=self._run.agent_run_id,
+            temporal_run_id=workflow.info().run_id,
+            version=len(self._events),
+            status=state.status,
+            purpose=self._purpose.slug,
+            model=self._purpose.model,
+            chat_id=self._run.chat_id,
+            user_id=self._run.user_id,
+            input_summary=self._run.input_summary,
+            started_at=self._started_at,
+            step=self._step,
+            usage=self._usage,
+            model_route=self._model_route,
+            finished_at=workflow.now() if self._final is not None else None,
+            detail=self._detail if self._final is not None else None,
+            error_type=self._error_type if self._final == RunStatus.failed else None,
+            output_seq=self._output_seq if self._final is not None else None,
+            tool_runs=notes,
+        )
+        self._records.append(asyncio.create_task(self._record(note)))
+
+    async def _record(self, note: RunNote) -> None:
+        try:
+            await workflow.execute_activity(
+                RECORD_RUN, note, summary=f"record {note.status.value}", **RECORD_RUN_OPTIONS
+            )
+        except ActivityError as err:
+            # Only a record PostgreSQL refuses gets here (an outage is retried without limit): the run goes on.
+            workflow.logger.error("could not record the run: %s", err.cause or err)
+
+    async def _flush_records(self) -> None:
+        """Record the run's final state and wait for every record in flight, so none is abandoned."""
+        self._send_record()
+        await asyncio.gather(*self._records)
+        self._records.clear()
+
+    def _set_doing(self, key: str, text: str | None) -> None:
+        if text is None:
+            self._doing.pop(key, None)
+        else:
+            self._doing[key] = text
+        self._describe()
+
+    def _describe(self) -> None:
+        """The run's current details, one line saying what it does or waits for (Web UI, `describe`)."""
+        state = self.state()
+        if self._final is not None:
+            line = self._final.value + (f": {self._detail}" if self._detail else "")
+        elif pending := state.pending_approvals:
+            names = ", ".join(f"{r.tool_name} ({r.tool_call_id})" for r in pending)
+            line = f"waiting for approval of {names}, until {pending[0].expires_at:%Y-%m-%d %H:%M} UTC"
+        elif self._question is not None:
+            line = f"waiting for the user's answer to: {_clip(self._question.question, 120)}"
+        elif self._client_calls:
+            names = ", ".join(p.tool_name for p in self._client_calls.values())
+            line = f"waiting for the client's result of {names}"
+        elif not self._may_start:
+            line = f"queued behind {self._run.queued_behind}"
+        elif self._doing:
+            line = "; ".join(self._doing.values())
+        else:
+            line = "running"
+        workflow.set_current_details(f"step {self._step} · {line}" if self._step else line)
+
+
+_PHASES = {
+    "step_started": "think",
+    "text": "think",
+    "tool_call": "think",
+    "approval_requested": "wait",
+    "approval_decided": "wait",
+    "question_asked": "wait",
+    "client_tool_requested": "wait",
+    "step_finished": "act",
+    "run_finished": "finish",
+}
+
+
+def _event_line(event: Any) -> str:
+    """A run event as a log message."""
+    if isinstance(event, ToolCallRequested):
+        return f"step {event.step}: the model called {event.call.name} ({event.call.id})"
+    if isinstance(event, RunFinished):
+        return f"run finished: {event.status.value}" + (f" ({event.detail})" if event.detail else "")
+    step = getattr(event, "step", None)
+    what = event.type.replace("_", " ")
+    call = getattr(event, "tool_call_id", None)
+    return (f"step {step}: " if step is not None else "") + what + (f" ({call})" if call else "")
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _sha256(arguments: dict[str, Any]) -> str:

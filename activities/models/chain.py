@@ -57,6 +57,8 @@ class FallbackChain:
         self._prices = prices
         self._attempt = attempt
         self._per_route = per_route
+        # The route asked last: the one that answered, or the one whose failure ended the attempt.
+        self.route: str | None = None
 
     async def stream(
         self,
@@ -71,6 +73,7 @@ class FallbackChain:
         refusals: list[str] = []
         for index in range(first, len(self.routes)):
             route = self.routes[index]
+            self.route = str(route)
             provider, model_name = self._provider_for(route)
             started = False
             try:

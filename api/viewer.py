@@ -1,0 +1,147 @@
+"""The Agent Run Viewer: `/runs` (a page, no build step, works offline) and the JSON it reads.
+
+- `GET /api/runs`: runs from `agent_runs`, newest first, filtered by status, purpose, user, chat and time.
+  With `chat_id` it lists the chat's runs from `chat_runs` (runs from before run records included), as it
+  always did; every row still has `agent_run_id` and `started_at`.
+- `GET /api/runs/{id}/timeline`: one run with its LLM calls and tool runs, merged into one timeline with
+  latency, tokens, cost, errors and approvals, and the run's address in the Temporal Web UI.
+"""
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from api.gateway import Gateway, GatewayDep, is_run_id
+from keel import records
+from keel.contracts import RunStatus
+
+router = APIRouter(tags=["run viewer"])
+_PAGE = Path(__file__).parent / "static" / "runs.html"
+
+
+class RunSummary(BaseModel):
+    agent_run_id: str
+    started_at: datetime
+    status: str | None = None
+    purpose: str | None = None
+    chat_id: str | None = None
+    user_id: str | None = None
+    step_count: int | None = None
+    model: str | None = None
+    model_route: str | None = None
+    finished_at: datetime | None = None
+    duration_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    unpriced_calls: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    detail: str | None = None
+    input_summary: str | None = None
+    output_summary: str | None = None
+    temporal_run_id: str | None = None
+    temporal_url: str
+
+
+class TimelineItem(BaseModel):
+    kind: Literal["llm_call", "tool_run"]
+    seq: int
+    attempt: int
+    step: int
+    name: str
+    status: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    # Milliseconds from the run's start to this item's start (its approval request, for a call that
+    # waited for one), for drawing the timeline.
+    offset_ms: float | None = None
+    latency_ms: int | None = None
+    error_message: str | None = None
+    record: dict[str, Any]
+
+
+class Timeline(BaseModel):
+    run: RunSummary
+    llm_calls: list[dict[str, Any]]
+    tool_runs: list[dict[str, Any]]
+    items: list[TimelineItem]
+
+
+@router.get("/runs", include_in_schema=False)
+async def viewer_page() -> FileResponse:
+    return FileResponse(_PAGE)
+
+
+@router.get("/api/runs", summary="Runs, newest first: filter by status, purpose, user, chat and start time")
+async def list_runs(
+    gw: GatewayDep,
+    chat_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    status: RunStatus | None = None,
+    purpose: Annotated[str | None, Query(max_length=200)] = None,
+    user: Annotated[str | None, Query(max_length=200, description="user_id")] = None,
+    since: Annotated[datetime | None, Query(description="started at or after (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="started before (ISO 8601)")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[RunSummary]:
+    if chat_id is not None and not any((status, purpose, user, since, until)):
+        rows = await records.chat_runs(gw.store.pool, chat_id, limit)
+    else:
+        filters = records.RunFilter(
+            status=status.value if status else None,
+            purpose=purpose,
+            user_id=user,
+            chat_id=chat_id,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+        rows = await records.list_runs(gw.store.pool, filters)
+    return [_summary(gw, row) for row in rows]
+
+
+@router.get("/api/runs/{agent_run_id}/timeline", summary="A run's LLM calls and tool runs, in order")
+async def run_timeline(agent_run_id: str, gw: GatewayDep) -> Timeline:
+    found = await records.timeline(gw.store.pool, agent_run_id) if is_run_id(agent_run_id) else None
+    if found is None:
+        raise HTTPException(404, f"no records of run {agent_run_id!r}")
+    run = _summary(gw, found["run"])
+    items = [_item("llm_call", r, r.get("route") or "", run.started_at) for r in found["llm_calls"]]
+    items += [_item("tool_run", r, r["tool_name"], run.started_at) for r in found["tool_runs"]]
+    items.sort(key=lambda i: (i.offset_ms if i.offset_ms is not None else float("inf"), i.seq, i.attempt))
+    return Timeline(run=run, llm_calls=found["llm_calls"], tool_runs=found["tool_runs"], items=items)
+
+
+def _summary(gw: Gateway, row: dict[str, Any]) -> RunSummary:
+    return RunSummary(**row, temporal_url=temporal_url(gw, row["agent_run_id"], row.get("temporal_run_id")))
+
+
+def temporal_url(gw: Gateway, agent_run_id: str, temporal_run_id: str | None) -> str:
+    base = gw.settings.temporal_ui_url.rstrip("/")
+    url = f"{base}/namespaces/{quote(gw.settings.temporal_namespace)}/workflows/{quote(agent_run_id)}"
+    return f"{url}/{quote(temporal_run_id)}/history" if temporal_run_id else url
+
+
+def _item(
+    kind: Literal["llm_call", "tool_run"], row: dict[str, Any], name: str, run_start: datetime
+) -> TimelineItem:
+    begin = row.get("approval_requested_at") or row.get("started_at") or row.get("finished_at")
+    return TimelineItem(
+        kind=kind,
+        seq=row["seq"],
+        attempt=row["attempt"],
+        step=row["step"],
+        name=name,
+        status=row["status"],
+        started_at=row.get("started_at"),
+        finished_at=row.get("finished_at"),
+        offset_ms=None if begin is None else (begin - run_start).total_seconds() * 1000,
+        latency_ms=row.get("latency_ms"),
+        error_message=row.get("error_message"),
+        record=row,
+    )

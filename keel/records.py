@@ -1,0 +1,649 @@
+"""Run records in PostgreSQL: `agent_runs`, `llm_calls` and `tool_runs` (keel/migrations/0003_run_records.sql).
+
+Two ways in, both idempotent:
+
+- The workflow's own facts (status changes, approvals, the outcome) arrive through the `record_run`
+  activity, which Temporal retries without limit: durable even across worker crashes, and a PostgreSQL
+  outage only delays them. `write_run_note` is its body.
+- What happens inside one activity attempt (an LLM call's latency, tokens and error; a tool's result) is
+  known only to that attempt, so it writes its own rows through `RecordWriter`, a write-behind queue that
+  never lets a record write fail or slow an attempt: rows wait in memory, and in a spool file on disk while
+  PostgreSQL is unreachable, and are written in order once it answers again.
+
+Every write is an upsert keyed by (agent_run_id, seq, attempt) for LLM calls and tool runs, by id for
+runs. It merges instead of replacing: a column is only overwritten by a known value and a status only moves
+forward, so a write that arrives twice or late never undoes a newer one.
+
+The gateway uses the read side (`list_runs`, `timeline`, `approval_backlog`) for the run viewer and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import asyncpg
+
+log = logging.getLogger("keel.records")
+
+Table = Literal["llm_calls", "tool_runs"]
+
+LLM_CALL_COLUMNS = (
+    "agent_run_id",
+    "seq",
+    "attempt",
+    "step",
+    "activity_id",
+    "provider",
+    "model",
+    "route",
+    "status",
+    "started_at",
+    "finished_at",
+    "latency_ms",
+    "time_to_first_token_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "finish_reason",
+    "request_id",
+    "error_type",
+    "error_message",
+)
+TOOL_RUN_COLUMNS = (
+    "agent_run_id",
+    "seq",
+    "attempt",
+    "step",
+    "activity_id",
+    "tool_call_id",
+    "tool_name",
+    "status",
+    "started_at",
+    "finished_at",
+    "latency_ms",
+    "error_message",
+    "params_snapshot",
+    "result_snapshot",
+    "approval",
+    "approver",
+    "approval_reason",
+    "approval_requested_at",
+    "approval_decided_at",
+)
+_COLUMNS: dict[str, tuple[str, ...]] = {"llm_calls": LLM_CALL_COLUMNS, "tool_runs": TOOL_RUN_COLUMNS}
+
+# How far along a status is. A write never moves a row back to a lower rank; every status not listed is
+# final (rank 9), and between two finals the later write wins.
+_RANKS: dict[str, dict[str, int]] = {
+    "llm_calls": {"running": 0},
+    "tool_runs": {
+        "waiting_for_approval": 0,
+        "waiting_for_input": 0,
+        "waiting_for_tool_result": 0,
+        "approved": 1,
+        "running": 2,
+    },
+}
+FINAL_TOOL_STATUSES = ("ok", "error", "denied", "expired", "not_run", "cancelled")
+# Run statuses after which nothing changes any more (RunStatus.is_final).
+FINAL_RUN_STATUSES = ("completed", "failed", "cancelled", "step_limit", "budget_exceeded", "needs_input")
+
+# Snapshots of tool arguments and results are for reading, not replaying: big ones are cut.
+SNAPSHOT_LIMIT = 8_000
+
+
+def snapshot(value: Any, limit: int = SNAPSHOT_LIMIT) -> Any:
+    """A JSON value as stored in params_snapshot / result_snapshot: itself, or a preview when too big."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) <= limit:
+        return json.loads(text)
+    return {"truncated": True, "size": len(text), "preview": text[:limit]}
+
+
+def clip(text: str | None, limit: int = 200) -> str | None:
+    if text is None:
+        return None
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _rank(expr: str, table: str) -> str:
+    cases = " ".join(f"WHEN '{status}' THEN {rank}" for status, rank in _RANKS[table].items())
+    return f"(CASE {expr} {cases} ELSE 9 END)"
+
+
+def _upsert_sql(table: str) -> str:
+    columns = _COLUMNS[table]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    key = ("agent_run_id", "seq", "attempt")
+    merged = [
+        f"status = CASE WHEN {_rank('EXCLUDED.status', table)} >= {_rank(f'{table}.status', table)}"
+        f" THEN EXCLUDED.status ELSE {table}.status END"
+    ]
+    merged += [f"{c} = COALESCE(EXCLUDED.{c}, {table}.{c})" for c in columns if c not in (*key, "status")]
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(merged)}, updated_at = now()"
+    )
+
+
+_UPSERT = {table: _upsert_sql(table) for table in _COLUMNS}
+# A row may be written before its run's row exists (a run started by hand, not through the gateway).
+_ENSURE_RUN = "INSERT INTO agent_runs (id) VALUES ($1) ON CONFLICT DO NOTHING"
+
+
+@dataclass
+class Row:
+    """One upsert into llm_calls or tool_runs; `values` has any subset of the table's columns."""
+
+    table: Table
+    values: dict[str, Any]
+
+    def args(self) -> list[Any]:
+        return [self.values.get(c) for c in _COLUMNS[self.table]]
+
+    def to_json(self) -> str:
+        return json.dumps({"table": self.table, "values": self.values}, default=_encode)
+
+    @classmethod
+    def from_json(cls, line: str) -> Row:
+        data = json.loads(line, object_hook=_decode)
+        return cls(table=data["table"], values=data["values"])
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    raise TypeError(f"cannot spool {type(value).__name__}")
+
+
+def _decode(obj: dict[str, Any]) -> Any:
+    if set(obj) == {"$datetime"}:
+        return datetime.fromisoformat(obj["$datetime"])
+    return obj
+
+
+async def write_row(conn: asyncpg.Connection | asyncpg.Pool, row: Row) -> None:
+    run_id = row.values["agent_run_id"]
+    async with _transaction(conn) as tx:
+        await tx.execute(_ENSURE_RUN, run_id)
+        await tx.execute(_UPSERT[row.table], *row.args())
+        if row.table == "llm_calls":
+            await tx.execute(
+                "UPDATE agent_runs SET step_count = GREATEST(step_count, $2), updated_at = now()"
+                " WHERE id = $1 AND step_count < $2",
+                run_id,
+                row.values["step"],
+            )
+
+
+@contextlib.asynccontextmanager
+async def _transaction(conn: asyncpg.Connection | asyncpg.Pool):  # type: ignore[no-untyped-def]
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as acquired, acquired.transaction():
+            yield acquired
+    else:
+        async with conn.transaction():
+            yield conn
+
+
+def is_unavailable(err: BaseException) -> bool:
+    """True when PostgreSQL could not be reached or went away, as opposed to refusing what was sent."""
+    return isinstance(
+        err,
+        OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.OperatorInterventionError  # admin shutdown, crash shutdown, cannot connect now
+        | asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+    )
+
+
+class RecordWriter:
+    """Write-behind for the rows activity attempts produce.
+
+    `put` never blocks and never raises: the row joins a queue that one task writes to PostgreSQL, oldest
+    first. When PostgreSQL cannot be reached the queue is kept, in memory and in a spool file under
+    `spool_dir` (fsync'd, one JSON row per line), and retried with backoff until it answers; nothing is
+    dropped. A process that dies with rows still spooled leaves its file behind and the next writer that
+    starts on the same directory adopts it (an flock tells a live owner from a dead one). Rows PostgreSQL
+    refuses (a bug, not an outage) are logged whole and skipped, so one bad row can't hold up the rest.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool | None,
+        spool_dir: Path | None = None,
+        *,
+        on_backlog: Callable[[int], None] | None = None,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._spool_dir = spool_dir
+        self._queue: deque[Row] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._down = False
+        self._max_backoff = max_backoff
+        self._on_backlog = on_backlog or (lambda _: None)
+        self._spool: Any = None  # our own spool file, open and flock'ed while it exists
+        self._adopted: list[Any] = []  # other dead writers' spool files, deleted once written
+        self.written = 0
+        self._name = uuid.uuid4().hex[:8]
+
+    @classmethod
+    def disabled(cls) -> RecordWriter:
+        """A writer that drops rows: for activities run without a database (unit tests)."""
+        return cls(None)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    @property
+    def unavailable(self) -> bool:
+        return self._down
+
+    def start(self) -> None:
+        if self._pool is None or self._task is not None:
+            return
+        self._adopt_orphans()
+        self._task = asyncio.create_task(self._run(), name="keel-record-writer")
+
+    def put(self, row: Row) -> None:
+        if self._pool is None:
+            return
+        self._queue.append(row)
+        self._idle.clear()
+        self._on_backlog(len(self._queue))
+        if self._down:
+            self._spool_rows([row])
+        self._wake.set()
+
+    async def settle(self, seconds: float) -> bool:
+        """Wait up to `seconds` for the queue to be written; False at once while PostgreSQL is away."""
+        if self._idle.is_set():
+            return True
+        if self._down or self._task is None:
+            return False
+        try:
+            await asyncio.wait_for(self._idle.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, seconds: float = 5.0) -> None:
+        """Write what can be written within `seconds`; whatever is left stays in the spool file."""
+        if self._task is None:
+            return
+        await self.settle(seconds)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        if self._queue:
+            self._spool_rows(list(self._queue), rewrite=True)
+            log.warning("%d run records not written yet; they stay in %s", len(self._queue), self._spool_path)
+            if self._spool is not None:
+                self._spool.close()  # releases the lock: the next writer on this directory adopts them
+                self._spool = None
+        elif self._spool is not None:
+            self._drop_spool()
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            if not self._queue:
+                self._idle.set()
+                await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                row = self._queue[0]
+                try:
+                    await asyncio.wait_for(write_row(self._pool, row), 10)  # type: ignore[arg-type]
+                except Exception as err:
+                    if not is_unavailable(err):
+                        log.error(
+                            "PostgreSQL refused a run record, skipped: %s: %s; row %s",
+                            type(err).__name__,
+                            err,
+                            row.to_json(),
+                        )
+                    else:
+                        if not self._down:
+                            self._down = True
+                            log.warning(
+                                "PostgreSQL is unavailable (%s: %s); keeping run records until it answers",
+                                type(err).__name__,
+                                err,
+                            )
+                            self._spool_rows(list(self._queue), rewrite=True)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, self._max_backoff)
+                        continue
+                self._queue.popleft()
+                self.written += 1
+                self._on_backlog(len(self._queue))
+            backoff = 0.2
+            if self._down:
+                self._down = False
+                log.info("PostgreSQL answers again; the kept run records are written")
+            self._drop_spool()
+            self._drop_adopted()
+
+    # --- the spool file ---
+
+    @property
+    def _spool_path(self) -> Path | None:
+        if self._spool_dir is None:
+            return None
+        return self._spool_dir / f"{socket.gethostname()}-{os.getpid()}-{self._name}.jsonl"
+
+    def _spool_rows(self, rows: Sequence[Row], *, rewrite: bool = False) -> None:
+        path = self._spool_path
+        if path is None:
+            return
+        try:
+            if self._spool is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._spool = path.open("a+", encoding="utf-8")
+                fcntl.flock(self._spool, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if rewrite:
+                self._spool.seek(0)
+                self._spool.truncate()
+            self._spool.write("".join(r.to_json() + "\n" for r in rows))
+            self._spool.flush()
+            os.fsync(self._spool.fileno())
+        except OSError as err:  # a full or read-only disk: the rows are still in memory
+            log.error("could not spool run records to %s: %s", path, err)
+
+    def _drop_spool(self) -> None:
+        if self._spool is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self._spool.name)
+        self._spool.close()
+        self._spool = None
+
+    def _adopt_orphans(self) -> None:
+        """Queue the rows a dead writer left in its spool file (its flock is gone with it)."""
+        if self._spool_dir is None or not self._spool_dir.is_dir():
+            return
+        for path in sorted(self._spool_dir.glob("*.jsonl")):
+            if path == self._spool_path:
+                continue
+            handle = path.open("r", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()  # its writer is alive
+                continue
+            rows = []
+            for line in handle:
+                with contextlib.suppress(ValueError, KeyError):
+                    rows.append(Row.from_json(line))
+            log.info("adopting %d run records a stopped worker left in %s", len(rows), path)
+            self._queue.extend(rows)
+            self._adopted.append(handle)
+        if self._queue:
+            self._idle.clear()
+            self._wake.set()
+
+    def _drop_adopted(self) -> None:
+        for handle in self._adopted:
+            with contextlib.suppress(OSError):
+                os.unlink(handle.name)
+            handle.close()
+        self._adopted.clear()
+
+
+# --- the workflow's notes (the record_run activity) ---
+
+
+@dataclass
+class RunWrite:
+    """What one note changes, for the metrics that count transitions exactly once."""
+
+    previous_status: str | None
+    status: str
+    # (tool_name, approval, seconds waited) for each approval decided by this note.
+    approvals_decided: list[tuple[str, str, float]] = field(default_factory=list)
+
+
+_RUN_COLUMNS = (
+    "id",
+    "temporal_run_id",
+    "chat_id",
+    "user_id",
+    "purpose_slug",
+    "status",
+    "status_version",
+    "step_count",
+    "model",
+    "model_route",
+    "started_at",
+    "finished_at",
+    "error_type",
+    "error_message",
+    "detail",
+    "input_summary",
+    "output_summary",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "unpriced_calls",
+)
+_RUN_MERGE = {
+    "status": "CASE WHEN EXCLUDED.status_version >= agent_runs.status_version"
+    " THEN EXCLUDED.status ELSE agent_runs.status END",
+    "status_version": "GREATEST(EXCLUDED.status_version, agent_runs.status_version)",
+    "step_count": "GREATEST(EXCLUDED.step_count, agent_runs.step_count)",
+    "started_at": "LEAST(EXCLUDED.started_at, agent_runs.started_at)",
+    "purpose_slug": "COALESCE(NULLIF(EXCLUDED.purpose_slug, ''), agent_runs.purpose_slug)",
+}
+_UPSERT_RUN = (
+    f"INSERT INTO agent_runs ({', '.join(_RUN_COLUMNS)})"
+    f" VALUES ({', '.join(f'${i}' for i in range(1, len(_RUN_COLUMNS) + 1))})"
+    " ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = {_RUN_MERGE.get(c, f'COALESCE(EXCLUDED.{c}, agent_runs.{c})')}" for c in _RUN_COLUMNS[1:]
+    )
+    + ", updated_at = now()"
+)
+
+
+async def run_started(
+    pool: asyncpg.Pool,
+    *,
+    agent_run_id: str,
+    purpose: str,
+    model: str,
+    chat_id: str | None,
+    user_id: str | None,
+    input_summary: str,
+) -> None:
+    """The gateway's first record of a run, written with its conversation, before the workflow starts."""
+    values = {
+        "id": agent_run_id,
+        "chat_id": chat_id,
+        "user_id": user_id,
+        "purpose_slug": purpose,
+        "status": "running",
+        "status_version": 0,
+        "step_count": 0,
+        "model": model,
+        "input_summary": input_summary,
+        "started_at": datetime.now(UTC),
+    }
+    await pool.execute(_UPSERT_RUN, *[values.get(c) for c in _RUN_COLUMNS])
+
+
+async def write_run_note(
+    pool: asyncpg.Pool, run: dict[str, Any], tool_rows: list[dict[str, Any]], output_seq: int | None
+) -> RunWrite:
+    """Upsert a run's row and the tool rows the workflow knows about, in one transaction."""
+    run_id = run["id"]
+    async with pool.acquire() as conn, conn.transaction():
+        previous = await conn.fetchval("SELECT status FROM agent_runs WHERE id = $1 FOR UPDATE", run_id)
+        if output_seq is not None:
+            body = await conn.fetchval(
+                "SELECT body->>'content' FROM run_messages WHERE agent_run_id = $1 AND seq = $2",
+                run_id,
+                output_seq,
+            )
+            run = {**run, "output_summary": clip(body)}
+        await conn.execute(_UPSERT_RUN, *[run.get(c) for c in _RUN_COLUMNS])
+        status = await conn.fetchval("SELECT status FROM agent_runs WHERE id = $1", run_id)
+        decided = []
+        if tool_rows:
+            seqs = [r["seq"] for r in tool_rows]
+            # Only the workflow's notes set `approval`: the first note that does counts the decision.
+            before = {
+                r["seq"]: r["approval"]
+                for r in await conn.fetch(
+                    "SELECT seq, approval FROM tool_runs WHERE agent_run_id = $1 AND attempt = 1"
+                    " AND seq = ANY($2::int[]) FOR UPDATE",
+                    run_id,
+                    seqs,
+                )
+            }
+            for row in tool_rows:
+                await conn.execute(_UPSERT["tool_runs"], *Row("tool_runs", row).args())
+                if row.get("approval") and before.get(row["seq"]) is None:
+                    waited = (row["approval_decided_at"] - row["approval_requested_at"]).total_seconds()
+                    decided.append((row["tool_name"], row["approval"], waited))
+    return RunWrite(previous_status=previous, status=status, approvals_decided=decided)
+
+
+# --- reading, for the run viewer and the gateway's metrics ---
+
+_RUN_FIELDS = (
+    "r.id AS agent_run_id, r.temporal_run_id, r.chat_id, r.user_id, r.purpose_slug AS purpose, r.status,"
+    " r.step_count, r.model, r.model_route, r.started_at, r.finished_at, r.error_type, r.error_message,"
+    " r.detail, r.input_summary, r.output_summary,"
+    " COALESCE(r.prompt_tokens, agg.prompt_tokens) AS prompt_tokens,"
+    " COALESCE(r.completion_tokens, agg.completion_tokens) AS completion_tokens,"
+    " COALESCE(r.cost_usd, agg.cost_usd) AS cost_usd, r.unpriced_calls,"
+    " EXTRACT(EPOCH FROM (COALESCE(r.finished_at, now()) - r.started_at)) * 1000 AS duration_ms"
+)
+# While a run is going its totals come from its LLM calls so far; at the end the workflow's own count wins.
+_LLM_TOTALS = (
+    "LEFT JOIN LATERAL (SELECT sum(prompt_tokens)::bigint AS prompt_tokens,"
+    " sum(completion_tokens)::bigint AS completion_tokens, sum(cost_usd) AS cost_usd"
+    " FROM llm_calls l WHERE l.agent_run_id = r.id) agg ON true"
+)
+
+
+@dataclass
+class RunFilter:
+    status: str | None = None
+    purpose: str | None = None
+    user_id: str | None = None
+    chat_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 50
+
+
+async def list_runs(pool: asyncpg.Pool, f: RunFilter) -> list[dict[str, Any]]:
+    where, args = [], []
+    for column, value in (
+        ("r.status", f.status),
+        ("r.purpose_slug", f.purpose),
+        ("r.user_id", f.user_id),
+        ("r.chat_id", f.chat_id),
+    ):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = ${len(args)}")
+    if f.since is not None:
+        args.append(f.since)
+        where.append(f"r.started_at >= ${len(args)}")
+    if f.until is not None:
+        args.append(f.until)
+        where.append(f"r.started_at < ${len(args)}")
+    args.append(f.limit)
+    sql = (
+        f"SELECT {_RUN_FIELDS} FROM agent_runs r {_LLM_TOTALS}"
+        f" {'WHERE ' + ' AND '.join(where) if where else ''}"
+        f" ORDER BY r.started_at DESC LIMIT ${len(args)}"
+    )
+    return [dict(r) for r in await pool.fetch(sql, *args)]
+
+
+async def chat_runs(pool: asyncpg.Pool, chat_id: str, limit: int) -> list[dict[str, Any]]:
+    """A chat's runs, newest first, including runs started before run records existed (no record row)."""
+    rows = await pool.fetch(
+        f"SELECT c.agent_run_id AS chat_run_id, c.started_at AS chat_started_at, {_RUN_FIELDS}"
+        f" FROM chat_runs c LEFT JOIN agent_runs r ON r.id = c.agent_run_id {_LLM_TOTALS}"
+        " WHERE c.chat_id = $1 ORDER BY c.started_at DESC LIMIT $2",
+        chat_id,
+        limit,
+    )
+    out = []
+    for row in rows:
+        item = dict(row)
+        item["agent_run_id"] = item.pop("chat_run_id")
+        started = item.pop("chat_started_at")
+        item["started_at"] = item["started_at"] or started
+        item["chat_id"] = chat_id
+        out.append(item)
+    return out
+
+
+async def timeline(pool: asyncpg.Pool, agent_run_id: str) -> dict[str, Any] | None:
+    async with pool.acquire() as conn:
+        run = await conn.fetchrow(
+            f"SELECT {_RUN_FIELDS} FROM agent_runs r {_LLM_TOTALS} WHERE r.id = $1", agent_run_id
+        )
+        if run is None:
+            return None
+        llm = await conn.fetch(
+            f"SELECT {', '.join(LLM_CALL_COLUMNS[1:])} FROM llm_calls WHERE agent_run_id = $1 ORDER BY seq, attempt",
+            agent_run_id,
+        )
+        tools = await conn.fetch(
+            f"SELECT {', '.join(TOOL_RUN_COLUMNS[1:])} FROM tool_runs WHERE agent_run_id = $1 ORDER BY seq, attempt",
+            agent_run_id,
+        )
+    return {"run": dict(run), "llm_calls": [dict(r) for r in llm], "tool_runs": [dict(r) for r in tools]}
+
+
+async def approval_backlog(pool: asyncpg.Pool) -> tuple[int, float]:
+    """How many tool calls wait for approval now, and how long the oldest has waited (seconds)."""
+    row = await pool.fetchrow(
+        "SELECT count(*) AS pending,"
+        " COALESCE(EXTRACT(EPOCH FROM now() - min(approval_requested_at)), 0) AS oldest"
+        " FROM tool_runs WHERE status = 'waiting_for_approval'"
+    )
+    return int(row["pending"]), float(row["oldest"])
+
+
+ACTIVE_RUN_STATUSES = ("running", "waiting_for_approval", "waiting_for_input", "waiting_for_tool_result")
+
+
+async def active_runs(pool: asyncpg.Pool) -> dict[str, int]:
+    """How many runs are in each not-yet-final status now."""
+    rows = await pool.fetch(
+        "SELECT status, count(*) AS n FROM agent_runs WHERE status = ANY($1::text[]) GROUP BY status",
+        list(ACTIVE_RUN_STATUSES),
+    )
+    counts = dict.fromkeys(ACTIVE_RUN_STATUSES, 0)
+    counts.update({r["status"]: r["n"] for r in rows})
+    return counts
