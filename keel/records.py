@@ -201,7 +201,8 @@ async def _transaction(conn: asyncpg.Connection | asyncpg.Pool):  # type: ignore
 
 
 def is_unavailable(err: BaseException) -> bool:
-    """True when PostgreSQL could not be reached or went away, as opposed to refusing what was sent."""
+    """True when PostgreSQL could not be reached, went away or asks to try again, as opposed to refusing
+    what was sent (which trying again would not change)."""
     return isinstance(
         err,
         OSError
@@ -209,7 +210,8 @@ def is_unavailable(err: BaseException) -> bool:
         | asyncpg.InterfaceError
         | asyncpg.PostgresConnectionError
         | asyncpg.exceptions.OperatorInterventionError  # admin shutdown, crash shutdown, cannot connect now
-        | asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+        | asyncpg.exceptions.InsufficientResourcesError  # too many connections
+        | asyncpg.exceptions.TransactionRollbackError,  # a deadlock or serialization failure: try again
     )
 
 
