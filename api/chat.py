@@ -23,8 +23,8 @@ from temporalio.service import RPCError
 
 from api.chat_request import BadChatRequest, ChatRequest, pending_answers, to_conversation
 from api.gateway import Gateway, GatewayDep, http_error, is_run_id
-from api.run_stream import StreamStart, active_segment, pause_after
-from api.streams import stream_response
+from api.run_stream import StreamStart, pause_after
+from api.streams import resume_chat, stream_response
 from keel import metrics, records
 from keel.contracts import (
     ANSWER_UPDATE,
@@ -67,20 +67,7 @@ async def chat(request: ChatRequest, gw: GatewayDep) -> EventSourceResponse:
     responses={204: {"description": "The chat has no run, or its latest run has finished"}},
 )
 async def resume_chat_stream(chat_id: str, gw: GatewayDep) -> Response:
-    agent_run_id = await gw.store.latest_chat_run(chat_id)
-    if agent_run_id is None:
-        return Response(status_code=204)
-    try:
-        state = await gw.state(agent_run_id)
-    except HTTPException as err:
-        if err.status_code == 404:
-            return Response(status_code=204)
-        raise
-    if state.status.is_final:
-        return Response(status_code=204)
-    # State first, then events: a run that waits has emitted what it waits for.
-    events: list[RunEvent] = await gw.run(agent_run_id).query(EVENTS_QUERY, 0, result_type=list[RunEvent])
-    return stream_response(gw, agent_run_id, start=active_segment(events, waiting=state.status != "running"))
+    return await resume_chat(gw, chat_id)
 
 
 async def _start_run(request: ChatRequest, gw: Gateway) -> str:

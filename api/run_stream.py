@@ -253,13 +253,38 @@ def pause_after(events: Sequence[RunEvent], seq: int) -> int:
     return next(p for p in pause_points(events) if p >= seq)
 
 
-def active_segment(events: Sequence[RunEvent], waiting: bool) -> StreamStart:
-    """Where the run's current segment begins. A run that waits for someone has streamed its latest
-    segment to the end (it asked); otherwise the latest segment is the one still being streamed."""
-    pauses = pause_points(events)
-    if waiting and pauses:
-        pauses = pauses[:-1]
-    return StreamStart(after_pause=pauses[-1]) if pauses else StreamStart()
+async def whole_message(stream: RunStream, last_pause: int | None, waiting: bool) -> AsyncIterator[Chunk]:
+    """The run's assistant message from its start as one UI message stream, for the AI SDK's resume,
+    which rebuilds the message from scratch: through the pauses the run has passed, to the end of the
+    segment now active (the one that asked, when the run waits at `last_pause`). Each pause's `finish`
+    and the next segment's `start` are left out, so there is one of each; ids stay what they are."""
+    chunks = stream.chunks()
+    held: Chunk | None = None  # a `finish`, sent only if the message ends with it
+    started = False
+    try:
+        async for item in chunks:
+            if isinstance(item, SegmentEnd):
+                if waiting and last_pause is not None:
+                    end = item.seq == last_pause
+                else:
+                    end = last_pause is None or item.seq > last_pause
+                if end:
+                    break
+                held = None
+                continue
+            if held is not None:
+                yield held
+                held = None
+            kind = item.body["type"]
+            if kind == "finish":
+                held = item
+            elif kind != "start" or not started:
+                started = True
+                yield item
+        if held is not None:
+            yield held
+    finally:
+        await chunks.aclose()
 
 
 @dataclass

@@ -9,7 +9,7 @@ costs nothing: its stream stops, and the run never notices.
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -18,7 +18,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from temporalio.service import RPCError
 
 from api.gateway import Gateway
-from api.run_stream import RunStream, StreamStart, segment
+from api.run_stream import Chunk, RunStream, StreamStart, pause_points, segment, whole_message
+from keel.contracts import EVENTS_QUERY, RunEvent
 
 log = logging.getLogger("keel.api")
 
@@ -37,18 +38,22 @@ def stream_response(
     start: StreamStart | None = None,
 ) -> EventSourceResponse:
     """The run's stream from `start` (default: its beginning), or the given events."""
+    if events is None:
+        events = sse_events(gw, agent_run_id, lambda stream: segment(stream, start or StreamStart()))
     return EventSourceResponse(
-        events if events is not None else sse_events(gw, agent_run_id, start or StreamStart()),
+        events,
         headers={**UI_STREAM_HEADERS, "x-agent-run-id": agent_run_id},
         sep="\n",
         ping=gw.settings.sse_ping_seconds,
     )
 
 
-async def sse_events(gw: Gateway, agent_run_id: str, start: StreamStart) -> AsyncIterator[ServerSentEvent]:
+async def sse_events(
+    gw: Gateway, agent_run_id: str, chunks: Callable[[RunStream], AsyncIterator[Chunk]]
+) -> AsyncIterator[ServerSentEvent]:
     stream = RunStream(gw.run(agent_run_id), gw.store, gw.deltas, agent_run_id)
     try:
-        async for chunk in segment(stream, start):
+        async for chunk in chunks(stream):
             yield ServerSentEvent(_json(chunk.body), id=str(chunk.id), sep="\n")
     except (RPCError, OSError, asyncpg.PostgresError, LookupError) as err:
         # Headers are gone already; the stream itself says what went wrong. The run goes on regardless.
@@ -62,13 +67,38 @@ async def sse_events(gw: Gateway, agent_run_id: str, start: StreamStart) -> Asyn
 async def resumed_response(gw: Gateway, agent_run_id: str, after_id: int | None, finished: bool) -> Response:
     """The run's stream after chunk `after_id`. 204 when a finished run has nothing left after it, which
     also tells a browser's EventSource to stop reconnecting."""
-    events = sse_events(gw, agent_run_id, StreamStart(after_id=after_id))
+    events = sse_events(gw, agent_run_id, lambda stream: segment(stream, StreamStart(after_id=after_id)))
     if finished and after_id is not None:
         first = await anext(events)
         if first.data == _DONE:
             return Response(status_code=204)
         events = _prepend(first, events)
     return stream_response(gw, agent_run_id, events)
+
+
+async def resume_chat(gw: Gateway, chat_id: str) -> Response:
+    """The AI SDK's resume: the assistant message of the chat's latest run, from its start, while the run
+    is active (running, or waiting for someone: then up to what it asked); 204 otherwise."""
+    agent_run_id = await gw.store.latest_chat_run(chat_id)
+    if agent_run_id is None:
+        return Response(status_code=204)
+    try:
+        state = await gw.state(agent_run_id)
+    except HTTPException as err:
+        if err.status_code == 404:
+            return Response(status_code=204)
+        raise
+    if state.status.is_final:
+        return Response(status_code=204)
+    # State first, then events: a run that waits has emitted what it waits for.
+    events: list[RunEvent] = await gw.run(agent_run_id).query(EVENTS_QUERY, 0, result_type=list[RunEvent])
+    pauses = pause_points(events)
+    last_pause, waiting = (pauses[-1] if pauses else None), state.status != "running"
+    return stream_response(
+        gw,
+        agent_run_id,
+        sse_events(gw, agent_run_id, lambda stream: whole_message(stream, last_pause, waiting)),
+    )
 
 
 def last_event_id(request: Request, query_value: int | None) -> int | None:

@@ -208,11 +208,12 @@ async def test_a_pause_ends_the_segment_and_last_event_id_follows_the_run_on(htt
     assert (await http.get("/api/chat/no-such-chat/stream")).status_code == 204
 
 
-async def test_an_idle_stream_gets_keep_alive_comments_and_a_viewer_leaving_costs_nothing(
-    gateways: dict[str, str],
+async def test_keep_alives_while_idle_and_the_ai_sdk_resume_rebuilds_the_whole_message(
+    gateways: dict[str, str], store: RunStore
 ) -> None:
     async with httpx.AsyncClient(base_url=gateways["slow"], timeout=30) as http:
-        first = await chat(http, chat_body("ask me what my favourite colour is"))
+        body = chat_body("ask me what my favourite colour is")
+        first = await chat(http, body)
         run_id = first.response.headers["x-agent-run-id"]
         assert first.run_status == "waiting_for_input"
         # Nothing happens while the run waits for the answer, but the connection hears from the gateway.
@@ -225,16 +226,22 @@ async def test_an_idle_stream_gets_keep_alive_comments_and_a_viewer_leaving_cost
         )
         assert idle.raw.startswith(": ping"), idle.raw
         assert not idle.stream.chunks
-        # That viewer left; the run does not care.
+        # That viewer left; the run does not care. Answered, it writes its reply (slowly), and the AI SDK's
+        # resume meanwhile rebuilds the whole assistant message: both segments, one start, one finish.
         assert (await http.post(f"/api/runs/{run_id}/answer", json={"text": "blue"})).status_code == 200
-        for _ in range(100):
-            if (await http.get(f"/api/runs/{run_id}")).json()["status"] == "completed":
-                break
-            await asyncio.sleep(0.05)
+        whole = await read_sse(http, "GET", f"/api/chat/{body['id']}/stream")
         rest = await read_sse(
             http, "GET", f"/api/runs/{run_id}/events", headers={"Last-Event-ID": str(first.ids[-1])}
         )
-        assert "ask_user returned: blue" in rest.stream.text
+
+    assert_well_formed(whole.stream)
+    first_pairs = list(zip(first.ids, first.chunks, strict=True))
+    assert whole.pairs == [p for p in first_pairs if p[1]["type"] != "finish"] + [
+        p for p in rest.pairs if p[1]["type"] != "start"
+    ]
+    assert whole.stream.of_type("tool-output-available")[0]["output"] == "blue"
+    assert whole.stream.text == await final_reply(store, run_id)
+    assert "ask_user returned: blue" in rest.stream.text
 
 
 async def test_a_retried_llm_call_restarts_its_text_part_cleanly(
