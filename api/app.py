@@ -10,7 +10,9 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse
 
 from api import chat, observe, runs
+from api.codec import codec_app
 from api.gateway import Gateway, GatewayDep
+from keel.codec import EncryptionCodec
 from keel.deltas import PostgresDeltaChannel
 from keel.purposes import PURPOSES
 from keel.settings import Settings, get_settings
@@ -45,6 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(runs.router)
     observe.install(app)  # request spans and durations, GET /metrics, the run viewer (/runs, GET /api/runs)
+    if settings.codec_key_file is not None:
+        app.mount("/codec", codec_app(EncryptionCodec.from_file(settings.codec_key_file), settings.temporal_ui_url))
 
     @app.get("/", include_in_schema=False)
     async def chat_page() -> FileResponse:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from keel.codec import write_new_key_file
 from keel.settings import Settings, get_settings
 from keel.stack import EmbeddedPostgres, TemporalDevServer, port_is_free
 
@@ -33,6 +34,7 @@ TEMPORAL_HOST = "127.0.0.1"
 TEMPORAL_PORT = 7233
 TEMPORAL_UI_PORT = 8233
 HEALTH_TIMEOUT = 60.0
+CODEC_KEY_FILE = "codec-keys.json"
 STOP_TIMEOUT = 10.0
 
 
@@ -154,6 +156,7 @@ def _banner(
     data_dir: Path,
     temporal: TemporalDevServer | None,
     db: EmbeddedPostgres | None,
+    key_file: Path,
 ) -> str:
     if temporal is not None:
         temporal_line = f"{temporal.address} (embedded, state in {data_dir / 'temporal.db'})"
@@ -176,6 +179,7 @@ def _banner(
         f"  PostgreSQL       {postgres_line}",
         f"  data dir         {data_dir}",
         f"  model            {model}",
+        f"  encryption       Temporal payloads sealed with AES-GCM (keys in {key_file})",
         "Ctrl-C stops everything.",
         "",
     ]
@@ -221,6 +225,12 @@ def run(*, worker_cmd: Sequence[str] = WORKER_CMD, gateway_cmd: Sequence[str] = 
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, KEEL_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+        key_file = settings.codec_key_file or data_dir / CODEC_KEY_FILE
+        if not key_file.exists():
+            _say(f"generating an encryption key for Temporal payloads in {key_file}")
+            write_new_key_file(key_file)
+        env["KEEL_CODEC_KEY_FILE"] = str(key_file)
+        gateway_url = _local_url(settings.host, settings.port)
         if embedded_temporal:
             _say(f"starting Temporal dev server (log in {data_dir / 'temporal.log'})")
             temporal = TemporalDevServer.start(
@@ -229,6 +239,8 @@ def run(*, worker_cmd: Sequence[str] = WORKER_CMD, gateway_cmd: Sequence[str] = 
                 db_file=data_dir / "temporal.db",
                 log_file=data_dir / "temporal.log",
                 host=TEMPORAL_HOST,
+                # The Web UI decrypts payloads through the gateway's codec endpoint.
+                extra_args=["--ui-codec-endpoint", f"{gateway_url}/codec"],
             )
             env["TEMPORAL_ADDRESS"] = temporal.address
             env["KEEL_TEMPORAL_UI_URL"] = temporal.ui_url or settings.temporal_ui_url
@@ -244,9 +256,8 @@ def run(*, worker_cmd: Sequence[str] = WORKER_CMD, gateway_cmd: Sequence[str] = 
         def alive() -> None:
             _check_alive(children, temporal, db)
 
-        gateway_url = _local_url(settings.host, settings.port)
         _wait_healthy(gateway_url, alive)
-        print(_banner(settings, gateway_url, data_dir, temporal, db), flush=True)
+        print(_banner(settings, gateway_url, data_dir, temporal, db, key_file), flush=True)
         while True:
             alive()
             time.sleep(0.5)

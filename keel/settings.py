@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     # The worker's Prometheus endpoint (http://host:port/metrics); port 0 turns it off.
     worker_metrics_host: str = Field("127.0.0.1", validation_alias="KEEL_WORKER_METRICS_HOST")
     worker_metrics_port: int = Field(9464, ge=0, le=65535, validation_alias="KEEL_WORKER_METRICS_PORT")
+    # Encryption at rest: with a key file, every Temporal payload is AES-GCM ciphertext (keel/codec.py).
+    codec_key_file: Path | None = Field(None, validation_alias="KEEL_CODEC_KEY_FILE")
     # A new message on a chat whose run is still active: reject it (409), queue it, or cancel the run.
     double_texting: Literal["reject", "enqueue", "interrupt"] = Field(
         "reject", validation_alias="KEEL_DOUBLE_TEXTING"

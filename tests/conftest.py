@@ -13,6 +13,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from keel.codec import write_new_key_file
 from keel.settings import Settings, get_settings
 from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
 from keel.store import RunStore, create_pool
@@ -39,8 +40,9 @@ class Keel:
 
 
 @pytest.fixture(scope="session")
-def temporal_server() -> Iterator[TemporalDevServer]:
-    server = TemporalDevServer.start()
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemporalDevServer]:
+    # Persisted to a file, as under `make dev`, so a test can look at what Temporal stores.
+    server = TemporalDevServer.start(db_file=tmp_path_factory.mktemp("temporal") / "temporal.db")
     yield server
     server.stop()
 
@@ -84,6 +86,8 @@ def keel(
     """Keel's worker and gateway, running as subprocesses against the test Temporal and PostgreSQL."""
     base = tmp_path_factory.mktemp("keel")
     port = free_port()
+    # Encrypted payloads, as under `make dev`.
+    write_new_key_file(base / "codec-keys.json")
     env = {
         **os.environ,
         "TEMPORAL_ADDRESS": temporal_server.address,
@@ -94,6 +98,7 @@ def keel(
         "KEEL_TASK_QUEUE": "agent-runs",
         # The worker's /metrics on a port of its own, so tests never collide with `make dev` (9464).
         "KEEL_WORKER_METRICS_PORT": str(free_port()),
+        "KEEL_CODEC_KEY_FILE": str(base / "codec-keys.json"),
     }
     worker_log, gateway_log = base / "worker.log", base / "gateway.log"
     worker = _spawn([sys.executable, "worker.py"], env, worker_log)
@@ -182,11 +187,14 @@ def vendor_worker(
     temporal_server: TemporalDevServer,
     postgres: EmbeddedPostgres,
     fake_vendors: FakeVendors,
+    keel: Keel,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[VendorWorker]:
     """A second worker, on its own task queue, whose openai:, anthropic: and local: routes reach the fakes."""
     base = tmp_path_factory.mktemp("vendor-worker")
     env = {
+        # The same payload encryption as the main worker and the tests' client.
+        "KEEL_CODEC_KEY_FILE": keel.env["KEEL_CODEC_KEY_FILE"],
         **os.environ,
         "TEMPORAL_ADDRESS": temporal_server.address,
         "DATABASE_URL": postgres.uri,

@@ -110,7 +110,7 @@ async def test_a_denied_call_does_not_run_and_the_model_is_told(http: httpx.Asyn
 
 
 async def test_an_approval_signal_from_the_temporal_cli(
-    http: httpx.AsyncClient, temporal_server: TemporalDevServer
+    http: httpx.AsyncClient, temporal_server: TemporalDevServer, keel: Keel
 ) -> None:
     first = await chat(
         http, chat_body("plan, write and publish a lesson on signals", purpose="learnpack-lesson-writer")
@@ -130,9 +130,19 @@ async def test_an_approval_signal_from_the_temporal_cli(
         json.dumps(decision),
     )
 
+    # The signal above was plain JSON although payloads are encrypted; reading the (sealed) answer back
+    # takes the gateway's codec endpoint, as an operator would use it.
     await wait_for_status(http, agent_run_id, "completed")
     output = temporal_cli(
-        temporal_server, "workflow", "query", "--workflow-id", agent_run_id, "--name", "state"
+        temporal_server,
+        "workflow",
+        "query",
+        "--workflow-id",
+        agent_run_id,
+        "--name",
+        "state",
+        "--codec-endpoint",
+        f"{keel.gateway_url}/codec",
     )
     state = json.loads(output)["queryResult"][0]
     assert state["status"] == "completed"
@@ -363,13 +373,12 @@ async def test_double_texting_can_queue_the_new_message(gateways: dict[str, str]
 
 
 async def test_recorded_histories_replay_deterministically(temporal: Client) -> None:
-    from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.worker import Replayer
 
     from workflows.agent_run import AgentRun
 
     assert len(RECORDED) >= 8
-    replayer = Replayer(workflows=[AgentRun], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[AgentRun], data_converter=temporal.data_converter)
     for agent_run_id in dict.fromkeys(RECORDED):
         history = await temporal.get_workflow_handle(agent_run_id).fetch_history()
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)

@@ -12,7 +12,6 @@ import uuid
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Budgets, LlmStepResult, Message, RunState
 from keel.purposes import get_purpose
@@ -47,7 +46,7 @@ async def run(
     return await handle.query("state", result_type=RunState), handle
 
 
-async def llm_results(handle: WorkflowHandle) -> list[tuple[LlmStepResult, int, float]]:
+async def llm_results(temporal: Client, handle: WorkflowHandle) -> list[tuple[LlmStepResult, int, float]]:
     """Each call_llm result from history, with its final attempt number and seconds from schedule to start."""
     events = (await handle.fetch_history()).events
     by_id = {e.event_id: e for e in events}
@@ -60,7 +59,7 @@ async def llm_results(handle: WorkflowHandle) -> list[tuple[LlmStepResult, int, 
         if scheduled.activity_task_scheduled_event_attributes.activity_type.name != "call_llm":
             continue
         started = by_id[done.started_event_id]
-        [result] = await pydantic_data_converter.decode(done.result.payloads, [LlmStepResult])
+        [result] = await temporal.data_converter.decode(done.result.payloads, [LlmStepResult])
         wait = started.event_time.ToDatetime() - scheduled.event_time.ToDatetime()
         out.append((result, started.activity_task_started_event_attributes.attempt, wait.total_seconds()))
     return out
@@ -79,7 +78,7 @@ async def test_an_agent_run_with_tools_end_to_end(
     [result] = [m for m in conversation if m.role == "tool"]
     assert json.loads(result.content) == {"expression": "2 + 3", "value": 5}
     assert 'calculate returned: {"expression": "2 + 3", "value": 5}' in conversation[-1].content
-    steps = await llm_results(handle)
+    steps = await llm_results(temporal, handle)
     assert [r.model for r, _, _ in steps] == [route, route]
     assert all(r.request_id and r.request_id.startswith("req_fake_") for r, _, _ in steps)
     # Cost per call, summed per run by the workflow.
@@ -107,7 +106,7 @@ async def test_a_429_is_retried_after_the_providers_retry_after(
     state, handle = await run(temporal, store, vendor_worker, "openai:status429x1", "calculate 4 + 4")
 
     assert state.status == "completed", state.detail
-    (first, attempts, waited), _ = await llm_results(handle)
+    (first, attempts, waited), _ = await llm_results(temporal, handle)
     assert attempts == 2
     # Retry-After said 1.5 s; the retry policy alone would have waited 1 s. (Temporal's server retries an
     # activity no sooner than about a second, so a shorter Retry-After could not be told apart.)
@@ -121,7 +120,7 @@ async def test_a_fallback_route_answers_when_the_first_is_refused(
     state, handle = await run(temporal, store, vendor_worker, chain, "calculate 1 + 1")
 
     assert state.status == "completed", state.detail
-    assert [r.model for r, _, _ in await llm_results(handle)] == ["anthropic:claude-haiku-4-5"] * 2
+    assert [r.model for r, _, _ in await llm_results(temporal, handle)] == ["anthropic:claude-haiku-4-5"] * 2
 
 
 async def test_a_malformed_tool_call_goes_back_to_the_model(

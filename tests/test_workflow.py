@@ -5,7 +5,6 @@ import sys
 
 import httpx
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.conftest import ROOT
@@ -46,7 +45,7 @@ async def test_recorded_histories_replay_deterministically(http: httpx.AsyncClie
         ),
         await chat(http, chat_body("calculate 1 / 0")),
     ]
-    replayer = Replayer(workflows=[AgentRun], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[AgentRun], data_converter=temporal.data_converter)
     for run in runs:
         history = await temporal.get_workflow_handle(run.response.headers["x-agent-run-id"]).fetch_history()
         result = await replayer.replay_workflow(history)

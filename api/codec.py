@@ -1,0 +1,43 @@
+"""The codec endpoint: lets the Temporal Web UI and `temporal workflow show --codec-endpoint` read runs
+whose payloads are encrypted. Mounted at /codec as its own small app so its CORS rule (the Web UI's origin
+only) applies to nothing else."""
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payloads
+
+from keel.codec import CodecKeyError, EncryptionCodec
+
+
+def codec_app(codec: EncryptionCodec, web_ui_origin: str) -> FastAPI:
+    app = FastAPI(title="Keel codec", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=[web_ui_origin.rstrip("/")],
+        allow_methods=["POST"],
+        allow_headers=["content-type", "x-namespace", "authorization"],
+        allow_credentials=True,
+    )
+
+    async def transcode(request: Request, encode: bool) -> Response:
+        try:
+            payloads = json_format.Parse(await request.body(), Payloads())
+        except (json_format.ParseError, UnicodeDecodeError) as err:
+            return JSONResponse({"detail": f"not a Payloads JSON body: {err}"}, 400)
+        try:
+            result = await (codec.encode if encode else codec.decode)(payloads.payloads)
+        except CodecKeyError as err:
+            return JSONResponse({"detail": str(err)}, 400)
+        return Response(json_format.MessageToJson(Payloads(payloads=result)), media_type="application/json")
+
+    @app.post("/encode")
+    async def encode(request: Request) -> Response:
+        return await transcode(request, encode=True)
+
+    @app.post("/decode")
+    async def decode(request: Request) -> Response:
+        return await transcode(request, encode=False)
+
+    return app

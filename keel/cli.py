@@ -1,0 +1,201 @@
+"""The `keel` command: run the stack, chat with an agent from a terminal, and control runs.
+
+    keel dev | worker | api
+    keel run "plan and write a lesson on recursion" --purpose learnpack-lesson-writer
+    keel runs [--status S] [--purpose P]
+    keel approve RUN CALL [--reason R]      keel deny RUN CALL [--reason R]      keel cancel RUN
+
+Colour and progress marks in a terminal, plain text in a pipe (and with NO_COLOR set).
+"""
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+import httpx
+
+from keel.chat_client import AssistantMessage, ChatClient, ChatError
+
+
+class Out:
+    """Terminal output: colour only where a person is looking."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self.stream = stream
+        self.colour = stream.isatty() and "NO_COLOR" not in os.environ
+
+    def paint(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.colour else text
+
+    def write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def line(self, text: str = "", code: str | None = None) -> None:
+        self.write((self.paint(text, code) if code else text) + "\n")
+
+
+DIM, GREEN, RED, YELLOW, BOLD = "2", "32", "31", "33", "1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="keel", description="Durable AI agents on Temporal.")
+    parser.add_argument("--url", help="the gateway (default http://127.0.0.1:$KEEL_PORT)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "dev", help="run Temporal, PostgreSQL, the worker and the gateway (what `make dev` runs)"
+    )
+    commands.add_parser("worker", help="run a worker")
+    commands.add_parser("api", help="run the gateway")
+    run = commands.add_parser("run", help="send a message and stream the answer")
+    run.add_argument("message")
+    run.add_argument("--purpose", help="a purpose slug (default: assistant)")
+    run.add_argument("--yes", action="store_true", help="approve every tool call without asking")
+    runs = commands.add_parser("runs", help="a table of recent runs")
+    runs.add_argument("--status")
+    runs.add_argument("--purpose")
+    runs.add_argument("--limit", type=int, default=20)
+    for name in ("approve", "deny"):
+        decide = commands.add_parser(name, help=f"{name} a tool call waiting for approval")
+        decide.add_argument("run")
+        decide.add_argument("call")
+        decide.add_argument("--reason")
+    cancel = commands.add_parser("cancel", help="cancel a run")
+    cancel.add_argument("run")
+    cancel.add_argument("--reason")
+    args = parser.parse_args(argv)
+
+    # The processes are imported lazily: the client commands need none of their dependencies.
+    if args.command == "dev":
+        from keel.dev import main as dev
+
+        return dev()
+    if args.command == "worker":
+        from worker import main as worker
+
+        worker()
+        return 0
+    if args.command == "api":
+        from api.__main__ import main as api
+
+        api()
+        return 0
+
+    client = ChatClient(args.url or f"http://127.0.0.1:{os.environ.get('KEEL_PORT', '8000')}")
+    out = Out()
+    try:
+        if args.command == "run":
+            return _run(client, out, args.message, args.purpose, approve_all=args.yes)
+        if args.command == "runs":
+            return _runs(client, out, args.status, args.purpose, args.limit)
+        if args.command in ("approve", "deny"):
+            record = client.post(
+                f"/api/runs/{args.run}/approvals/{args.call}",
+                {"approved": args.command == "approve", "reason": args.reason},
+            )
+            out.line(f"{args.call}: {'approved' if record['approved'] else 'denied'}")
+            return 0
+        client.post(f"/api/runs/{args.run}/cancel", {"reason": args.reason})
+        out.line(f"{args.run}: cancelling")
+        return 0
+    except ChatError as err:
+        out.line(f"keel: {err}", RED)
+        return 1
+    except httpx.TransportError as err:
+        out.line(f"keel: cannot reach the gateway ({type(err).__name__}); is `make dev` running?", RED)
+        return 1
+    finally:
+        client.close()
+
+
+def _run(client: ChatClient, out: Out, text: str, purpose: str | None, *, approve_all: bool) -> int:
+    body, message = client.start(text, purpose=purpose)
+    try:
+        while True:
+            _show(client.stream(body, message), message, out)
+            if message.finish_reason != "tool-calls" or message.status == "completed":
+                break
+            if not _answer_waiting(message, out, approve_all):
+                out.line(
+                    "The run is waiting for something this terminal can't give; it stays parked.", YELLOW
+                )
+                return 1
+            body = client.answer(body, message)
+    except KeyboardInterrupt:
+        if message.id:
+            client.post(f"/api/runs/{message.id}/cancel", {"reason": "Ctrl-C in keel run"})
+            out.line(f"\ncancelled {message.id}", YELLOW)
+        return 130
+    out.line()
+    colour = GREEN if message.status == "completed" else YELLOW if message.status != "failed" else RED
+    out.line(f"{message.status} · {message.id}", colour)
+    return 0 if message.status == "completed" else 1
+
+
+def _show(chunks: Any, message: AssistantMessage, out: Out) -> None:
+    tools = message.tools
+    for chunk in chunks:
+        kind = chunk["type"]
+        if kind == "text-delta":
+            out.write(chunk["delta"])
+        elif kind == "text-end":
+            out.write("\n")
+        elif kind == "tool-input-available":
+            out.line(f"→ {chunk['toolName']}({_short(chunk['input'])})", DIM)
+        elif kind == "tool-output-available":
+            out.line(f"✓ {tools()[chunk['toolCallId']].tool_name}: {_short(chunk['output'])}", GREEN)
+        elif kind == "tool-output-error":
+            out.line(f"✗ {tools()[chunk['toolCallId']].tool_name}: {chunk['errorText']}", RED)
+        elif kind == "tool-output-denied":
+            out.line(f"✗ {tools()[chunk['toolCallId']].tool_name}: denied", RED)
+        elif kind == "error":
+            out.line(f"error: {chunk['errorText']}", RED)
+
+
+def _answer_waiting(message: AssistantMessage, out: Out, approve_all: bool) -> bool:
+    """Ask the person at the terminal; False when the run waits for something else (a client-side tool)."""
+    answered = False
+    for part in message.tools().values():
+        if part.state == "approval-requested":
+            question = f"Approve {part.tool_name}({_short(part.input)})? [y/N] "
+            approved = approve_all or _ask(out, question).strip().lower() in ("y", "yes")
+            part.state = "approval-responded"
+            part.approval = {"id": part.tool_call_id, "approved": approved}
+            answered = True
+        elif part.state == "input-available" and part.tool_name == "ask_user":
+            reply = _ask(out, f"{part.input.get('question', 'The agent asks')}\n> ")
+            part.state, part.output = "output-available", reply
+            answered = True
+    return answered
+
+
+def _ask(out: Out, question: str) -> str:
+    out.write(out.paint(question, BOLD))
+    line = sys.stdin.readline()
+    if not line:
+        raise KeyboardInterrupt  # stdin closed: nobody can answer
+    return line.rstrip("\n")
+
+
+def _runs(client: ChatClient, out: Out, status: str | None, purpose: str | None, limit: int) -> int:
+    rows = client.get("/api/runs", status=status, purpose=purpose, limit=limit)
+    if not rows:
+        out.line("no runs")
+        return 0
+    columns = ["agent_run_id", "status", "purpose", "step_count", "started_at"]
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    out.line("  ".join(c.ljust(widths[c]) for c in columns), BOLD)
+    for row in rows:
+        out.line("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+    return 0
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
