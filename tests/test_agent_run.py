@@ -42,6 +42,7 @@ async def test_lesson_run_calls_tools_through_temporal_and_streams_the_answer(
     assert state["usage"]["prompt_tokens"] > 0 and state["usage"]["completion_tokens"] > 0
 
     handle = temporal.get_workflow_handle(run_id)
+    await handle.result()  # the stream ends with the run; the workflow closes once its last record is written
     description = await handle.describe()
     assert description.workflow_type == "AgentRun"
     assert description.task_queue == "agent-runs"
@@ -72,7 +73,9 @@ async def test_step_limit_ends_the_run_cleanly(http: httpx.AsyncClient, temporal
     assert (state["status"], state["step"], state["budgets"]["max_steps"]) == ("step_limit", 1, 1)
     assert "step limit" in state["detail"]
     # Hitting the limit is an outcome, not a crash: the workflow itself completed.
-    description = await temporal.get_workflow_handle(run_id).describe()
+    handle = temporal.get_workflow_handle(run_id)
+    await handle.result()
+    description = await handle.describe()
     assert description.status == WorkflowExecutionStatus.COMPLETED
 
 
