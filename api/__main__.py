@@ -2,6 +2,7 @@
 
 import uvicorn
 
+from api.auth import check_startup
 from keel.logs import configure_logging
 from keel.settings import get_settings
 from keel.telemetry import configure_tracing
@@ -10,6 +11,7 @@ from keel.telemetry import configure_tracing
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, "gateway")
+    check_startup(settings)  # KEEL_AUTH=none only on loopback; jwt needs a key
     tracing = configure_tracing("keel-gateway")
     try:
         # log_config=None: uvicorn's own lines go through the JSON handler too.

@@ -6,10 +6,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, JSONResponse
 
-from api import chat, observe, runs
+from api import chat, limits, observe, runs
+from api.auth import Authenticator, CurrentUser, admin_dependency, current_user
 from api.codec import codec_app
 from api.gateway import Gateway, GatewayDep
 from keel.codec import EncryptionCodec
@@ -44,11 +45,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
-    app.include_router(chat.router)
-    app.include_router(runs.router)
+    # Who is asking (api/auth.py): every /api route needs it; /, /runs, /healthz and /metrics do not.
+    app.state.auth = Authenticator(settings)
+    authenticated = [Depends(current_user)]
+    app.include_router(chat.router, dependencies=authenticated)
+    app.include_router(runs.router, dependencies=authenticated)
     observe.install(app)  # request spans and durations, GET /metrics, the run viewer (/runs, GET /api/runs)
+    limits.install(app, settings)  # 413 for large bodies, 400 for values PostgreSQL can't hold, error docs
     if settings.codec_key_file is not None:
-        app.mount("/codec", codec_app(EncryptionCodec.from_file(settings.codec_key_file), settings.temporal_ui_url))
+        codec_auth = [admin_dependency(app.state)] if settings.auth_modes else []
+        app.mount(
+            "/codec",
+            codec_app(
+                EncryptionCodec.from_file(settings.codec_key_file), settings.temporal_ui_url, codec_auth
+            ),
+        )
 
     @app.get("/", include_in_schema=False)
     async def chat_page() -> FileResponse:
@@ -67,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     @app.get("/api/purposes", summary="The purposes a run can be started with")
-    async def purposes() -> list[dict[str, Any]]:
+    async def purposes(_: CurrentUser) -> list[dict[str, Any]]:
         return [
             {"slug": p.slug, "title": p.title, "tools": list(p.tools), "step_limit": p.budgets.max_steps}
             for p in PURPOSES.values()

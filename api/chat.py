@@ -21,8 +21,10 @@ from sse_starlette import EventSourceResponse
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from api.auth import CurrentUser, User, check_owner, require_chat
 from api.chat_request import BadChatRequest, ChatRequest, pending_answers, to_conversation
 from api.gateway import Gateway, GatewayDep, http_error, is_run_id
+from api.limits import check_run_start
 from api.run_stream import StreamStart, pause_after
 from api.streams import resume_chat, stream_response
 from keel import metrics, records
@@ -53,11 +55,11 @@ INTERRUPT_WAIT_SECONDS = 30
 
 
 @router.post("/api/chat", summary="Start an agent run, or answer the waiting one, and stream it")
-async def chat(request: ChatRequest, gw: GatewayDep) -> EventSourceResponse:
+async def chat(request: ChatRequest, gw: GatewayDep, user: CurrentUser) -> EventSourceResponse:
     if request.messages[-1].role == "assistant":
-        agent_run_id, start = await _continue_run(request, gw)
+        agent_run_id, start = await _continue_run(request, gw, user)
     else:
-        agent_run_id, start = await _start_run(request, gw), StreamStart()
+        agent_run_id, start = await _start_run(request, gw, user), StreamStart()
     return stream_response(gw, agent_run_id, start=start)
 
 
@@ -66,11 +68,12 @@ async def chat(request: ChatRequest, gw: GatewayDep) -> EventSourceResponse:
     summary="The AI SDK's resume: the chat's active stream from its start, or 204 when there is none",
     responses={204: {"description": "The chat has no run, or its latest run has finished"}},
 )
-async def resume_chat_stream(chat_id: str, gw: GatewayDep) -> Response:
+async def resume_chat_stream(chat_id: str, gw: GatewayDep, user: CurrentUser) -> Response:
+    await require_chat(gw.store.pool, chat_id, user)
     return await resume_chat(gw, chat_id)
 
 
-async def _start_run(request: ChatRequest, gw: Gateway) -> str:
+async def _start_run(request: ChatRequest, gw: Gateway, user: User) -> str:
     try:
         purpose = get_purpose(request.purpose)
         conversation = to_conversation(request)
@@ -83,20 +86,22 @@ async def _start_run(request: ChatRequest, gw: Gateway) -> str:
     if request.context:
         system.append(Message(role="system", content="Application context:\n" + json.dumps(request.context)))
     messages = system + conversation
+    await require_chat(gw.store.pool, request.id, user)
+    check_run_start(gw.settings, user)
     queued_behind = await _apply_double_texting(request.id, gw)
 
     agent_run_id = f"run-{uuid.uuid4()}"
     summary = _clip(conversation[-1].content, 120)
     try:
         await gw.store.put_messages(agent_run_id, 0, messages)
-        await gw.store.record_chat_run(request.id, agent_run_id)
+        await gw.store.record_chat_run(request.id, agent_run_id, user.id)
         await records.run_started(
             gw.store.pool,
             agent_run_id=agent_run_id,
             purpose=purpose.slug,
             model=spec.model,
             chat_id=request.id,
-            user_id=None,
+            user_id=user.id,
             input_summary=summary,
         )
     except (OSError, asyncpg.PostgresError) as err:
@@ -109,6 +114,7 @@ async def _start_run(request: ChatRequest, gw: Gateway) -> str:
                 purpose=spec,
                 message_count=len(messages),
                 chat_id=request.id,
+                user_id=user.id,
                 client_tools=request.client_tools(),
                 queued_behind=queued_behind,
                 input_summary=summary,
@@ -116,6 +122,7 @@ async def _start_run(request: ChatRequest, gw: Gateway) -> str:
             id=agent_run_id,
             task_queue=gw.settings.task_queue,
             static_summary=f"{purpose.slug}: {summary}",
+            memo={"user_id": user.id} if user.id else None,
         )
         if queued_behind:
             await _queue_behind(gw, queued_behind, agent_run_id)
@@ -178,15 +185,17 @@ async def _queue_behind(gw: Gateway, active_run_id: str, queued_run_id: str) -> 
         await gw.run(queued_run_id).signal(PREVIOUS_DONE_SIGNAL)
 
 
-async def _continue_run(request: ChatRequest, gw: Gateway) -> tuple[str, StreamStart]:
+async def _continue_run(request: ChatRequest, gw: Gateway, user: User) -> tuple[str, StreamStart]:
     """Deliver the client's answers to the run the last assistant message belongs to."""
     agent_run_id = request.messageId or request.messages[-1].id
     if not is_run_id(agent_run_id):
         raise HTTPException(400, "the last message is the assistant's but does not name a run to continue")
-    state = await gw.state(agent_run_id)
+    state = check_owner(user, await gw.state(agent_run_id))
     if state.chat_id != request.id:
         raise HTTPException(404, f"no run {agent_run_id!r} in chat {request.id!r}")
     approvals, results = pending_answers(request.messages[-1])
+    if user.name:  # the authenticated approver, not the client's say-so
+        approvals = [a.model_copy(update={"approver": user.name}) for a in approvals]
     handle = gw.run(agent_run_id)
     events: list[RunEvent] = await handle.query(EVENTS_QUERY, 0, result_type=list[RunEvent])
     waiting = {e.tool_call_id: e.seq for e in events if isinstance(e, WAITING_EVENTS)}

@@ -6,12 +6,33 @@ UI messages are turned into Keel `Message`s here, so nothing downstream knows ab
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from keel.contracts import ApprovalDecision, Budgets, ClientTool, Message, ToolCall, ToolResultSubmission
 
 MAX_TEXT = 100_000
 MAX_CONTEXT_BYTES = 20_000
+
+
+def has_nul(value: Any) -> bool:
+    """True when a NUL character is anywhere in the value: PostgreSQL can store none in text or jsonb."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(has_nul(v) for v in value)
+    return False
+
+
+class NoNul(BaseModel):
+    """A request body that refuses NUL characters anywhere in it (422), before they reach PostgreSQL."""
+
+    @model_validator(mode="after")
+    def _no_nul(self) -> "NoNul":
+        if has_nul(self.model_dump()):
+            raise ValueError("text must not contain NUL characters (\\u0000)")
+        return self
 
 
 class UIMessage(BaseModel):
@@ -42,7 +63,7 @@ class ClientToolDeclaration(BaseModel):
     outputSchema: dict[str, Any] | None = None  # noqa: N815
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(NoNul):
     # useChat may send fields of its own (and apps add theirs through `body`); they are ignored.
     model_config = ConfigDict(extra="allow")
 

@@ -2,6 +2,9 @@
 whose payloads are encrypted. Mounted at /codec as its own small app so its CORS rule (the Web UI's origin
 only) applies to nothing else."""
 
+from collections.abc import Sequence
+from typing import Any
+
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -11,8 +14,11 @@ from temporalio.api.common.v1 import Payloads
 from keel.codec import CodecKeyError, EncryptionCodec
 
 
-def codec_app(codec: EncryptionCodec, web_ui_origin: str) -> FastAPI:
-    app = FastAPI(title="Keel codec", docs_url=None, redoc_url=None, openapi_url=None)
+def codec_app(codec: EncryptionCodec, web_ui_origin: str, dependencies: Sequence[Any] = ()) -> FastAPI:
+    # `dependencies`: the gateway's authentication when it is on (CORS preflights pass without it).
+    app = FastAPI(
+        title="Keel codec", docs_url=None, redoc_url=None, openapi_url=None, dependencies=list(dependencies)
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=[web_ui_origin.rstrip("/")],

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from api.auth import CurrentUser, User, check_owner, require_run
+from api.chat_request import NoNul
 from api.gateway import Gateway, GatewayDep, http_error
 from api.streams import last_event_id, resumed_response
 from keel.contracts import (
@@ -27,21 +29,21 @@ from keel.contracts import (
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 
-class ApprovalBody(BaseModel):
+class ApprovalBody(NoNul):
     approved: bool
     reason: str | None = Field(None, max_length=2000)
 
 
-class AnswerBody(BaseModel):
+class AnswerBody(NoNul):
     text: str = Field(min_length=1, max_length=100_000)
 
 
-class ToolResultBody(BaseModel):
+class ToolResultBody(NoNul):
     output: Any = None
     error: str | None = Field(None, max_length=100_000, description="Set when the client's tool failed")
 
 
-class CancelBody(BaseModel):
+class CancelBody(NoNul):
     reason: str | None = Field(None, max_length=2000)
 
 
@@ -54,8 +56,8 @@ class Accepted(BaseModel):
 
 
 @router.get("/{agent_run_id}", summary="A run's state: status, step, usage, budgets, pending approvals")
-async def run_state(agent_run_id: str, gw: GatewayDep) -> RunState:
-    return await gw.state(agent_run_id)
+async def run_state(agent_run_id: str, gw: GatewayDep, user: CurrentUser) -> RunState:
+    return check_owner(user, await gw.state(agent_run_id))
 
 
 @router.get(
@@ -67,6 +69,7 @@ async def run_events(
     agent_run_id: str,
     request: Request,
     gw: GatewayDep,
+    user: CurrentUser,
     last_event_id_param: int | None = Query(
         None,
         alias="last_event_id",
@@ -75,34 +78,40 @@ async def run_events(
     ),
 ) -> Response:
     after = last_event_id(request, last_event_id_param)
-    state = await gw.state(agent_run_id)  # unknown runs are 404
+    state = check_owner(user, await gw.state(agent_run_id))  # unknown and foreign runs are 404
     return await resumed_response(gw, agent_run_id, after, finished=state.status.is_final)
 
 
 @router.post("/{agent_run_id}/approvals/{tool_call_id}", summary="Approve or deny a tool call waiting for it")
-async def decide(agent_run_id: str, tool_call_id: str, body: ApprovalBody, gw: GatewayDep) -> ApprovalRecord:
+async def decide(
+    agent_run_id: str, tool_call_id: str, body: ApprovalBody, gw: GatewayDep, user: CurrentUser
+) -> ApprovalRecord:
     decision = ApprovalDecision(
-        tool_call_id=tool_call_id, approved=body.approved, reason=body.reason, approver="api"
+        tool_call_id=tool_call_id, approved=body.approved, reason=body.reason, approver=user.name or "api"
     )
-    return await _update(gw, agent_run_id, APPROVAL_UPDATE, decision, ApprovalRecord)
+    return await _update(gw, agent_run_id, APPROVAL_UPDATE, decision, ApprovalRecord, user)
 
 
 @router.post("/{agent_run_id}/answer", summary="Answer the question the agent asked")
-async def answer(agent_run_id: str, body: AnswerBody, gw: GatewayDep) -> Accepted:
-    await _update(gw, agent_run_id, ANSWER_UPDATE, UserAnswer(text=body.text), None)
+async def answer(agent_run_id: str, body: AnswerBody, gw: GatewayDep, user: CurrentUser) -> Accepted:
+    await _update(gw, agent_run_id, ANSWER_UPDATE, UserAnswer(text=body.text), None, user)
     return Accepted(agent_run_id=agent_run_id, status="answered")
 
 
 @router.post("/{agent_run_id}/tool-results/{tool_call_id}", summary="The result of a client-side tool call")
-async def tool_result(agent_run_id: str, tool_call_id: str, body: ToolResultBody, gw: GatewayDep) -> Accepted:
+async def tool_result(
+    agent_run_id: str, tool_call_id: str, body: ToolResultBody, gw: GatewayDep, user: CurrentUser
+) -> Accepted:
     submission = ToolResultSubmission(tool_call_id=tool_call_id, output=body.output, error=body.error)
-    await _update(gw, agent_run_id, TOOL_RESULT_UPDATE, submission, None)
+    await _update(gw, agent_run_id, TOOL_RESULT_UPDATE, submission, None, user)
     return Accepted(agent_run_id=agent_run_id, status="result received")
 
 
 @router.post("/{agent_run_id}/cancel", status_code=202, summary="Cancel a run; it stops what it is doing")
-async def cancel(agent_run_id: str, gw: GatewayDep, body: CancelBody | None = None) -> Accepted:
-    state = await gw.state(agent_run_id)
+async def cancel(
+    agent_run_id: str, gw: GatewayDep, user: CurrentUser, body: CancelBody | None = None
+) -> Accepted:
+    state = check_owner(user, await gw.state(agent_run_id))
     if state.status.is_final:
         raise HTTPException(409, f"run {agent_run_id!r} has already finished ({state.status.value})")
     try:
@@ -112,7 +121,10 @@ async def cancel(agent_run_id: str, gw: GatewayDep, body: CancelBody | None = No
     return Accepted(agent_run_id=agent_run_id, status="cancelling")
 
 
-async def _update(gw: Gateway, agent_run_id: str, name: str, arg: BaseModel, result_type: type | None) -> Any:
+async def _update(
+    gw: Gateway, agent_run_id: str, name: str, arg: BaseModel, result_type: type | None, user: User
+) -> Any:
+    await require_run(gw, agent_run_id, user)
     try:
         return await gw.run(agent_run_id).execute_update(name, arg, result_type=result_type)
     except (WorkflowUpdateFailedError, RPCError) as err:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
+from api.auth import CurrentUser
 from api.gateway import Gateway, GatewayDep, is_run_id
 from keel import records
 from keel.contracts import RunStatus
@@ -81,6 +82,7 @@ async def viewer_page() -> FileResponse:
 @router.get("/api/runs", summary="Runs, newest first: filter by status, purpose, user, chat and start time")
 async def list_runs(
     gw: GatewayDep,
+    me: CurrentUser,
     chat_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     status: RunStatus | None = None,
     purpose: Annotated[str | None, Query(max_length=200)] = None,
@@ -89,6 +91,10 @@ async def list_runs(
     until: Annotated[datetime | None, Query(description="started before (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[RunSummary]:
+    if not me.admin:  # a user lists only their own runs
+        if user is not None and user != me.id:
+            return []
+        user = me.id
     if chat_id is not None and not any((status, purpose, user, since, until)):
         rows = await records.chat_runs(gw.store.pool, chat_id, limit)
     else:
@@ -106,9 +112,11 @@ async def list_runs(
 
 
 @router.get("/api/runs/{agent_run_id}/timeline", summary="A run's LLM calls and tool runs, in order")
-async def run_timeline(agent_run_id: str, gw: GatewayDep) -> Timeline:
+async def run_timeline(agent_run_id: str, gw: GatewayDep, me: CurrentUser) -> Timeline:
     found = await records.timeline(gw.store.pool, agent_run_id) if is_run_id(agent_run_id) else None
     if found is None:
+        raise HTTPException(404, f"no records of run {agent_run_id!r}")
+    if not me.owns(found["run"].get("user_id")):  # the same answer as for a run with no records
         raise HTTPException(404, f"no records of run {agent_run_id!r}")
     run = _summary(gw, found["run"])
     items = [_item("llm_call", r, r.get("route") or "", run.started_at) for r in found["llm_calls"]]

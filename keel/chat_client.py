@@ -103,8 +103,11 @@ class ChatError(Exception):
 
 
 class ChatClient:
-    def __init__(self, base_url: str, *, timeout: float = 600) -> None:
-        self.http = httpx.Client(base_url=base_url, timeout=httpx.Timeout(timeout, connect=10))
+    def __init__(self, base_url: str, *, timeout: float = 600, token: str | None = None) -> None:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(
+            base_url=base_url, timeout=httpx.Timeout(timeout, connect=10), headers=headers
+        )
 
     def close(self) -> None:
         self.http.close()

@@ -4,6 +4,9 @@
     keel run "plan and write a lesson on recursion" --purpose learnpack-lesson-writer
     keel runs [--status S] [--purpose P]
     keel approve RUN CALL [--reason R]      keel deny RUN CALL [--reason R]      keel cancel RUN
+    keel api-key create --user U [--admin]  keel api-key revoke PREFIX  keel api-key list
+
+The client commands send KEEL_TOKEN (a JWT or an API key) as `Authorization: Bearer` when it is set.
 
 Colour and progress marks in a terminal, plain text in a pipe (and with NO_COLOR set).
 """
@@ -65,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     cancel = commands.add_parser("cancel", help="cancel a run")
     cancel.add_argument("run")
     cancel.add_argument("--reason")
+    keys = commands.add_parser("api-key", help="issue, revoke and list API keys (uses DATABASE_URL)")
+    key_commands = keys.add_subparsers(dest="key_command", required=True)
+    create = key_commands.add_parser("create", help="issue a key; it is printed once and stored hashed")
+    create.add_argument("--user", required=True, help="the user id the key acts as")
+    create.add_argument("--admin", action="store_true", help="the key sees and controls every run")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by its prefix (keel_…, as listed)")
+    revoke.add_argument("prefix")
+    key_commands.add_parser("list", help="every key's prefix, user, role and state (never the key)")
     args = parser.parse_args(argv)
 
     # The processes are imported lazily: the client commands need none of their dependencies.
@@ -83,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         api()
         return 0
 
-    client = ChatClient(args.url or f"http://127.0.0.1:{os.environ.get('KEEL_PORT', '8000')}")
+    if args.command == "api-key":
+        return _api_keys(args, Out(sys.stdout))
+
+    client = ChatClient(
+        args.url or f"http://127.0.0.1:{os.environ.get('KEEL_PORT', '8000')}",
+        token=os.environ.get("KEEL_TOKEN"),
+    )
     out = Out()
     try:
         if args.command == "run":
@@ -190,6 +207,44 @@ def _runs(client: ChatClient, out: Out, status: str | None, purpose: str | None,
     for row in rows:
         out.line("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
     return 0
+
+
+def _api_keys(args: argparse.Namespace, out: Out) -> int:
+    """`keel api-key`: straight to PostgreSQL (DATABASE_URL), so it works with the gateway down."""
+    import asyncio
+
+    from api.auth import create_api_key, list_api_keys, revoke_api_key
+    from keel.settings import get_settings
+    from keel.store import create_pool
+
+    async def act() -> int:
+        pool = await create_pool(get_settings().require_database_url(), max_size=1)
+        try:
+            if args.key_command == "create":
+                key = await create_api_key(pool, args.user, admin=args.admin)
+                out.line(key)
+                print(
+                    f"an API key for {args.user}{' (admin)' if args.admin else ''}: shown once, stored hashed",
+                    file=sys.stderr,
+                )
+                return 0
+            if args.key_command == "revoke":
+                if await revoke_api_key(pool, args.prefix):
+                    out.line(f"revoked {args.prefix}")
+                    return 0
+                out.line(f"keel: no live API key {args.prefix!r}", RED)
+                return 1
+            for row in await list_api_keys(pool):
+                state = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "live"
+                role = "admin" if row["admin"] else "user"
+                out.line(
+                    f"{row['prefix']}  {row['user_id']}  {role}  {row['created_at']:%Y-%m-%d %H:%M}  {state}"
+                )
+            return 0
+        finally:
+            await pool.close()
+
+    return asyncio.run(act())
 
 
 def _short(value: Any, limit: int = 100) -> str:

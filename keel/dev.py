@@ -180,10 +180,17 @@ def _banner(
         f"  data dir         {data_dir}",
         f"  model            {model}",
         f"  encryption       Temporal payloads sealed with AES-GCM (keys in {key_file})",
+        f"  auth             {_auth_line(settings)}",
         "Ctrl-C stops everything.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _auth_line(settings: Settings) -> str:
+    if not settings.auth_modes:
+        return "none (KEEL_AUTH=none: everyone on this machine is admin; allowed on loopback only)"
+    return f"{settings.auth} (every /api route needs a token or an API key)"
 
 
 def _worker_metrics(settings: Settings) -> str:

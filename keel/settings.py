@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keel.routes import parse_chain
@@ -51,6 +51,30 @@ class Settings(BaseSettings):
     # gathers token deltas before publishing a batch (0: publish at once, batching only under load).
     sse_ping_seconds: float = Field(15.0, gt=0, validation_alias="KEEL_SSE_PING_SECONDS")
     stream_batch_ms: float = Field(0.0, ge=0, le=1000, validation_alias="KEEL_STREAM_BATCH_MS")
+    # Authentication (api/auth.py): `none`, or `jwt` and/or `api-key`, comma-separated. `none` is refused
+    # unless the gateway listens on loopback. Secrets are SecretStr, so they never print.
+    auth: str = Field("none", validation_alias="KEEL_AUTH")
+    jwt_secret: SecretStr | None = Field(None, validation_alias="KEEL_JWT_SECRET")
+    jwt_secret_file: Path | None = Field(None, validation_alias="KEEL_JWT_SECRET_FILE")
+    jwks: str | None = Field(None, validation_alias="KEEL_JWKS")
+    jwt_role_claim: str = Field("role", validation_alias="KEEL_JWT_ROLE_CLAIM")
+    jwt_audience: str | None = Field(None, validation_alias="KEEL_JWT_AUDIENCE")
+    jwt_issuer: str | None = Field(None, validation_alias="KEEL_JWT_ISSUER")
+    # Input limits and run starts per user per minute (0: no limit), per gateway process.
+    max_body_bytes: int = Field(2_000_000, ge=1024, validation_alias="KEEL_MAX_BODY_BYTES")
+    rate_limit: float = Field(60.0, ge=0, validation_alias="KEEL_RATE_LIMIT")
+
+    @field_validator("auth")
+    @classmethod
+    def _valid_auth(cls, value: str) -> str:
+        modes = {m.strip() for m in value.split(",") if m.strip()}
+        if not modes or (modes - {"none", "jwt", "api-key"}) or ("none" in modes and len(modes) > 1):
+            raise ValueError("KEEL_AUTH must be `none`, `jwt`, `api-key` or `jwt,api-key`")
+        return ",".join(sorted(modes))
+
+    @property
+    def auth_modes(self) -> frozenset[str]:
+        return frozenset(self.auth.split(",")) - {"none"}
 
     @field_validator("model")
     @classmethod

@@ -101,11 +101,12 @@ class RunStore:
         )
         return {r["seq"]: Message.model_validate(r["body"]) for r in rows}
 
-    async def record_chat_run(self, chat_id: str, agent_run_id: str) -> None:
+    async def record_chat_run(self, chat_id: str, agent_run_id: str, user_id: str | None = None) -> None:
         await self.pool.execute(
-            "INSERT INTO chat_runs (chat_id, agent_run_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO chat_runs (chat_id, agent_run_id, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             chat_id,
             agent_run_id,
+            user_id,
         )
 
     async def chat_runs(self, chat_id: str, limit: int = 50) -> list[dict[str, Any]]:

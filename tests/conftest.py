@@ -25,6 +25,8 @@ VENDOR_TASK_QUEUE = "agent-runs-vendors"
 # The keys the fake vendors are called with. They must never show up where a person or a log could read.
 FAKE_OPENAI_KEY = "sk-test-keel-openai-secret-0123456789"
 FAKE_ANTHROPIC_KEY = "sk-ant-test-keel-secret-0123456789"
+# The HS256 secret of the `auth` gateway; like the keys above, it must never show up in a log.
+AUTH_JWT_SECRET = "test-keel-jwt-secret-0123456789abcdef-never-logged"
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ EXTRA_GATEWAYS = {
     "interrupt": {"KEEL_DOUBLE_TEXTING": "interrupt"},
     # Five chunks a second, for watching streams; keep-alive comments after a quarter second of silence.
     "slow": {"KEEL_MODEL": "scripted:slow", "KEEL_SSE_PING_SECONDS": "0.25"},
+    # Authentication on, as Keel faces the internet (tests/test_security.py); five run starts a minute.
+    "auth": {"KEEL_AUTH": "jwt,api-key", "KEEL_JWT_SECRET": AUTH_JWT_SECRET, "KEEL_RATE_LIMIT": "5"},
 }
 
 

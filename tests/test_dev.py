@@ -93,6 +93,7 @@ def test_make_dev_runs_a_chat_and_ctrl_c_leaves_no_process(tmp_path: Path) -> No
         banner = wait_until_up(dev, log)
         assert f"chat / gateway   {url}" in banner
         assert "Temporal Web UI  http://127.0.0.1:8233" in banner
+        assert "auth             none (KEEL_AUTH=none" in banner  # make dev says it runs without auth
         assert httpx.get("http://127.0.0.1:8233", timeout=5).status_code == 200
         response = httpx.post(f"{url}/api/chat", json=chat_body("calculate 6 * 7"), timeout=60)
         stream = parse(response)

@@ -1,0 +1,187 @@
+"""Input limits: request bodies over KEEL_MAX_BODY_BYTES are refused (413) before anything parses them,
+and run starts are rate-limited per user (KEEL_RATE_LIMIT per minute, 429 with Retry-After).
+
+The rate limit is a token bucket per user in each gateway process: a user may start KEEL_RATE_LIMIT runs
+at once, then one more each 60/KEEL_RATE_LIMIT seconds. Behind several gateways each keeps its own buckets.
+"""
+
+import json
+import math
+import time
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.auth import User
+from keel.settings import Settings
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body larger than `max_bytes`, by its Content-Length or while it streams.
+
+    A streamed body that grows too large is answered with 413 at once; the app then sees the client go
+    away, and whatever it still sends is dropped.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    too_large = int(value) > self.max_bytes
+                except ValueError:
+                    too_large = False
+                if too_large:
+                    await self._refuse(send)
+                    return
+        received = 0
+        started = refused = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes and not started:
+                    refused = True
+                    await self._refuse(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except Exception:
+            if not refused:
+                raise
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class RateLimiter:
+    """A token bucket per key: `per_minute` tokens of burst, refilled at `per_minute` a minute."""
+
+    def __init__(self, per_minute: float, clock: Any = time.monotonic) -> None:
+        self.capacity = max(1.0, per_minute)
+        self.rate = per_minute / 60.0
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """0 when allowed (a token is spent), else the seconds until one is available."""
+        now = self.clock()
+        tokens, then = self._buckets.get(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - then) * self.rate)
+        if tokens >= 1:
+            self._buckets[key] = (tokens - 1, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > 100_000:  # forget full buckets rather than grow without end
+            self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.capacity}
+        return (1 - tokens) / self.rate
+
+
+_limiters: dict[float, RateLimiter] = {}
+
+
+def check_run_start(settings: Settings, user: User) -> None:
+    """429 with Retry-After when the user started too many runs. Unlimited under KEEL_AUTH=none (loopback,
+    one local user) and with KEEL_RATE_LIMIT=0."""
+    if settings.rate_limit <= 0 or user.id is None:
+        return
+    limiter = _limiters.setdefault(settings.rate_limit, RateLimiter(settings.rate_limit))
+    wait = limiter.take(user.id)
+    if wait > 0:
+        seconds = max(1, math.ceil(wait))
+        raise HTTPException(
+            429,
+            f"too many runs started: at most {settings.rate_limit:g} a minute; try again in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+async def unstorable_value(request: Request, err: Exception) -> JSONResponse:
+    """A parameter PostgreSQL can't take (a NUL character, say) is the caller's mistake: 400, not 500."""
+    return JSONResponse({"detail": f"a value can't be used: {type(err).__name__}"}, status_code=400)
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # 413 before anything parses a body
+    app.add_exception_handler(asyncpg.DataError, unstorable_value)
+    document_errors(app)
+
+
+_ERRORS = {
+    "400": "The request can't be served as it is (the message says why)",
+    "401": "Missing, invalid or expired credentials",
+    "404": "No such run or chat, or not yours",
+    "409": "The run is not in a state that allows this",
+    "413": "Request body too large",
+    "429": "Too many runs started; see Retry-After",
+    "503": "Temporal or PostgreSQL is unavailable",
+}
+# Routes whose 200 is a UI message stream (SSE), not JSON.
+_STREAMS = {"/api/chat", "/api/runs/{agent_run_id}/events", "/api/chat/{chat_id}/stream"}
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"detail": {}},
+    "required": ["detail"],
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Add the error answers every API route can give to the OpenAPI schema (FastAPI lists only 422)."""
+    plain_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = plain_openapi()
+        for path, operations in schema.get("paths", {}).items():
+            if not path.startswith("/api/"):
+                continue
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                if path in _STREAMS and "200" in responses:
+                    responses["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+                for status, description in _ERRORS.items():
+                    responses.setdefault(
+                        status,
+                        {
+                            "description": description,
+                            "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+                        },
+                    )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
