@@ -22,7 +22,8 @@ try:
 except ImportError:  # pragma: no cover - the dev extras install it
     async_playwright = None  # type: ignore[assignment]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Debian's package; KEEL_CHROMIUM points elsewhere (another distribution's chromium-browser).
+CHROMIUM = os.environ.get("KEEL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -41,7 +42,7 @@ def _unavailable() -> str | None:
     if async_playwright is None:
         return "Playwright is not installed (pip install -e '.[dev]')"
     if not Path(CHROMIUM).exists():
-        return "Chromium is not installed (apt-get install chromium; .ci/run does it)"
+        return f"Chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run does it)"
     return None
 
 
@@ -189,6 +190,9 @@ async def test_denying_publish_package_publishes_nothing(page: "Page", keel: Kee
 
     run = last_run(page)
     publish = run.locator('.tool[data-tool="publish_package"]')
+    await expect(publish).to_have_attribute("data-state", "approval-requested")
+    await page.reload()  # a parked run comes back with its question (GET /api/chat/{id}/stream)
+    await expect(run.locator(".runline .status")).to_have_attribute("data-status", "waiting_for_approval")
     await publish.get_by_role("button", name="Deny").click()
 
     await expect(publish).to_have_attribute("data-state", "output-denied")
