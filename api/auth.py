@@ -90,7 +90,7 @@ class Authenticator:
             return
         if settings.jwt_secret_file is not None:
             self._hs256 = settings.jwt_secret_file.read_text().strip()
-        elif settings.jwt_secret is not None:
+        elif settings.jwt_secret is not None and settings.jwt_secret.get_secret_value():
             self._hs256 = settings.jwt_secret.get_secret_value()
         if self._hs256 is not None and len(self._hs256.encode()) < _MIN_HS256_SECRET:
             raise SystemExit(f"KEEL_JWT_SECRET must be at least {_MIN_HS256_SECRET} bytes")
@@ -222,12 +222,15 @@ async def require_run(gw: Any, agent_run_id: str, user: User) -> None:
         check_owner(user, await gw.state(agent_run_id))
 
 
-async def require_chat(pool: asyncpg.Pool, chat_id: str, user: User) -> None:
-    """A chat belongs to whoever started it: 404 for another user's chat (a new chat id is anyone's)."""
-    if user.admin:
+async def require_chat(pool: asyncpg.Pool, chat_id: str, user: User, *, to_start: bool = False) -> None:
+    """A chat belongs to whoever started it: 404 for another user's chat (a new chat id is anyone's).
+    Admins may read any chat, but start runs only in their own, so a chat never has two owners."""
+    if user.admin and not to_start:
         return
-    owners = await pool.fetch("SELECT DISTINCT user_id FROM chat_runs WHERE chat_id = $1", chat_id)
-    if any(r["user_id"] != user.id for r in owners):
+    rows = await pool.fetch(
+        "SELECT user_id FROM chat_runs WHERE chat_id = $1 ORDER BY started_at LIMIT 1", chat_id
+    )
+    if rows and rows[0]["user_id"] != user.id:  # the chat's first run names its owner
         raise HTTPException(404, f"no chat {chat_id!r}")
 
 

@@ -86,7 +86,7 @@ async def _start_run(request: ChatRequest, gw: Gateway, user: User) -> str:
     if request.context:
         system.append(Message(role="system", content="Application context:\n" + json.dumps(request.context)))
     messages = system + conversation
-    await require_chat(gw.store.pool, request.id, user)
+    await require_chat(gw.store.pool, request.id, user, to_start=True)
     check_run_start(gw.settings, user)
     queued_behind = await _apply_double_texting(request.id, gw)
 

@@ -206,6 +206,10 @@ async def test_users_see_only_their_own_runs_and_admins_see_all(
         f"/api/runs/{run2}/approvals/{publish_call(second)}", json={"approved": False}, headers=admins[0]
     )
     assert decided.status_code == 200 and decided.json()["approver"] == root_id
+    # Admins read any chat but start runs only in their own: a chat never gets a second owner.
+    hijack = await client.post("/api/chat", json=chat_body("mine now", chat_id=chat_id), headers=admins[0])
+    assert hijack.status_code == 404
+    assert (await client.get(f"/api/chat/{chat_id}/stream", headers=alice)).status_code in (200, 204)
 
 
 async def test_run_starts_are_rate_limited_per_user(client: httpx.AsyncClient) -> None:
