@@ -300,6 +300,32 @@ def test_keel_api_key_create_and_revoke(
         get_settings.cache_clear()
 
 
+async def test_tool_arguments_outside_the_schema_go_back_to_the_model_and_never_run(
+    client: httpx.AsyncClient,
+) -> None:
+    """`wait` takes at most 300 seconds: asked for 900, the call is refused before anything runs."""
+    started = time.monotonic()
+    response = await client.post(
+        "/api/chat", json=chat_body("wait 900 seconds"), headers=bearer(token(user_id("waiter")))
+    )
+    assert response.status_code == 200, response.text
+    stream = parse(response)
+    [call] = stream.of_type("tool-input-available")
+    assert (call["toolName"], call["input"]) == ("wait", {"seconds": 900})
+    [error] = stream.of_type("tool-output-error")
+    assert "invalid arguments for wait" in error["errorText"]
+    assert not stream.of_type("tool-approval-request")  # a broken call asks nobody
+    assert stream.run_status == "completed" and time.monotonic() - started < 30
+
+
+def test_arguments_that_do_not_fit_ask_nobody_for_approval() -> None:
+    from activities.tools import TOOLS
+
+    assert TOOLS.get("wait").policy({"seconds": 60}).needs_approval
+    assert not TOOLS.get("wait").policy({"seconds": 900}).needs_approval  # refused unrun instead
+    assert not TOOLS.get("publish_package").policy({"title": ""}).needs_approval
+
+
 def test_secrets_never_reach_the_logs(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Runs last in this module: every token and key issued above went through the gateways."""
     logs = [p for p in Path(tmp_path_factory.getbasetemp()).glob("**/*.log") if p.is_file()]

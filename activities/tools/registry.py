@@ -43,6 +43,11 @@ class Tool:
     handled_by: Literal["worker", "workflow"] = "worker"
 
     def policy(self, arguments: dict[str, Any]) -> ToolPolicy:
+        try:
+            self.arguments.model_validate(arguments)
+        except ValidationError:
+            # Nothing to approve: run_tool answers arguments that don't fit with an error, unrun.
+            return ToolPolicy(max_calls_per_run=self.max_calls_per_run, handled_by=self.handled_by)
         if self.approval in ("always", "never"):
             needs_approval = self.approval == "always"
         else:
