@@ -344,7 +344,12 @@ def test_secrets_never_reach_the_logs(tmp_path_factory: pytest.TempPathFactory) 
     assert os.environ.get("KEEL_JWT_SECRET") is None
 
 
-async def test_rs256_tokens_from_a_jwks_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["file", "url"])
+async def test_rs256_tokens_from_a_jwks(tmp_path: Path, where: str) -> None:
+    import functools
+    import http.server
+    import threading
+
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     from api.auth import Authenticator
@@ -353,9 +358,25 @@ async def test_rs256_tokens_from_a_jwks_file(tmp_path: Path) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
     (tmp_path / "jwks.json").write_text(jwt.api_jws.json.dumps({"keys": [{**public, "kid": "k1"}]}))
-    auth = Authenticator(
-        Settings(KEEL_AUTH="jwt", KEEL_JWKS=str(tmp_path / "jwks.json"), KEEL_JWT_ROLE_CLAIM="roles")
-    )
+    server = None
+    jwks = str(tmp_path / "jwks.json")
+    if where == "url":
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        jwks = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+    try:
+        await _check_rs256(
+            Authenticator(Settings(KEEL_AUTH="jwt", KEEL_JWKS=jwks, KEEL_JWT_ROLE_CLAIM="roles")), key
+        )
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+async def _check_rs256(auth: Any, key: Any) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     claims = {"sub": "erin", "roles": ["admin"], "exp": int(time.time()) + 60}
     signed = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
     user = await auth.authenticate(None, signed, None)  # type: ignore[arg-type]  # no pool: no API keys
