@@ -2,6 +2,7 @@
 processes `make dev` runs (`python worker.py`, `python -m api`). Nothing here is mocked."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,15 @@ FAKE_OPENAI_KEY = "sk-test-keel-openai-secret-0123456789"
 FAKE_ANTHROPIC_KEY = "sk-ant-test-keel-secret-0123456789"
 # The HS256 secret of the `auth` gateway; like the keys above, it must never show up in a log.
 AUTH_JWT_SECRET = "test-keel-jwt-secret-0123456789abcdef-never-logged"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A SIGTERM (a `timeout`, a CI runner stopping the job) becomes a KeyboardInterrupt, so the session
+    # fixtures' teardown still stops Temporal, PostgreSQL, the workers and gateways instead of orphaning them.
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @dataclass(frozen=True)
