@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from keel.chat_client import AssistantMessage
+
 ALLOWED_FIELDS = {
     "start": {"messageId", "messageMetadata"},
     "finish": {"finishReason", "messageMetadata"},
@@ -141,36 +143,15 @@ def assistant_message(
 ) -> dict[str, Any]:
     """The assistant UI message `useChat` assembles from one or more streams of the same run, with the
     user's approval responses and client-side tool outputs added, as `addToolApprovalResponse` and
-    `addToolResult` leave it."""
-    approvals, outputs = approvals or {}, outputs or {}
-    parts: list[dict[str, Any]] = []
-    tools: dict[str, dict[str, Any]] = {}
+    `addToolResult` leave it. Assembled by the same code the `keel` command uses."""
+    message = AssistantMessage()
     for stream in streams:
         for chunk in stream.chunks:
-            kind = chunk["type"]
-            if kind == "tool-input-available":
-                part = {
-                    "type": f"tool-{chunk['toolName']}",
-                    "toolCallId": chunk["toolCallId"],
-                    "state": "input-available",
-                    "input": chunk["input"],
-                }
-                tools[chunk["toolCallId"]] = part
-                parts.append(part)
-            elif kind == "tool-output-available":
-                tools[chunk["toolCallId"]].update(state="output-available", output=chunk["output"])
-            elif kind == "tool-output-error":
-                tools[chunk["toolCallId"]].update(state="output-error", errorText=chunk["errorText"])
-            elif kind == "tool-output-denied":
-                tools[chunk["toolCallId"]].update(state="output-denied")
-            elif kind == "tool-approval-request":
-                tools[chunk["toolCallId"]].update(
-                    state="approval-requested", approval={"id": chunk["approvalId"]}
-                )
-            elif kind == "text-delta":
-                parts.append({"type": "text", "text": chunk["delta"]})
-    for call_id, approved in approvals.items():
-        tools[call_id].update(state="approval-responded", approval={"id": call_id, "approved": approved})
-    for call_id, output in outputs.items():
-        tools[call_id].update(state="output-available", output=output)
-    return {"id": streams[0].chunks[0]["messageId"], "role": "assistant", "parts": parts}
+            message.apply(chunk)
+    tools = message.tools()
+    for call_id, approved in (approvals or {}).items():
+        tools[call_id].state = "approval-responded"
+        tools[call_id].approval = {"id": call_id, "approved": approved}
+    for call_id, output in (outputs or {}).items():
+        tools[call_id].state, tools[call_id].output = "output-available", output
+    return message.as_ui_message()
