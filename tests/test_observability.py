@@ -269,9 +269,11 @@ const element = (sel) => (elements[sel] ??= { innerHTML: "", addEventListener() 
 globalThis.document = { querySelector: element, querySelectorAll: () => [] };
 globalThis.location = { search: `?run=${runId}` };
 globalThis.history = { replaceState() {} };
+const stored = new Map();
+globalThis.sessionStorage = { getItem: (k) => stored.get(k) ?? null, setItem: (k, v) => stored.set(k, v) };
 globalThis.FormData = class { constructor() {} [Symbol.iterator]() { return [["status", "completed"]][Symbol.iterator](); } };
 const realFetch = globalThis.fetch;
-globalThis.fetch = (url) => realFetch(base + url);
+globalThis.fetch = (url, options) => realFetch(base + url, options);
 new Function(script)();
 setTimeout(() => console.log(JSON.stringify({ list: element("#list").innerHTML, detail: element("#detail").innerHTML })), 1500);
 """
