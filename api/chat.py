@@ -47,6 +47,7 @@ from keel.contracts import (
     UserAnswer,
 )
 from keel.purposes import UnknownPurpose, get_purpose
+from keel.text import one_line
 
 log = logging.getLogger("keel.api")
 router = APIRouter(tags=["chat"])
@@ -91,7 +92,7 @@ async def _start_run(request: ChatRequest, gw: Gateway, user: User) -> str:
     queued_behind = await _apply_double_texting(request.id, gw)
 
     agent_run_id = f"run-{uuid.uuid4()}"
-    summary = _clip(conversation[-1].content, 120)
+    summary = one_line(conversation[-1].content, 120)
     try:
         await gw.store.put_messages(agent_run_id, 0, messages)
         await gw.store.record_chat_run(request.id, agent_run_id, user.id)
@@ -231,8 +232,3 @@ async def _deliver(handle: WorkflowHandle[Any, Any], update: str, arg: Any, agen
         await handle.execute_update(update, arg)
     except (WorkflowUpdateFailedError, RPCError) as err:
         raise http_error(err, agent_run_id) from None
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

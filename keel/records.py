@@ -36,6 +36,8 @@ from typing import Any, Literal
 
 import asyncpg
 
+from keel.text import one_line
+
 log = logging.getLogger("keel.records")
 
 Table = Literal["llm_calls", "tool_runs"]
@@ -111,13 +113,6 @@ def snapshot(value: Any, limit: int = SNAPSHOT_LIMIT) -> Any:
     if len(text) <= limit:
         return json.loads(text)
     return {"truncated": True, "size": len(text), "preview": text[:limit]}
-
-
-def clip(text: str | None, limit: int = 200) -> str | None:
-    if text is None:
-        return None
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _rank(expr: str, table: str) -> str:
@@ -509,7 +504,7 @@ async def write_run_note(
                 run_id,
                 output_seq,
             )
-            run = {**run, "output_summary": clip(body)}
+            run = {**run, "output_summary": None if body is None else one_line(body, 200)}
         await conn.execute(_UPSERT_RUN, *[run.get(c) for c in _RUN_COLUMNS])
         status = await conn.fetchval("SELECT status FROM agent_runs WHERE id = $1", run_id)
         decided = []

@@ -73,6 +73,7 @@ with workflow.unsafe.imports_passed_through():
         Usage,
         UserAnswer,
     )
+    from keel.text import one_line
     from workflows.activity_options import (
         CALL_LLM_OPTIONS,
         RECORD_RUN_OPTIONS,
@@ -729,7 +730,7 @@ class AgentRun:
             names = ", ".join(f"{r.tool_name} ({r.tool_call_id})" for r in pending)
             line = f"waiting for approval of {names}, until {pending[0].expires_at:%Y-%m-%d %H:%M} UTC"
         elif self._question is not None:
-            line = f"waiting for the user's answer to: {_clip(self._question.question, 120)}"
+            line = f"waiting for the user's answer to: {one_line(self._question.question, 120)}"
         elif self._client_calls:
             names = ", ".join(p.tool_name for p in self._client_calls.values())
             line = f"waiting for the client's result of {names}"
@@ -765,11 +766,6 @@ def _event_line(event: Any) -> str:
     what = event.type.replace("_", " ")
     call = getattr(event, "tool_call_id", None)
     return (f"step {step}: " if step is not None else "") + what + (f" ({call})" if call else "")
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _sha256(arguments: dict[str, Any]) -> str:

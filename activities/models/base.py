@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from keel.contracts import Message, ToolCall, ToolSpec, Usage
+from keel.text import clip
 
 ToolChoice = Literal["auto", "none", "required"]
 
@@ -65,9 +66,9 @@ def parse_arguments(raw: str | dict[str, Any] | None) -> tuple[dict[str, Any], s
         try:
             value = json.loads(value)
         except ValueError as err:
-            return {}, f"the arguments are not valid JSON ({err}): {_clip(str(raw), 500)}"
+            return {}, f"the arguments are not valid JSON ({err}): {clip(str(raw), 500)}"
     if not isinstance(value, dict):
-        return {}, f"the arguments must be a JSON object, not {type(value).__name__}: {_clip(str(raw), 500)}"
+        return {}, f"the arguments must be a JSON object, not {type(value).__name__}: {clip(str(raw), 500)}"
     return value, None
 
 
@@ -97,7 +98,3 @@ _FINISH_REASONS = {
     "content_filter": "content_filter",
     "refusal": "content_filter",
 }
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -18,6 +18,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from keel.text import one_line
+
 # Environment variables whose values must never appear in a message.
 SECRET_VARIABLES = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "KEEL_LOCAL_API_KEY")
 _SECRET_PATTERNS = (
@@ -82,17 +84,19 @@ def classify(provider: str, err: BaseException) -> ModelCallFailed | None:
         if _is(cause, "TransportError") and not _is(cause, "ConnectError"):
             return ModelCallFailed(
                 f"the connection to {provider} broke mid-answer: {type(cause).__name__}: "
-                f"{_clip(redact(str(cause)))}",
+                f"{one_line(redact(str(cause)), _MESSAGE_LIMIT)}",
                 provider=provider,
                 retryable=True,
             )
         return ModelCallFailed(
-            f"could not reach {provider}: {_clip(redact(str(cause)))}", provider=provider, retryable=True
+            f"could not reach {provider}: {one_line(redact(str(cause)), _MESSAGE_LIMIT)}",
+            provider=provider,
+            retryable=True,
         )
     if _is(err, "OpenAIError", "AnthropicError"):
         # Missing credentials and other client-side configuration problems: retrying can't fix them.
         return ModelCallFailed(
-            f"{provider} client error: {_clip(redact(str(err)))}{_hint(provider, 401)}",
+            f"{provider} client error: {one_line(redact(str(err)), _MESSAGE_LIMIT)}{_hint(provider, 401)}",
             provider=provider,
             retryable=False,
         )
@@ -153,8 +157,10 @@ def _error_detail(body: object, fallback: str) -> tuple[str | None, str]:
     if isinstance(error, dict):
         kind = error.get("code") or error.get("type")
         message = error.get("message") or fallback
-        return (str(kind) if kind else None), _clip(redact(str(message)))
-    return None, _clip(redact(str(error if isinstance(error, str) and error else fallback)))
+        return (str(kind) if kind else None), one_line(redact(str(message)), _MESSAGE_LIMIT)
+    return None, one_line(
+        redact(str(error if isinstance(error, str) and error else fallback)), _MESSAGE_LIMIT
+    )
 
 
 def _hint(provider: str, status: int) -> str:
@@ -192,8 +198,3 @@ def redact(text: str) -> str:
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub("[redacted]", text)
     return text
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"

@@ -17,6 +17,7 @@ from typing import Any
 
 from activities.models.base import ChatModel, Finish, ModelChunk, TextDelta, ToolChoice, parse_arguments
 from keel.contracts import Message, ToolCall, ToolSpec
+from keel.text import clip
 
 TOOL_RESULTS_HEADER = "Tool results:"
 _FENCE = re.compile(r"^\s*```[\w-]*\s*$", re.MULTILINE)
@@ -150,7 +151,7 @@ def parse_tool_reply(
             name = _NAME.search(text)
             problem = (
                 "your tool call was not valid JSON, so no tool ran. Reply with only a JSON array of tool "
-                f"calls in the shape shown in the instructions. You wrote: {_clip(text.strip(), 500)}"
+                f"calls in the shape shown in the instructions. You wrote: {clip(text.strip(), 500)}"
             )
             call = ToolCall(
                 id=_new_id(used_ids), name=name.group(1) if name else "unknown_tool", arguments_error=problem
@@ -208,7 +209,3 @@ def _new_id(taken: set[str] | frozenset[str]) -> str:
     while f"call_{number}" in taken:
         number += 1
     return f"call_{number}"
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

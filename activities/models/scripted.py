@@ -15,6 +15,7 @@ from typing import Any
 
 from activities.models.base import Finish, ModelChunk, TextDelta, ToolChoice
 from keel.contracts import Message, ToolCall, ToolSpec, Usage
+from keel.text import clip
 
 DISCLAIMER = "[scripted offline model: no LLM was called]"
 _CHUNK_WORDS = 3
@@ -84,7 +85,7 @@ class ScriptedModel:
         results = [m for m in since if m.role == "tool"]
         if not results:
             return (
-                f"{DISCLAIMER} You said: “{_clip(request, 200)}”. I only run this purpose's tools when "
+                f"{DISCLAIMER} You said: “{clip(request, 200)}”. I only run this purpose's tools when "
                 "your message names them or their trigger words; set KEEL_MODEL to a real model for "
                 "open-ended answers."
             )
@@ -92,11 +93,11 @@ class ScriptedModel:
         markdown = _latest_markdown(results)
         for m in results:
             if m.is_error:
-                lines.append(f"- {m.name} failed: {_clip(m.content, 300)}")
+                lines.append(f"- {m.name} failed: {clip(m.content, 300)}")
             elif markdown and (_json_object(m.content) or {}).get("markdown") == markdown:
                 lines.append(f"- {m.name} wrote the Markdown below")
             else:
-                lines.append(f"- {m.name} returned: {_clip(m.content, 300)}")
+                lines.append(f"- {m.name} returned: {clip(m.content, 300)}")
         if markdown:
             lines += ["", markdown]
         return "\n".join(lines)
@@ -167,10 +168,6 @@ def _json_object(text: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _estimate_tokens(text: str) -> int:
