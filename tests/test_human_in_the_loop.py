@@ -12,7 +12,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from keel.stack import TemporalDevServer, find_temporal_bin
 from tests.conftest import Keel
-from tests.ui_stream import UIStream, assistant_message, chat, chat_body, user_message
+from tests.ui_stream import UIStream, assistant_message, chat, chat_body, parse, user_message
 
 PUBLISH = "plan, write and publish a lesson on tail calls"
 # Runs made here, replayed at the end of the module to prove the workflow is deterministic.
@@ -253,7 +253,7 @@ async def test_cancel_during_an_llm_call_keeps_the_text_written_so_far(
         assert (await http.post(f"/api/runs/{agent_run_id}/cancel", json={})).status_code == 202
         response = await asyncio.wait_for(streaming, timeout=5)
 
-    text = "".join(c["delta"] for c in _chunks(response) if c["type"] == "text-delta")
+    text = parse(response).text
     partial = text.split("[cancelled]")[0]
     assert partial.startswith("[scripted offline model")  # the reply's beginning was kept and shown
     assert len(partial) < 150  # and it was cut short: the whole reply is far longer
@@ -383,14 +383,6 @@ async def test_recorded_histories_replay_deterministically(temporal: Client) -> 
         history = await temporal.get_workflow_handle(agent_run_id).fetch_history()
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         assert result.replay_failure is None, (agent_run_id, result.replay_failure)
-
-
-def _chunks(response: httpx.Response) -> list[dict[str, Any]]:
-    return [
-        json.loads(line.removeprefix("data: "))
-        for line in response.text.splitlines()
-        if line.startswith("data: {")
-    ]
 
 
 async def _started_run(http: httpx.AsyncClient, chat_id: str, not_in: set[str] = frozenset()) -> str:
