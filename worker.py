@@ -23,7 +23,7 @@ from keel.settings import Settings, get_settings
 from keel.stack import free_port
 from keel.store import RunStore, create_pool
 from keel.telemetry import configure_tracing, with_tracing
-from keel.temporal import connect_temporal
+from keel.temporal import connect_temporal, temporal_connect_options
 from workflows.agent_run import AgentRun
 
 log = logging.getLogger("keel.worker")
@@ -70,6 +70,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, "worker")
+    temporal_connect_options(settings)  # a half-configured TLS or API key stops here, in one line
     tracing = configure_tracing("keel-worker")
     if settings.worker_metrics_port:
         # The Temporal SDK's own worker metrics, on a private loopback port; /metrics serves them too.

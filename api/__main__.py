@@ -6,12 +6,14 @@ from api.auth import check_startup
 from keel.logs import configure_logging
 from keel.settings import get_settings
 from keel.telemetry import configure_tracing
+from keel.temporal import temporal_connect_options
 
 
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, "gateway")
     check_startup(settings)  # KEEL_AUTH=none only on loopback; jwt needs a key
+    temporal_connect_options(settings)  # a half-configured TLS or API key stops here, in one line
     tracing = configure_tracing("keel-gateway")
     try:
         # log_config=None: uvicorn's own lines go through the JSON handler too.

@@ -16,6 +16,19 @@ class Settings(BaseSettings):
 
     temporal_address: str = Field("127.0.0.1:7233", validation_alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field("default", validation_alias="TEMPORAL_NAMESPACE")
+    # TLS and authentication towards Temporal (a secured cluster, Temporal Cloud), under the names Temporal's
+    # own environment configuration uses, so the `temporal` CLI reads the same environment. keel/temporal.py
+    # turns them into connect options and refuses half-configured combinations at startup.
+    # None: TLS is on exactly when one of the settings below asks for it.
+    temporal_tls: bool | None = Field(None, validation_alias="TEMPORAL_TLS")
+    temporal_tls_client_cert_path: Path | None = Field(None, validation_alias="TEMPORAL_TLS_CLIENT_CERT_PATH")
+    temporal_tls_client_key_path: Path | None = Field(None, validation_alias="TEMPORAL_TLS_CLIENT_KEY_PATH")
+    temporal_tls_server_ca_cert_path: Path | None = Field(
+        None, validation_alias="TEMPORAL_TLS_SERVER_CA_CERT_PATH"
+    )
+    temporal_tls_server_name: str | None = Field(None, validation_alias="TEMPORAL_TLS_SERVER_NAME")
+    temporal_api_key: SecretStr | None = Field(None, validation_alias="TEMPORAL_API_KEY")
+    temporal_api_key_file: Path | None = Field(None, validation_alias="TEMPORAL_API_KEY_FILE")
     temporal_ui_url: str = Field("http://127.0.0.1:8233", validation_alias="KEEL_TEMPORAL_UI_URL")
     database_url: str | None = Field(None, validation_alias="DATABASE_URL")
     data_dir: Path = Field(Path(".keel"), validation_alias="KEEL_DATA_DIR")
@@ -63,6 +76,21 @@ class Settings(BaseSettings):
     # Input limits and run starts per user per minute (0: no limit), per gateway process.
     max_body_bytes: int = Field(2_000_000, ge=1024, validation_alias="KEEL_MAX_BODY_BYTES")
     rate_limit: float = Field(60.0, ge=0, validation_alias="KEEL_RATE_LIMIT")
+
+    @field_validator(
+        "temporal_tls",
+        "temporal_tls_client_cert_path",
+        "temporal_tls_client_key_path",
+        "temporal_tls_server_ca_cert_path",
+        "temporal_tls_server_name",
+        "temporal_api_key",
+        "temporal_api_key_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose files pass `${VAR:-}` through as an empty string; as a path that would mean ".".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("auth")
     @classmethod
