@@ -1,0 +1,226 @@
+"""Keel processes a test may kill: each test gets its own workers and gateways, on task queues of its own,
+against the session's one Temporal dev server and one PostgreSQL, so a `kill -9` here disturbs no other
+test. Also an SSE client that keeps what it read when the gateway under it dies."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import Client
+
+from keel.codec import write_new_key_file
+from keel.settings import Settings
+from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
+from keel.temporal import connect_temporal
+from tests.conftest import _healthy, _spawn, _wait_for
+from tests.ui_stream import UIStream, parse_text
+
+
+async def until(condition: Callable[[], Any], what: str, within: float = 60) -> Any:
+    """Poll a condition (plain or async) every 50 ms until it holds; its value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"{what}: not within {within} s")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Process:
+    """One Keel process (`worker.py` or `python -m api`) that can be killed and started again with the
+    same environment. Each incarnation logs to a file of its own."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    base: Path
+    url: str | None = None
+    incarnations: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.incarnations[-1]
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.incarnations]
+
+    def log_text(self) -> str:
+        return "".join(log.read_text(errors="replace") for log in self.logs)
+
+    def spawn(self) -> None:
+        log = self.base / f"{self.name}-{len(self.logs) + 1}.log"
+        self.logs.append(log)
+        self.incarnations.append(_spawn(self.args, self.env, log))
+
+    async def ready(self) -> None:
+        log, proc = self.logs[-1], self.proc
+        if self.url is None:
+            ready = lambda: b"worker polling" in log.read_bytes()  # noqa: E731
+        else:
+            ready = lambda: _healthy(self.url)  # noqa: E731
+        await asyncio.to_thread(_wait_for, self.name, ready, proc, log)
+
+    async def start(self) -> "Process":
+        self.spawn()
+        await self.ready()
+        return self
+
+    def kill(self) -> None:
+        """kill -9 of the whole process group: no shutdown code runs."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        assert self.proc.returncode == -signal.SIGKILL
+
+    async def restart(self) -> "Process":
+        """A fresh process with the same environment (and, for a gateway, the same port)."""
+        return await self.start()
+
+    def stop(self) -> None:
+        for proc in self.incarnations:
+            if proc.poll() is None:
+                stop_process_group(proc)
+
+
+class CrashStack:
+    """One test's own Keel: workers and gateways on task queues nobody else uses, with their own data
+    dir and payload key, against the shared Temporal and PostgreSQL."""
+
+    def __init__(self, temporal: TemporalDevServer, postgres: EmbeddedPostgres, base: Path, **env: str):
+        self.base = base
+        tag = uuid.uuid4().hex[:8]
+        write_new_key_file(base / "codec-keys.json")
+        self.env = {
+            **os.environ,
+            "TEMPORAL_ADDRESS": temporal.address,
+            "DATABASE_URL": postgres.uri,
+            "KEEL_DATA_DIR": str(base / "data"),
+            "KEEL_MODEL": "scripted",
+            "KEEL_TASK_QUEUE": f"crash-{tag}",
+            "KEEL_HEAVY_TASK_QUEUE": f"crash-heavy-{tag}",
+            "KEEL_CODEC_KEY_FILE": str(base / "codec-keys.json"),
+            "KEEL_SSE_PING_SECONDS": "1",
+            **env,
+        }
+        self.processes: list[Process] = []
+        self._client: Client | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.env["KEEL_DATA_DIR"])
+
+    def settings(self) -> Settings:
+        return Settings(**{k: v for k, v in self.env.items() if k.isupper()})
+
+    def _process(self, name: str, args: list[str], url: str | None = None, **env: str) -> Process:
+        process = Process(name, args, {**self.env, **env}, self.base, url)
+        self.processes.append(process)
+        return process
+
+    def worker(self, name: str = "worker", *args: str) -> Process:
+        metrics = {"KEEL_WORKER_METRICS_PORT": str(free_port())}
+        return self._process(name, [sys.executable, "worker.py", *args], **metrics)
+
+    def gateway(self, name: str = "gateway") -> Process:
+        port = free_port()
+        return self._process(
+            name, [sys.executable, "-m", "api"], f"http://127.0.0.1:{port}", KEEL_PORT=str(port)
+        )
+
+    async def start(self, *processes: Process) -> None:
+        """Start processes side by side and wait until every one is ready."""
+        for process in processes:
+            process.spawn()
+        await asyncio.gather(*(p.ready() for p in processes))
+
+    async def temporal(self) -> Client:
+        """A client of the test's own (encrypted) payloads."""
+        if self._client is None:
+            self._client = await connect_temporal(self.settings())
+        return self._client
+
+    def __enter__(self) -> "CrashStack":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes:
+            process.stop()
+
+
+@dataclass
+class Watch:
+    """What one SSE client has read so far, complete events only; `dropped` when the connection broke."""
+
+    raw: str = ""
+    response: httpx.Response | None = None
+    dropped: BaseException | None = None
+    ended: bool = False
+
+    @property
+    def stream(self) -> UIStream:
+        assert self.response is not None
+        return parse_text(self.raw[: self.raw.rfind("\n\n") + 2], self.response)
+
+    @property
+    def pairs(self) -> list[tuple[int | None, dict[str, Any]]]:
+        stream = self.stream
+        return list(zip(stream.ids, stream.chunks, strict=True))
+
+    @property
+    def run_id(self) -> str:
+        assert self.response is not None
+        return self.response.headers["x-agent-run-id"]
+
+    def deltas(self) -> int:
+        return len(self.stream.of_type("text-delta")) if self.response is not None else 0
+
+
+async def follow(watch: Watch, url: str, method: str = "GET", **kwargs: Any) -> Watch:
+    """Read an SSE response as it arrives into `watch`, until it ends or its gateway goes away."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as http:
+        try:
+            async with http.stream(method, url, **kwargs) as response:
+                assert response.status_code == 200, (await response.aread()).decode()
+                watch.response = response
+                async for piece in response.aiter_text():
+                    watch.raw += piece
+        except (httpx.RemoteProtocolError, httpx.ReadError) as err:
+            watch.dropped = err
+    watch.ended = True
+    return watch
+
+
+def watching(url: str, method: str = "GET", **kwargs: Any) -> tuple[Watch, "asyncio.Task[Watch]"]:
+    watch = Watch()
+    return watch, asyncio.create_task(follow(watch, url, method, **kwargs))
+
+
+async def running_activity(temporal: Client, agent_run_id: str, activity: str) -> Any:
+    """The activity of that type a worker is running now in the run (Temporal's pending activity), or None."""
+    description = await temporal.get_workflow_handle(agent_run_id).describe()
+    pending = description.raw_description.pending_activities
+    return next(
+        (
+            p
+            for p in pending
+            if p.activity_type.name == activity
+            and p.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        ),
+        None,
+    )

@@ -1,0 +1,211 @@
+"""Crash-proof runs: kill -9 of a worker during an LLM call, during a tool and while a run waits for
+approval, and of the gateway while clients stream. Every run completes after a restart with nothing lost
+and nothing done twice, and clients resume their streams. Each test runs its own worker and gateway
+subprocesses on task queues of its own (tests/crash_stack.py) and kills them with SIGKILL."""
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from activities.models.scripted import DISCLAIMER, ScriptedModel
+from keel.stack import EmbeddedPostgres, TemporalDevServer
+from keel.store import RunStore
+from tests.crash_stack import CrashStack, until, watching
+from tests.test_run_records import pick, records
+from tests.ui_stream import assert_well_formed, chat, chat_body
+
+SLOW = "hello there, tell me everything"  # scripted:slow writes its answer in ~14 pieces, 5 a second
+
+
+@pytest.fixture
+def stack(
+    temporal_server: TemporalDevServer, postgres: EmbeddedPostgres, tmp_path: Path
+) -> Iterator[CrashStack]:
+    with CrashStack(temporal_server, postgres, tmp_path) as stack:
+        yield stack
+
+
+async def test_a_worker_killed_during_an_llm_call_and_restarted_finishes_the_reply_once(
+    stack: CrashStack, store: RunStore
+) -> None:
+    stack.env["KEEL_MODEL"] = "scripted:slow"
+    worker, gateway = stack.worker(), stack.gateway()
+    await stack.start(worker, gateway)
+
+    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body(SLOW))
+    await until(lambda: client.deltas() >= 3, "the first words of the reply")
+    worker.kill()  # mid-sentence
+    words_before_the_kill = client.stream.text
+    await worker.restart()
+    await asyncio.wait_for(streaming, 60)
+
+    run_id = client.run_id
+    assert client.dropped is None, "the gateway kept the stream open while the worker was away"
+    stream = client.stream
+    assert_well_formed(stream)
+    assert stream.run_status == "completed"
+    # The conversation holds the reply once, exactly as the model writes it in one go.
+    conversation = await store.conversation(run_id, 100)
+    assert [m.role for m in conversation] == ["system", "user", "assistant"]
+    reply = conversation[-1].content
+    assert reply.startswith(DISCLAIMER) and reply.count(DISCLAIMER) == 1
+    assert reply == ScriptedModel({}).answer(conversation[:-1])
+    # The client saw the killed attempt's words, then the retry, then the whole reply in a new part.
+    texts: dict[str, str] = {}
+    for chunk in stream.of_type("text-delta"):
+        texts[chunk["id"]] = texts.get(chunk["id"], "") + chunk["delta"]
+    abandoned, kept = list(texts)
+    [retry] = stream.of_type("data-retry")
+    assert retry["data"] == {"step": 1, "attempt": 2, "discardedTextId": abandoned}
+    assert reply.startswith(texts[abandoned]) and texts[abandoned].startswith(words_before_the_kill)
+    assert len(texts[abandoned]) < len(reply)
+    assert texts[kept] == reply
+    # The run records show the attempt that died and the one that answered.
+    rec = await records(store.pool, run_id)
+    assert [pick(r, "seq", "attempt") for r in rec["llm"]] == [(2, 1), (2, 2)]
+    assert rec["llm"][0]["status"] != "ok" and rec["llm"][1]["status"] == "ok"
+    assert rec["run"]["status"] == "completed"
+
+
+async def tool_status(store: RunStore, run_id: str, tool: str) -> str | None:
+    return await store.pool.fetchval(
+        "SELECT status FROM tool_runs WHERE agent_run_id = $1 AND tool_name = $2 ORDER BY attempt DESC LIMIT 1",
+        run_id,
+        tool,
+    )
+
+
+async def test_a_worker_killed_during_a_tool_and_restarted_runs_the_tool_again_and_keeps_one_result(
+    stack: CrashStack, store: RunStore
+) -> None:
+    worker, gateway = stack.worker(), stack.gateway()
+    await stack.start(worker, gateway)
+
+    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body("wait 4 seconds please"))
+    await until(lambda: client.response is not None, "the run started")
+    run_id = client.run_id
+    await until(lambda: tool_status(store, run_id, "wait"), "the wait tool running")
+    worker.kill()  # the tool is waiting
+    await worker.restart()
+    await asyncio.wait_for(streaming, 90)
+
+    assert client.dropped is None
+    stream = client.stream
+    assert_well_formed(stream)
+    assert stream.run_status == "completed"
+    [call] = stream.of_type("tool-input-available")
+    assert call["toolName"] == "wait"
+    assert stream.of_type("tool-output-available") == [
+        {"type": "tool-output-available", "toolCallId": call["toolCallId"], "output": {"waited_seconds": 4}}
+    ]
+    # One result in the conversation, and the model's answer speaks of one tool call.
+    conversation = await store.conversation(run_id, 100)
+    assert [m.role for m in conversation] == ["system", "user", "assistant", "tool", "assistant"]
+    assert json.loads(conversation[3].content) == {"waited_seconds": 4}
+    assert "I ran 1 tool call(s)" in conversation[-1].content
+    assert stream.text == conversation[-1].content
+    # The records show the attempt that died with its worker and the one that finished.
+    rec = await records(store.pool, run_id)
+    assert [pick(t, "seq", "attempt", "tool_name") for t in rec["tools"]] == [(3, 1, "wait"), (3, 2, "wait")]
+    assert rec["tools"][0]["status"] != "ok"
+    assert pick(rec["tools"][1], "status", "result_snapshot") == ("ok", {"waited_seconds": 4})
+
+
+async def test_a_worker_killed_while_a_run_waits_for_approval_publishes_once_after_the_approval(
+    stack: CrashStack, store: RunStore
+) -> None:
+    worker, gateway = stack.worker(), stack.gateway()
+    await stack.start(worker, gateway)
+    body = chat_body("plan, write and publish a lesson on crashes", purpose="learnpack-lesson-writer")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        first = await chat(http, body)
+        assert first.run_status == "waiting_for_approval"
+        run_id = first.response.headers["x-agent-run-id"]
+        [publish] = first.of_type("tool-approval-request")
+
+        worker.kill()  # nobody runs the workflow now; it waits in Temporal
+        # The approval is given while no worker is up: the gateway holds it until one takes the run.
+        approving = asyncio.create_task(
+            http.post(f"/api/runs/{run_id}/approvals/{publish['toolCallId']}", json={"approved": True})
+        )
+        await worker.restart()
+        decided = await asyncio.wait_for(approving, 60)
+        assert decided.status_code == 200, decided.text
+        # The rest of the run, from right after the last event the first stream had.
+        rest, following = watching(
+            f"{gateway.url}/api/runs/{run_id}/events", headers={"Last-Event-ID": str(first.ids[-1])}
+        )
+        await asyncio.wait_for(following, 60)
+
+    assert rest.dropped is None
+    stream = rest.stream
+    assert_well_formed(stream, resumed=True)
+    assert stream.run_status == "completed"
+    [published] = stream.of_type("tool-output-available")
+    assert published["toolCallId"] == publish["toolCallId"]
+    assert published["output"]["slug"] == "learn-crashes"
+    # Published once: one package, one result in the conversation, one attempt that ran.
+    packages = stack.data_dir / "packages"
+    assert [p.name for p in packages.iterdir() if p.is_dir()] == ["learn-crashes"]
+    assert json.loads((packages / "learn-crashes" / "learn.json").read_text())["agent_run_id"] == run_id
+    conversation = await store.conversation(run_id, 100)
+    assert [m.name for m in conversation if m.role == "tool"] == [
+        "plan_syllabus",
+        "generate_markdown",
+        "publish_package",
+    ]
+    rec = await records(store.pool, run_id)
+    publishes = [t for t in rec["tools"] if t["tool_name"] == "publish_package"]
+    assert [pick(t, "attempt", "status", "approval") for t in publishes] == [(1, "ok", "approved")]
+
+
+LONG = (
+    "hello there, tell me everything you know about durable execution, about workers that die in the"
+    " middle of a sentence, and about gateways that come back on the same port a moment later"
+)  # a reply of ~25 pieces: five seconds of streaming
+
+
+async def test_clients_of_a_killed_gateway_resume_on_a_restarted_one_and_on_another(
+    stack: CrashStack, store: RunStore
+) -> None:
+    stack.env["KEEL_MODEL"] = "scripted:slow"
+    worker, gateway, other = stack.worker(), stack.gateway("gateway"), stack.gateway("other-gateway")
+    await stack.start(worker, gateway, other)
+
+    asker, asking = watching(f"{gateway.url}/api/chat", "POST", json=chat_body(LONG))
+    await until(lambda: asker.response is not None, "the run started")
+    run_id = asker.run_id
+    viewer, viewing = watching(f"{gateway.url}/api/runs/{run_id}/events")
+    # Someone watches through the other gateway all along: the stream as it should be.
+    witness, witnessing = watching(f"{other.url}/api/runs/{run_id}/events")
+    await until(lambda: asker.deltas() >= 3 and viewer.deltas() >= 3, "both clients reading the reply")
+
+    gateway.kill()
+    await asyncio.wait_for(asyncio.gather(asking, viewing), 10)
+    assert asker.dropped is not None and viewer.dropped is not None
+    assert not asker.stream.done and not viewer.stream.done
+    # The asker comes back to the restarted gateway (same port) with the Last-Event-ID header; the viewer
+    # goes to the other gateway with the query parameter.
+    await gateway.restart()
+    asker_again, asking = watching(
+        f"{gateway.url}/api/runs/{run_id}/events", headers={"Last-Event-ID": str(asker.stream.ids[-1])}
+    )
+    viewer_again, viewing = watching(
+        f"{other.url}/api/runs/{run_id}/events?last_event_id={viewer.stream.ids[-1]}"
+    )
+    await asyncio.wait_for(asyncio.gather(asking, viewing, witnessing), 60)
+
+    assert witness.dropped is None
+    assert_well_formed(witness.stream)
+    assert witness.stream.run_status == "completed"
+    # Every event exactly once, in order, with the ids the uninterrupted witness saw.
+    assert asker.pairs + asker_again.pairs == witness.pairs
+    assert viewer.pairs + viewer_again.pairs == witness.pairs
+    assert asker_again.stream.done and viewer_again.stream.done
+    reply = (await store.conversation(run_id, 100))[-1].content
+    assert asker.stream.text + asker_again.stream.text == reply == witness.stream.text
+    assert len(witness.stream.of_type("text-delta")) >= 20
