@@ -1,0 +1,52 @@
+"""Small measuring tools shared by the benchmarks: a process's CPU time and memory, and the fake
+provider's process."""
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from keel.stack import free_port, port_is_free
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss_mb(pid: int, *, children: bool = False) -> float:
+    """Resident memory of a process (and, if asked, of everything it spawned), in MB."""
+    process = psutil.Process(pid)
+    procs = [process, *(process.children(recursive=True) if children else [])]
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += proc.memory_info().rss
+    return total / 1e6
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def start_provider(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/provider.py in its own process: (process, base URL without /v1)."""
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.provider", "--port", str(port)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    deadline = time.monotonic() + 30
+    while port_is_free("127.0.0.1", port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the fake provider did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port}"
