@@ -1,0 +1,70 @@
+"""1. Durability tax: an agent step through Keel vs the same activities through bare temporalio.
+
+A run is two steps with the zero-latency `scripted` model: step 1 is one LLM call that asks for two tools
+at once (calculate, current_time), step 2 one LLM call that writes the answer. The same run goes through
+Keel's AgentRun, through the hand-written loop of bench/bare.py (same activity code, same server), and
+through that loop in this process with no Temporal at all. The three alternate, one run at a time, after a
+warm-up; each run's wall time is divided by its steps.
+"""
+
+from __future__ import annotations
+
+from bench import runs
+from bench.harness import Harness
+from bench.report import Figure, Section, at_most, p50, percentile
+
+TAX_TARGET = 1.15
+
+
+async def run(h: Harness, quick: bool) -> Section:
+    rounds, warmup = (8, 2) if quick else (40, 5)
+    client, store = await h.client(), await h.store()
+    local = runs.KEEL_HAS_INLINE_TOOLS  # the baseline runs tools the way Keel does
+    in_process = runs.in_process_activities(store, h)
+    with runs.workers(h):
+        results = await runs.interleaved(
+            {
+                "keel": lambda: runs.keel_run(client, store),
+                "bare": lambda: runs.bare_run(client, store, local_tools=local),
+                "in_process": lambda: runs.in_process_run(in_process),
+            },
+            rounds=rounds,
+            warmup=warmup,
+        )
+    keel, bare, alone = ([t.ms_per_step for t in results[k]] for k in ("keel", "bare", "in_process"))
+    ratio = p50(keel) / p50(bare)
+    target, met = at_most(ratio, TAX_TARGET)
+    tools = "local activities" if local else "activities"
+    return Section(
+        "durability",
+        "Durability tax",
+        figures=[
+            Figure(
+                "Keel ÷ bare temporalio, per step (p50)",
+                ratio,
+                "×",
+                target=target,
+                met=met,
+                note=f"{len(keel)} runs each, interleaved",
+            ),
+            Figure(
+                "Keel, per step (p50)", p50(keel), "ms", baseline=p50(bare), note="baseline: bare temporalio"
+            ),
+            Figure("Keel, per step (p95)", percentile(keel, 95), "ms", baseline=percentile(bare, 95)),
+            Figure(
+                "Keel, per step (p50) vs in-process loop",
+                p50(keel),
+                "ms",
+                baseline=p50(alone),
+                note=f"+{p50(keel) - p50(alone):.1f} ms per step for durability",
+            ),
+        ],
+        notes=[
+            "A step is one LLM call (the zero-latency scripted model) plus the tool calls it asks for: "
+            f"runs of 2 steps, 2 tool calls ({', '.join(runs.TOOLS)}) run at once in step 1, tools as {tools} "
+            "in both Keel and the baseline.",
+            "Baseline: the same call_llm/run_tool code in a hand-written temporalio loop (bench/bare.py) "
+            "on the same server and PostgreSQL; in-process: that loop with no Temporal "
+            "(temporalio.testing.ActivityEnvironment).",
+        ],
+    )
