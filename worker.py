@@ -1,14 +1,19 @@
-"""The Keel worker: runs AgentRun workflows and their activities from the `agent-runs` task queue.
+"""The Keel workers.
 
-    python worker.py
+    python worker.py                # the agent worker: AgentRun workflows, LLM calls and inline tools
+    python worker.py --queue heavy  # a heavy-tool worker: the tools declared heavy=True
 
-Configuration comes from the environment (see the README's table); `make dev` sets it for you.
+The agent worker polls KEEL_TASK_QUEUE (`agent-runs`); heavy tools run on KEEL_HEAVY_TASK_QUEUE
+(`agent-heavy`), so a slow tool never takes a slot the agent loop needs. Run as many of each as the load
+asks for. Configuration comes from the environment (see the README's table); `make dev` sets it for you.
 """
 
+import argparse
 import asyncio
 import logging
 import signal
 from datetime import timedelta
+from typing import Literal
 
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
@@ -23,13 +28,15 @@ from keel.settings import Settings, get_settings
 from keel.stack import free_port
 from keel.store import RunStore, create_pool
 from keel.telemetry import configure_tracing, with_tracing
-from keel.temporal import connect_temporal, temporal_connect_options
+from keel.temporal import connect_temporal
 from workflows.agent_run import AgentRun
 
 log = logging.getLogger("keel.worker")
 
+Queue = Literal["agent", "heavy"]
 
-async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+
+async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "agent") -> None:
     client = with_tracing(await connect_temporal(settings))
     pool = await create_pool(settings.require_database_url())
     # Run records of activity attempts; kept on disk in the data dir while PostgreSQL is away.
@@ -43,23 +50,38 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         records=RunRecorder(records),
         deltas=PostgresDeltaChannel(pool, batch_window=settings.stream_batch_ms / 1000),
     )
-    worker = Worker(
-        client,
-        task_queue=settings.task_queue,
-        workflows=[AgentRun],
-        activities=[
-            activities.call_llm,
-            activities.run_tool,
-            activities.save_message,
-            RecordActivities(pool).record_run,
-        ],
-        interceptors=[ObservingInterceptor(records)],
-        # Heartbeats carry cancellation to activities; a short throttle delivers it within a second.
-        max_heartbeat_throttle_interval=timedelta(seconds=1),
-    )
+    # Heartbeats carry cancellation to activities; a short throttle delivers it within a second.
+    common = {
+        "interceptors": [ObservingInterceptor(records)],
+        "max_heartbeat_throttle_interval": timedelta(seconds=1),
+    }
+    if queue == "heavy":
+        task_queue = settings.heavy_task_queue
+        worker = Worker(
+            client,
+            task_queue=task_queue,
+            activities=[activities.run_tool],
+            max_concurrent_activities=settings.heavy_concurrency,
+            **common,
+        )
+    else:
+        task_queue = settings.task_queue
+        worker = Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[AgentRun],
+            # run_tool is here for the inline tools, which run as local activities of the workflow.
+            activities=[
+                activities.call_llm,
+                activities.run_tool,
+                activities.save_message,
+                RecordActivities(pool).record_run,
+            ],
+            **common,
+        )
     try:
         async with worker:
-            log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_address)
+            log.info("worker polling task queue %r on %s", task_queue, settings.temporal_address)
             await stop.wait()
             log.info("worker shutting down")
     finally:
@@ -67,39 +89,44 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         await pool.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run a Keel worker.")
+    parser.add_argument(
+        "--queue",
+        choices=("agent", "heavy"),
+        default="agent",
+        help="agent: the agent loop, LLM calls and inline tools (default); heavy: the heavy tools",
+    )
+    queue: Queue = parser.parse_args(argv).queue
     settings = get_settings()
-    configure_logging(settings.log_level, "worker")
-    temporal_connect_options(settings)  # a half-configured TLS or API key stops here, in one line
-    tracing = configure_tracing("keel-worker")
-    if settings.worker_metrics_port:
+    configure_logging(settings.log_level, "worker" if queue == "agent" else "heavy-worker")
+    tracing = configure_tracing("keel-worker" if queue == "agent" else "keel-heavy-worker")
+    metrics_port = settings.worker_metrics_port if queue == "agent" else settings.heavy_worker_metrics_port
+    if metrics_port:
         # The Temporal SDK's own worker metrics, on a private loopback port; /metrics serves them too.
         sdk_metrics = f"127.0.0.1:{free_port()}"
         telemetry = TelemetryConfig(
             metrics=PrometheusConfig(bind_address=sdk_metrics, counters_total_suffix=True)
         )
         Runtime.set_default(Runtime(telemetry=telemetry))
+        variable = "KEEL_WORKER_METRICS_PORT" if queue == "agent" else "KEEL_HEAVY_WORKER_METRICS_PORT"
         try:
             metrics.serve_worker_metrics(
-                settings.worker_metrics_host, settings.worker_metrics_port, f"http://{sdk_metrics}/metrics"
+                settings.worker_metrics_host, metrics_port, f"http://{sdk_metrics}/metrics"
             )
         except OSError as err:
             raise SystemExit(
-                f"cannot serve worker metrics on {settings.worker_metrics_host}:{settings.worker_metrics_port}"
-                f" ({err}); set KEEL_WORKER_METRICS_PORT to a free port, or 0 for none"
+                f"cannot serve worker metrics on {settings.worker_metrics_host}:{metrics_port}"
+                f" ({err}); set {variable} to a free port, or 0 for none"
             ) from None
-        log.info(
-            "worker metrics on http://%s:%d/metrics",
-            settings.worker_metrics_host,
-            settings.worker_metrics_port,
-        )
+        log.info("worker metrics on http://%s:%d/metrics", settings.worker_metrics_host, metrics_port)
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, stop)
+        await run_worker(settings, stop, queue)
 
     try:
         asyncio.run(serve())

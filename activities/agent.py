@@ -102,7 +102,13 @@ class AgentActivities:
     @activity.defn(name=RUN_TOOL)
     async def run_tool(self, task: ToolInput) -> ToolOutcome:
         call = task.call
-        ctx = ToolContext(agent_run_id=task.agent_run_id, tool_call_id=call.id, data_dir=self.data_dir)
+        info = activity.info()
+        ctx = ToolContext(
+            agent_run_id=task.agent_run_id,
+            tool_call_id=call.id,
+            data_dir=self.data_dir,
+            idempotency_key=f"{info.workflow_id}/{info.activity_id}",
+        )
         value: Any = None
         with self.records.tool_run(task) as record:
             try:

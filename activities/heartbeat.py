@@ -16,6 +16,11 @@ BEAT_SECONDS = 1.0
 
 @contextlib.asynccontextmanager
 async def heartbeating(interval: float = BEAT_SECONDS) -> AsyncIterator[None]:
+    if activity.info().is_local:
+        # A local activity runs inside its workflow task: there is no heartbeat to send.
+        yield
+        return
+
     async def beat() -> None:
         while True:
             activity.heartbeat()

@@ -119,6 +119,7 @@ async def _start_run(request: ChatRequest, gw: Gateway, user: User) -> str:
                 client_tools=request.client_tools(),
                 queued_behind=queued_behind,
                 input_summary=summary,
+                heavy_task_queue=gw.settings.heavy_task_queue,
             ),
             id=agent_run_id,
             task_queue=gw.settings.task_queue,

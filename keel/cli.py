@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "dev", help="run Temporal, PostgreSQL, the worker and the gateway (what `make dev` runs)"
     )
-    commands.add_parser("worker", help="run a worker")
+    worker = commands.add_parser("worker", help="run a worker (--queue heavy: a heavy-tool worker)")
+    worker.add_argument("--queue", choices=("agent", "heavy"), default="agent")
     commands.add_parser("api", help="run the gateway")
     run = commands.add_parser("run", help="send a message and stream the answer")
     run.add_argument("message")
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         from worker import main as worker
 
-        worker()
+        worker(["--queue", args.queue])
         return 0
     if args.command == "api":
         from api.__main__ import main as api

@@ -162,6 +162,10 @@ class AgentRunInput(BaseModel):
     queued_behind: str | None = None
     # A short preview of the user's request, for people reading the run in the Temporal Web UI.
     input_summary: str = ""
+    # The task queue of the heavy-tool workers (`python worker.py --queue heavy`), from the gateway's settings.
+    heavy_task_queue: str = "agent-heavy"
+    # Set when the run continued as new: what the run had done so far (see workflows/agent_run.py).
+    carried: "CarriedRun | None" = None
 
 
 class LlmStepInput(BaseModel):
@@ -187,6 +191,9 @@ class ToolPolicy(BaseModel):
     # worker: run_tool runs it; workflow: built in (ask_user); client: the frontend runs it;
     # nobody: the run doesn't offer a tool of that name, and the model is told so.
     handled_by: Literal["worker", "workflow", "client", "nobody"] = "worker"
+    # A heavy tool runs as an activity on the heavy task queue (its own worker pool, long timeouts);
+    # every other worker tool runs inline in the agent worker as a local activity.
+    heavy: bool = False
 
 
 class LlmStepResult(BaseModel):
@@ -392,6 +399,30 @@ RunEvent = Annotated[
 WAITING_EVENTS = (ApprovalRequested, QuestionAsked, ClientToolRequested)
 
 
+class CarriedRun(BaseModel):
+    """What a run hands to its next Temporal run when it continues as new, between two steps.
+
+    Its events are carried whole, so `events` still answers from seq 1 and a stream resumes anywhere;
+    message bodies stay in PostgreSQL, so this grows with the number of steps, never with their size.
+    """
+
+    started_at: datetime
+    step: int
+    usage: "Usage"
+    events: list[RunEvent]
+    next_seq: int
+    tool_runs: dict[str, int]
+    # The approval audit: every decision so far (nothing is pending between steps).
+    approvals: list["ApprovalRecord"]
+    model_route: str | None
+    output_seq: int | None
+    asked_for_tools: bool
+    # Runs queued behind this one (double texting: enqueue), started when it finishes.
+    queued: list[str]
+    # How many Temporal runs came before this one.
+    continued: int
+
+
 class BudgetsLeft(BaseModel):
     steps: int
     tokens: int | None = None
@@ -468,3 +499,7 @@ class RunNote(BaseModel):
     # Where the run's last text answer is stored, for the record's output summary.
     output_seq: int | None = None
     tool_runs: list[ToolRunNote] = Field(default_factory=list)
+
+
+# AgentRunInput refers to CarriedRun, which needs the event types defined after it.
+AgentRunInput.model_rebuild()

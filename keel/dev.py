@@ -3,7 +3,7 @@
     python -m keel.dev
 
 Starts, in order: a Temporal dev server with its Web UI (unless TEMPORAL_ADDRESS is set), embedded
-PostgreSQL (unless DATABASE_URL is set), the worker and the gateway. State lives in KEEL_DATA_DIR (default
+PostgreSQL (unless DATABASE_URL is set), the agent worker, the heavy-tool worker and the gateway. State lives in KEEL_DATA_DIR (default
 .keel/), so runs, conversations and workflow histories survive a restart.
 """
 
@@ -28,6 +28,7 @@ from keel.stack import EmbeddedPostgres, TemporalDevServer, port_is_free
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKER_CMD = (sys.executable, "worker.py")
+HEAVY_WORKER_CMD = (sys.executable, "worker.py", "--queue", "heavy")
 GATEWAY_CMD = (sys.executable, "-m", "api")
 
 TEMPORAL_HOST = "127.0.0.1"
@@ -75,6 +76,10 @@ def _ports_to_check(settings: Settings, embedded_temporal: bool) -> list[_Port]:
         remedy = "set KEEL_WORKER_METRICS_PORT (0 turns the worker's metrics off)"
         port = settings.worker_metrics_port
         ports.append(_Port(settings.worker_metrics_host, port, "worker metrics", remedy))
+    if settings.heavy_worker_metrics_port:
+        remedy = "set KEEL_HEAVY_WORKER_METRICS_PORT (0 turns the heavy worker's metrics off)"
+        port = settings.heavy_worker_metrics_port
+        ports.append(_Port(settings.worker_metrics_host, port, "heavy worker metrics", remedy))
     return ports
 
 
@@ -173,7 +178,8 @@ def _banner(
         "keel dev is up",
         f"  chat / gateway   {gateway_url}",
         f"  run viewer       {gateway_url}/runs",
-        f"  metrics          {gateway_url}/metrics (gateway), {_worker_metrics(settings)} (worker)",
+        f"  metrics          {gateway_url}/metrics (gateway), {_worker_metrics(settings)} (worker),",
+        f"                   {_heavy_worker_metrics(settings)} (heavy worker)",
         f"  Temporal Web UI  {ui_url}",
         f"  Temporal         {temporal_line}",
         f"  PostgreSQL       {postgres_line}",
@@ -199,7 +205,18 @@ def _worker_metrics(settings: Settings) -> str:
     return _local_url(settings.worker_metrics_host, settings.worker_metrics_port) + "/metrics"
 
 
-def run(*, worker_cmd: Sequence[str] = WORKER_CMD, gateway_cmd: Sequence[str] = GATEWAY_CMD) -> int:
+def _heavy_worker_metrics(settings: Settings) -> str:
+    if not settings.heavy_worker_metrics_port:
+        return "off"
+    return _local_url(settings.worker_metrics_host, settings.heavy_worker_metrics_port) + "/metrics"
+
+
+def run(
+    *,
+    worker_cmd: Sequence[str] = WORKER_CMD,
+    heavy_worker_cmd: Sequence[str] = HEAVY_WORKER_CMD,
+    gateway_cmd: Sequence[str] = GATEWAY_CMD,
+) -> int:
     """Supervise the stack until a signal or a crash; returns the process exit code."""
     settings = get_settings()
     # Explicitly configured services (env vars) are used as they are; only missing ones are embedded.
@@ -256,8 +273,9 @@ def run(*, worker_cmd: Sequence[str] = WORKER_CMD, gateway_cmd: Sequence[str] = 
             db = EmbeddedPostgres.start(data_dir / "postgres")
             env["DATABASE_URL"] = db.uri
 
-        _say("starting worker and gateway")
+        _say("starting the agent worker, the heavy-tool worker and the gateway")
         children.append(_spawn("worker", worker_cmd, env))
+        children.append(_spawn("heavy worker", heavy_worker_cmd, env))
         children.append(_spawn("gateway", gateway_cmd, env))
 
         def alive() -> None:
@@ -279,7 +297,7 @@ def run(*, worker_cmd: Sequence[str] = WORKER_CMD, gateway_cmd: Sequence[str] = 
     finally:
         stopping = True
         # Dependents first: the gateway and worker, then Temporal, then the database they both use.
-        _attempt("stopping the worker and gateway", lambda: _stop_children(children[::-1]))
+        _attempt("stopping the workers and gateway", lambda: _stop_children(children[::-1]))
         if temporal is not None:
             _attempt("stopping Temporal", lambda: temporal.stop(STOP_TIMEOUT))
         if db is not None:

@@ -35,11 +35,18 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias="KEEL_HOST")
     port: int = Field(8000, validation_alias="KEEL_PORT")
     task_queue: str = Field("agent-runs", validation_alias="KEEL_TASK_QUEUE")
+    # Heavy tools run on their own worker pool: `python worker.py --queue heavy` serves this queue.
+    heavy_task_queue: str = Field("agent-heavy", validation_alias="KEEL_HEAVY_TASK_QUEUE")
+    # How many heavy tools one heavy worker runs at once.
+    heavy_concurrency: int = Field(20, ge=1, validation_alias="KEEL_HEAVY_CONCURRENCY")
     model: str = Field("scripted", validation_alias="KEEL_MODEL")
     log_level: str = Field("INFO", validation_alias="KEEL_LOG_LEVEL")
     # The worker's Prometheus endpoint (http://host:port/metrics); port 0 turns it off.
     worker_metrics_host: str = Field("127.0.0.1", validation_alias="KEEL_WORKER_METRICS_HOST")
     worker_metrics_port: int = Field(9464, ge=0, le=65535, validation_alias="KEEL_WORKER_METRICS_PORT")
+    heavy_worker_metrics_port: int = Field(
+        9465, ge=0, le=65535, validation_alias="KEEL_HEAVY_WORKER_METRICS_PORT"
+    )
     # Encryption at rest: with a key file, every Temporal payload is AES-GCM ciphertext (keel/codec.py).
     codec_key_file: Path | None = Field(None, validation_alias="KEEL_CODEC_KEY_FILE")
     # A new message on a chat whose run is still active: reject it (409), queue it, or cancel the run.

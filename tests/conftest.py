@@ -39,6 +39,11 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # tests/test_replay.py replays every run the session made, so it runs after all the others.
+    items.sort(key=lambda item: item.path.name == "test_replay.py")
+
+
 @dataclass(frozen=True)
 class Keel:
     """Where the test stack lives, and the environment Keel's processes run with."""
@@ -108,20 +113,25 @@ def keel(
         "KEEL_PORT": str(port),
         "KEEL_MODEL": "scripted",
         "KEEL_TASK_QUEUE": "agent-runs",
+        "KEEL_HEAVY_TASK_QUEUE": "agent-heavy",
         # The worker's /metrics on a port of its own, so tests never collide with `make dev` (9464).
         "KEEL_WORKER_METRICS_PORT": str(free_port()),
         "KEEL_CODEC_KEY_FILE": str(base / "codec-keys.json"),
     }
-    worker_log, gateway_log = base / "worker.log", base / "gateway.log"
+    worker_log, heavy_log, gateway_log = base / "worker.log", base / "heavy-worker.log", base / "gateway.log"
     worker = _spawn([sys.executable, "worker.py"], env, worker_log)
+    heavy_env = {**env, "KEEL_HEAVY_WORKER_METRICS_PORT": str(free_port())}
+    heavy = _spawn([sys.executable, "worker.py", "--queue", "heavy"], heavy_env, heavy_log)
     gateway = _spawn([sys.executable, "-m", "api"], env, gateway_log)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for("worker", lambda: b"worker polling" in worker_log.read_bytes(), worker, worker_log)
+        _wait_for("heavy worker", lambda: b"worker polling" in heavy_log.read_bytes(), heavy, heavy_log)
         _wait_for("gateway", lambda: _healthy(url), gateway, gateway_log)
         yield Keel(env=env, data_dir=base / "data", gateway_url=url)
     finally:
         stop_process_group(gateway)
+        stop_process_group(heavy)
         stop_process_group(worker)
 
 

@@ -1,5 +1,7 @@
 """An agent run, end to end: gateway -> Temporal -> worker -> PostgreSQL -> SSE back to the client."""
 
+import json
+
 import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -11,11 +13,15 @@ LESSON = "plan and write a lesson on recursion"
 
 
 def scheduled_activities(history) -> list[str]:
-    return [
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-    ]
+    """Activity types in the order they ran, local activities (markers in history) included."""
+    names = []
+    for e in history.events:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            names.append(e.activity_task_scheduled_event_attributes.activity_type.name)
+        elif e.marker_recorded_event_attributes.marker_name == "core_local_activity":
+            data = e.marker_recorded_event_attributes.details["data"].payloads[0].data
+            names.append("local " + json.loads(data)["activity_type"])
+    return names
 
 
 async def test_lesson_run_calls_tools_through_temporal_and_streams_the_answer(
@@ -49,11 +55,12 @@ async def test_lesson_run_calls_tools_through_temporal_and_streams_the_answer(
     assert description.status == WorkflowExecutionStatus.COMPLETED
     history = await handle.fetch_history()
     # The last activity records the run's outcome in agent_runs (see test_run_records.py).
+    # Its tools are cheap, so they ran inline: local activities in the agent worker.
     assert scheduled_activities(history) == [
         "call_llm",
-        "run_tool",
+        "local run_tool",
         "call_llm",
-        "run_tool",
+        "local run_tool",
         "call_llm",
         "record_run",
     ]
@@ -104,3 +111,25 @@ async def test_calculator(http: httpx.AsyncClient) -> None:
 
     assert stream.of_type("tool-input-available")[0]["input"] == {"expression": "(2 + 3) * 4"}
     assert stream.of_type("tool-output-available")[0]["output"]["value"] == 20
+
+
+async def test_a_heavy_tool_runs_on_the_heavy_workers_queue(
+    http: httpx.AsyncClient, temporal: Client
+) -> None:
+    stream = await chat(http, chat_body("wait 1 second, then tell me"))
+
+    assert stream.of_type("tool-output-available")[0]["output"] == {"waited_seconds": 1.0}
+    history = await temporal.get_workflow_handle(stream.response.headers["x-agent-run-id"]).fetch_history()
+    tools = [
+        e
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "run_tool"
+    ]
+    assert len(tools) == 1
+    scheduled = tools[0].activity_task_scheduled_event_attributes
+    # `wait` is declared heavy: a regular activity on the heavy queue, with a heartbeat to notice a dead worker.
+    assert scheduled.task_queue.name == "agent-heavy"
+    assert scheduled.heartbeat_timeout.seconds == 10
+    # Its id names the result's place in the conversation, so workflow id + activity id is the idempotency key.
+    assert scheduled.activity_id.startswith("tool-")

@@ -98,6 +98,9 @@ def test_make_dev_runs_a_chat_and_ctrl_c_leaves_no_process(tmp_path: Path) -> No
         response = httpx.post(f"{url}/api/chat", json=chat_body("calculate 6 * 7"), timeout=60)
         stream = parse(response)
         assert stream.of_type("tool-output-available")[0]["output"]["value"] == 42
+        # `wait` is a heavy tool: make dev runs the heavy-tool worker too.
+        waited = parse(httpx.post(f"{url}/api/chat", json=chat_body("wait 1 second"), timeout=60))
+        assert waited.of_type("tool-output-available")[0]["output"] == {"waited_seconds": 1.0}
         run_id = response.headers["x-agent-run-id"]
         assert processes_using(data_dir), "Temporal and PostgreSQL should run from the data dir"
     finally:

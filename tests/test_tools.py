@@ -1,17 +1,22 @@
 """Tools are typed functions: their schema comes from the signature and bad arguments become ToolErrors."""
 
+import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
 from activities.agent import _policy
 from activities.tools import TOOLS, ToolContext, ToolError
+from activities.tools.packages import LEDGER, PackageRegistry
 from keel.contracts import ToolCall, ToolPolicy
 from keel.purposes import PURPOSES
 
 
-def ctx(tmp_path: Path) -> ToolContext:
-    return ToolContext(agent_run_id="run-test", tool_call_id="call_1", data_dir=tmp_path)
+def ctx(tmp_path: Path, idempotency_key: str = "run-test/tool-3") -> ToolContext:
+    return ToolContext(
+        agent_run_id="run-test", tool_call_id="call_1", data_dir=tmp_path, idempotency_key=idempotency_key
+    )
 
 
 def test_every_purpose_names_registered_tools() -> None:
@@ -70,12 +75,40 @@ async def test_current_time_rejects_unknown_zones(tmp_path: Path) -> None:
         await TOOLS.get("current_time").invoke({"timezone": "Mars/Olympus"}, ctx(tmp_path))
 
 
-async def test_publishing_twice_leaves_one_package(tmp_path: Path) -> None:
+async def test_a_retried_publish_publishes_once(tmp_path: Path) -> None:
     publish = TOOLS.get("publish_package")
-    for _ in range(2):
-        result = await publish.invoke({"title": "Learn X", "markdown": "# X\n"}, ctx(tmp_path))
-    assert sorted(p.name for p in (tmp_path / "packages").iterdir()) == ["learn-x"]
-    assert sorted(p.name for p in Path(result["path"]).iterdir()) == ["README.md", "learn.json"]
+    lesson = {"title": "Learn X", "markdown": "# X\n"}
+    first = await publish.invoke(lesson, ctx(tmp_path))
+    # The same call again (a retry, or a re-execution after a crash) carries the same key.
+    again = await publish.invoke(lesson, ctx(tmp_path))
+    assert again == first
+    registry = PackageRegistry(tmp_path / "packages")
+    assert [p["result"]["version"] for p in registry.publications()] == [1]
+    assert sorted(p.name for p in Path(first["path"]).iterdir()) == ["README.md", "learn.json"]
+    # Another call (another key) is a new publication: version 2 of the same package.
+    other = await publish.invoke(lesson, ctx(tmp_path, idempotency_key="run-other/tool-3"))
+    assert (other["slug"], other["version"]) == ("learn-x", 2)
+    assert json.loads((tmp_path / "packages" / "learn-x" / "learn.json").read_text())["version"] == 2
+
+
+async def test_concurrent_executions_of_one_call_publish_once(tmp_path: Path) -> None:
+    # A retry may race an execution whose worker was presumed dead: the registry lets one of them publish.
+    publish = TOOLS.get("publish_package")
+    lesson = {"title": "Learn Y", "markdown": "# Y\n"}
+    results = await asyncio.gather(*(publish.invoke(lesson, ctx(tmp_path)) for _ in range(8)))
+    assert all(r == results[0] for r in results)
+    assert len(PackageRegistry(tmp_path / "packages").publications()) == 1
+
+
+def test_a_ledger_line_cut_short_by_a_crash_is_not_a_publication(tmp_path: Path) -> None:
+    registry = PackageRegistry(tmp_path)
+    registry.publish("Learn Z", "# Z\n", idempotency_key="k1", agent_run_id="run-1")
+    with (tmp_path / LEDGER).open("a") as ledger:
+        ledger.write('{"idempotency_key": "k2", "result": {"slu')  # the crash
+    # The interrupted call runs again, and its publication commits on a line of its own.
+    result = registry.publish("Learn Z", "# Z\n", idempotency_key="k2", agent_run_id="run-2")
+    assert result["version"] == 2
+    assert [p["idempotency_key"] for p in registry.publications()] == ["k1", "k2"]
 
 
 def test_a_tool_the_run_does_not_offer_never_runs() -> None:

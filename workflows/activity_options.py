@@ -27,16 +27,29 @@ CALL_LLM_OPTIONS: dict[str, Any] = {
 
 # Tools report their own failures as error results for the model; an exception escaping a tool is
 # unexpected, so it gets a few quick retries and then goes back to the model as an error.
-RUN_TOOL_OPTIONS: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(minutes=10),
+_TOOL_RETRIES = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=3,
+)
+
+# Inline tools run as local activities inside the agent worker's workflow task: cheap calls that finish in
+# well under the timeout. A dead worker is noticed by the workflow task timeout and the call runs again
+# on another worker.
+RUN_TOOL_INLINE_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "cancellation_type": _ON_CANCEL,
+    "retry_policy": _TOOL_RETRIES,
+}
+
+# Heavy tools run on the heavy workers' task queue (`python worker.py --queue heavy`): long timeouts, and
+# heartbeats so a dead heavy worker is noticed within seconds and cancellation reaches the tool.
+RUN_TOOL_HEAVY_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(hours=1),
     "heartbeat_timeout": _HEARTBEAT_TIMEOUT,
     "cancellation_type": _ON_CANCEL,
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=1),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=10),
-        maximum_attempts=3,
-    ),
+    "retry_policy": _TOOL_RETRIES,
 }
 
 # Storing a message the workflow produced (a denial, an answer): quick, and retried while PostgreSQL is away.

@@ -77,7 +77,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.activity_options import (
         CALL_LLM_OPTIONS,
         RECORD_RUN_OPTIONS,
-        RUN_TOOL_OPTIONS,
+        RUN_TOOL_HEAVY_OPTIONS,
+        RUN_TOOL_INLINE_OPTIONS,
         SAVE_MESSAGE_OPTIONS,
     )
     from workflows.stop_conditions import Progress, Stop, conditions_for, first_stop, time_budget_detail
@@ -136,6 +137,9 @@ class AgentRun:
         conditions = conditions_for(self._purpose)
         # Runs started before run records existed replay without them.
         self._recording = workflow.patched("keel-run-records")
+        # Runs started before tools were split into inline and heavy keep running every tool as a regular
+        # activity on the agent task queue, as they did then.
+        self._tool_placement = workflow.patched("keel-tool-placement")
         try:
             if not self._may_start:
                 self._detail = f"queued behind {run.queued_behind}"
@@ -277,8 +281,8 @@ class AgentRun:
                 ),
                 ToolOutcome,
                 summary=f"tool {call.name}",
-                options=RUN_TOOL_OPTIONS,
                 failure=f"tool {call.name} could not run",
+                **self._tool_placement_options(policy, seq),
             )
             self._set_doing(call.id, None)
         if outcome is not None:
@@ -379,6 +383,17 @@ class AgentRun:
         content = submitted.output if isinstance(submitted.output, str) else json.dumps(submitted.output)
         schema = next((t.output_schema for t in self._run.client_tools if t.name == call.name), None)
         return await self._save_result(call, seq, content, is_error=False, output_schema=schema)
+
+    def _tool_placement_options(self, policy: ToolPolicy, seq: int) -> dict[str, Any]:
+        if not self._tool_placement:
+            return {"options": RUN_TOOL_HEAVY_OPTIONS}
+        # The result's seq is unique in the run, across continue-as-new too: with the workflow id it makes
+        # the tool's idempotency key, the same for every retry and re-execution of this call.
+        activity_id = f"tool-{seq}"
+        if policy.heavy:
+            options = RUN_TOOL_HEAVY_OPTIONS
+            return {"options": options, "task_queue": self._run.heavy_task_queue, "activity_id": activity_id}
+        return {"options": RUN_TOOL_INLINE_OPTIONS, "local": True, "activity_id": activity_id}
 
     async def _save_result(
         self,
@@ -532,16 +547,18 @@ class AgentRun:
         summary: str,
         options: dict[str, Any],
         failure: str,
+        local: bool = False,
+        **more: Any,
     ) -> ResultT:
-        """Run an activity; one that fails past its retry policy ends the run as `failed`.
+        """Run an activity (a local one if `local`); one that fails past its retry policy ends the run as
+        `failed`.
 
         Tools turn their own errors into error results for the model (see `run_tool`), so an activity
         failure here means the infrastructure gave out: timeouts, or storage down for too long.
         """
+        execute = workflow.execute_local_activity if local else workflow.execute_activity
         try:
-            return await workflow.execute_activity(
-                activity, arg, result_type=result_type, summary=summary, **options
-            )
+            return await execute(activity, arg, result_type=result_type, summary=summary, **options, **more)
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
                 raise asyncio.CancelledError() from err

@@ -70,7 +70,10 @@ def current_time(
     return {"timezone": timezone, "iso": now.isoformat(timespec="seconds"), "weekday": now.strftime("%A")}
 
 
-@TOOLS.tool(triggers=("wait", "sleep"), approval=lambda arguments: arguments.get("seconds", 0) > 10)
+# Heavy: it holds its slot for up to five minutes, which would stall the agent worker's workflow tasks.
+@TOOLS.tool(
+    triggers=("wait", "sleep"), approval=lambda arguments: arguments.get("seconds", 0) > 10, heavy=True
+)
 async def wait(
     seconds: Annotated[float, Field(gt=0, le=300, description="How long to wait, in seconds")],
 ) -> dict[str, float]:

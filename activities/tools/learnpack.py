@@ -1,11 +1,10 @@
 """The seed's LearnPack example: plan a syllabus, write the lesson, publish the package."""
 
-import json
-import re
 from typing import Annotated
 
 from pydantic import Field
 
+from activities.tools.packages import PackageRegistry
 from activities.tools.registry import TOOLS, ToolContext, ToolError
 
 
@@ -47,11 +46,6 @@ def generate_markdown(
     return {"title": title, "markdown": "\n".join(parts).rstrip() + "\n"}
 
 
-def _slug(title: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-    return slug[:60] or "lesson"
-
-
 @TOOLS.tool(triggers=("publish",), side_effects=True, approval="always", max_calls_per_run=1)
 def publish_package(
     title: Annotated[str, Field(min_length=1, max_length=200, description="The lesson's title")],
@@ -59,13 +53,11 @@ def publish_package(
     ctx: ToolContext,
 ) -> dict[str, object]:
     """Publish the lesson as a LearnPack package (a folder with learn.json and README.md)."""
-    folder = ctx.data_dir / "packages" / _slug(title)
+    registry = PackageRegistry(ctx.data_dir / "packages")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        # Writing the same files again is harmless, so a retried call publishes the same package once.
-        (folder / "README.md").write_text(markdown)
-        manifest = {"title": title, "slug": folder.name, "agent_run_id": ctx.agent_run_id}
-        (folder / "learn.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        # A retried or re-executed call carries the same key, and the registry publishes it once.
+        return registry.publish(
+            title, markdown, idempotency_key=ctx.idempotency_key, agent_run_id=ctx.agent_run_id
+        )
     except OSError as err:
         raise ToolError(f"could not write the package: {err.strerror}") from None
-    return {"slug": folder.name, "path": str(folder), "files": ["learn.json", "README.md"]}

@@ -26,6 +26,9 @@ class ToolContext:
     agent_run_id: str
     tool_call_id: str
     data_dir: Path
+    # Unique to this tool call and the same on every retry or re-execution of it (workflow id + activity
+    # id). A side-effecting tool hands it to whatever it changes, so the effect happens once.
+    idempotency_key: str
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,17 @@ class Tool:
     max_calls_per_run: int | None = None
     # "workflow" for built-ins the workflow answers itself (ask_user): the function never runs.
     handled_by: Literal["worker", "workflow"] = "worker"
+    # Heavy tools run on the heavy workers' task queue; the rest inline in the agent worker.
+    heavy: bool = False
 
     def policy(self, arguments: dict[str, Any]) -> ToolPolicy:
         try:
             self.arguments.model_validate(arguments)
         except ValidationError:
             # Nothing to approve: run_tool answers arguments that don't fit with an error, unrun.
-            return ToolPolicy(max_calls_per_run=self.max_calls_per_run, handled_by=self.handled_by)
+            return ToolPolicy(
+                max_calls_per_run=self.max_calls_per_run, handled_by=self.handled_by, heavy=self.heavy
+            )
         if self.approval in ("always", "never"):
             needs_approval = self.approval == "always"
         else:
@@ -59,6 +66,7 @@ class Tool:
             needs_approval=needs_approval,
             max_calls_per_run=self.max_calls_per_run,
             handled_by=self.handled_by,
+            heavy=self.heavy,
         )
 
     def spec(self) -> ToolSpec:
@@ -99,10 +107,16 @@ class ToolRegistry:
         approval: ApprovalPolicy | None = None,
         max_calls_per_run: int | None = None,
         handled_by: Literal["worker", "workflow"] = "worker",
+        heavy: bool | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register a function as a tool; its name, docstring and signature describe it to the model.
 
         Side-effecting tools need a person's approval unless they say otherwise (`approval="never"`).
+        A tool is cheap by default and runs inline in the agent worker, as a local activity: a local
+        activity may run again if the worker dies before the workflow task completes, and it holds the
+        workflow task while it runs. So a tool that is slow, blocks, or changes the world says `heavy=True`
+        and runs on the heavy workers (`python worker.py --queue heavy`), with heartbeats and long timeouts.
+        Side-effecting tools are heavy unless they say otherwise.
         """
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -118,6 +132,7 @@ class ToolRegistry:
                 approval=approval or ("always" if side_effects else "never"),
                 max_calls_per_run=max_calls_per_run,
                 handled_by=handled_by,
+                heavy=side_effects if heavy is None else heavy,
             )
             return fn
 

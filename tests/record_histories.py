@@ -1,0 +1,177 @@
+"""Record AgentRun histories of this checkout's code, for tests/test_replay.py to replay with later code.
+
+    python -m tests.record_histories tests/histories/<version>
+
+A run still in flight when a new worker version deploys is replayed by the new code, so every version's
+histories must replay deterministically with the code that follows it (changes go behind
+`workflow.patched`). This drives one run per scenario through a real stack — Temporal dev server, embedded
+PostgreSQL, the worker and the gateway as `make dev` runs them, payloads unencrypted — and writes each
+finished run's history as JSON.
+"""
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+from keel.settings import Settings
+from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
+from keel.temporal import connect_temporal
+from tests.ui_stream import chat_body, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+Scenario = Callable[[httpx.AsyncClient], Awaitable[str]]
+
+
+async def _start(http: httpx.AsyncClient, text: str, **extra: object) -> tuple[str, list[dict[str, object]]]:
+    response = await http.post("/api/chat", json=chat_body(text, **extra))
+    response.raise_for_status()
+    return response.headers["x-agent-run-id"], parse(response).chunks
+
+
+async def _until(http: httpx.AsyncClient, run_id: str, *statuses: str) -> dict[str, object]:
+    for _ in range(600):
+        state = (await http.get(f"/api/runs/{run_id}")).json()
+        if state["status"] in statuses:
+            return state
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{run_id} stayed {state['status']}")
+
+
+async def inline_tool(http: httpx.AsyncClient) -> str:
+    run_id, _ = await _start(http, "calculate (2 + 3) * 4 and tell me the time")
+    return run_id
+
+
+async def approved_publish(http: httpx.AsyncClient) -> str:
+    run_id, chunks = await _start(
+        http, "plan, write and publish a lesson on tail calls", purpose="learnpack-lesson-writer"
+    )
+    call = next(c["toolCallId"] for c in chunks if c.get("type") == "tool-approval-request")
+    (await http.post(f"/api/runs/{run_id}/approvals/{call}", json={"approved": True})).raise_for_status()
+    await _until(http, run_id, "completed")
+    return run_id
+
+
+async def denied_publish(http: httpx.AsyncClient) -> str:
+    run_id, chunks = await _start(
+        http, "plan, write and publish a lesson on queues", purpose="learnpack-lesson-writer"
+    )
+    call = next(c["toolCallId"] for c in chunks if c.get("type") == "tool-approval-request")
+    decision = {"approved": False, "reason": "not yet"}
+    (await http.post(f"/api/runs/{run_id}/approvals/{call}", json=decision)).raise_for_status()
+    await _until(http, run_id, "completed")
+    return run_id
+
+
+async def answered_question(http: httpx.AsyncClient) -> str:
+    run_id, _ = await _start(http, "ask me which city I mean")
+    await _until(http, run_id, "waiting_for_input")
+    (await http.post(f"/api/runs/{run_id}/answer", json={"text": "Lisbon"})).raise_for_status()
+    await _until(http, run_id, "completed")
+    return run_id
+
+
+async def cancelled_during_a_tool(http: httpx.AsyncClient) -> str:
+    task = asyncio.create_task(_start(http, "wait 5 seconds"))
+    for _ in range(200):
+        runs = (await http.get("/api/runs", params={"status": "running"})).json()
+        if runs:
+            break
+        await asyncio.sleep(0.05)
+    run_id = runs[0]["agent_run_id"]
+    await asyncio.sleep(1)
+    (await http.post(f"/api/runs/{run_id}/cancel", json={"reason": "changed my mind"})).raise_for_status()
+    await task
+    await _until(http, run_id, "cancelled")
+    return run_id
+
+
+async def step_limit(http: httpx.AsyncClient) -> str:
+    run_id, _ = await _start(http, "calculate 1 + 1", max_steps=1)
+    return run_id
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "inline-tool": inline_tool,
+    "approved-publish": approved_publish,
+    "denied-publish": denied_publish,
+    "answered-question": answered_question,
+    "cancelled-during-a-tool": cancelled_during_a_tool,
+    "step-limit": step_limit,
+}
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _wait(ready: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.1)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def record(out: Path) -> None:
+    work = Path(tempfile.mkdtemp(prefix="keel-record-"))
+    temporal = TemporalDevServer.start()
+    postgres = EmbeddedPostgres.start(work / "pg")
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KEEL_")},
+        "TEMPORAL_ADDRESS": temporal.address,
+        "DATABASE_URL": postgres.uri,
+        "KEEL_DATA_DIR": str(work / "data"),
+        "KEEL_PORT": str(port),
+        "KEEL_MODEL": "scripted",
+        "KEEL_WORKER_METRICS_PORT": "0",
+    }
+    processes = [
+        _spawn([sys.executable, "worker.py"], env, work / "worker.log"),
+        _spawn([sys.executable, "worker.py", "--queue", "heavy"], env, work / "heavy.log"),
+        _spawn([sys.executable, "-m", "api"], env, work / "gateway.log"),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: _healthy(url), "the gateway")
+        asyncio.run(_record_scenarios(url, temporal.address, out))
+    finally:
+        for proc in processes:
+            stop_process_group(proc)
+        postgres.stop()
+        temporal.stop()
+
+
+async def _record_scenarios(url: str, temporal_address: str, out: Path) -> None:
+    client = await connect_temporal(Settings(TEMPORAL_ADDRESS=temporal_address))
+    out.mkdir(parents=True, exist_ok=True)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        for name, scenario in SCENARIOS.items():
+            run_id = await scenario(http)
+            handle = client.get_workflow_handle(run_id)
+            await handle.result()  # only finished histories are recorded
+            history = await handle.fetch_history()
+            (out / f"{name}.json").write_text(history.to_json())
+            print(f"{name}: {run_id}")
+
+
+if __name__ == "__main__":
+    record(Path(sys.argv[1]))
