@@ -18,7 +18,11 @@ from tests.crash_stack import CrashStack, until, watching
 from tests.test_run_records import pick, records
 from tests.ui_stream import assert_well_formed, chat, chat_body
 
-SLOW = "hello there, tell me everything"  # scripted:slow writes its answer in ~14 pieces, 5 a second
+# scripted:slow writes five pieces a second; its answer to this is ~25 pieces, five seconds of streaming.
+LONG = (
+    "hello there, tell me everything you know about durable execution, about workers that die in the"
+    " middle of a sentence, and about gateways that come back on the same port a moment later"
+)
 
 
 @pytest.fixture
@@ -36,7 +40,7 @@ async def test_a_worker_killed_during_an_llm_call_and_restarted_finishes_the_rep
     worker, gateway = stack.worker(), stack.gateway()
     await stack.start(worker, gateway)
 
-    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body(SLOW))
+    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body(LONG))
     await until(lambda: client.deltas() >= 3, "the first words of the reply")
     worker.kill()  # mid-sentence
     words_before_the_kill = client.stream.text
@@ -71,12 +75,14 @@ async def test_a_worker_killed_during_an_llm_call_and_restarted_finishes_the_rep
     assert rec["run"]["status"] == "completed"
 
 
-async def tool_status(store: RunStore, run_id: str, tool: str) -> str | None:
-    return await store.pool.fetchval(
+async def tool_running(store: RunStore, run_id: str, tool: str) -> bool:
+    """Whether the run's record says a worker is running that tool now."""
+    status = await store.pool.fetchval(
         "SELECT status FROM tool_runs WHERE agent_run_id = $1 AND tool_name = $2 ORDER BY attempt DESC LIMIT 1",
         run_id,
         tool,
     )
+    return status == "running"
 
 
 async def test_a_worker_killed_during_a_tool_and_restarted_runs_the_tool_again_and_keeps_one_result(
@@ -85,10 +91,10 @@ async def test_a_worker_killed_during_a_tool_and_restarted_runs_the_tool_again_a
     worker, gateway = stack.worker(), stack.gateway()
     await stack.start(worker, gateway)
 
-    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body("wait 4 seconds please"))
+    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body("wait 6 seconds please"))
     await until(lambda: client.response is not None, "the run started")
     run_id = client.run_id
-    await until(lambda: tool_status(store, run_id, "wait"), "the wait tool running")
+    await until(lambda: tool_running(store, run_id, "wait"), "the wait tool running")
     worker.kill()  # the tool is waiting
     await worker.restart()
     await asyncio.wait_for(streaming, 90)
@@ -100,19 +106,19 @@ async def test_a_worker_killed_during_a_tool_and_restarted_runs_the_tool_again_a
     [call] = stream.of_type("tool-input-available")
     assert call["toolName"] == "wait"
     assert stream.of_type("tool-output-available") == [
-        {"type": "tool-output-available", "toolCallId": call["toolCallId"], "output": {"waited_seconds": 4}}
+        {"type": "tool-output-available", "toolCallId": call["toolCallId"], "output": {"waited_seconds": 6}}
     ]
     # One result in the conversation, and the model's answer speaks of one tool call.
     conversation = await store.conversation(run_id, 100)
     assert [m.role for m in conversation] == ["system", "user", "assistant", "tool", "assistant"]
-    assert json.loads(conversation[3].content) == {"waited_seconds": 4}
+    assert json.loads(conversation[3].content) == {"waited_seconds": 6}
     assert "I ran 1 tool call(s)" in conversation[-1].content
     assert stream.text == conversation[-1].content
     # The records show the attempt that died with its worker and the one that finished.
     rec = await records(store.pool, run_id)
     assert [pick(t, "seq", "attempt", "tool_name") for t in rec["tools"]] == [(3, 1, "wait"), (3, 2, "wait")]
     assert rec["tools"][0]["status"] != "ok"
-    assert pick(rec["tools"][1], "status", "result_snapshot") == ("ok", {"waited_seconds": 4})
+    assert pick(rec["tools"][1], "status", "result_snapshot") == ("ok", {"waited_seconds": 6})
 
 
 async def test_a_worker_killed_while_a_run_waits_for_approval_publishes_once_after_the_approval(
@@ -161,12 +167,6 @@ async def test_a_worker_killed_while_a_run_waits_for_approval_publishes_once_aft
     rec = await records(store.pool, run_id)
     publishes = [t for t in rec["tools"] if t["tool_name"] == "publish_package"]
     assert [pick(t, "attempt", "status", "approval") for t in publishes] == [(1, "ok", "approved")]
-
-
-LONG = (
-    "hello there, tell me everything you know about durable execution, about workers that die in the"
-    " middle of a sentence, and about gateways that come back on the same port a moment later"
-)  # a reply of ~25 pieces: five seconds of streaming
 
 
 async def test_clients_of_a_killed_gateway_resume_on_a_restarted_one_and_on_another(
