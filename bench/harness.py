@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 60.0
 # Task queue of the main Keel worker; `spawn_worker(queue="heavy")` serves the heavy-tool queue.
 TASK_QUEUE = "agent-runs"
+HEAVY_TASK_QUEUE = "agent-heavy"
 # The dev server has one history shard, whose transfer queue (the one that hands workflow tasks to
 # matching) is read at most 20 times a second by default: past a short burst, every workflow task then
 # waits for the next 50 ms tick, for Keel and the baseline alike. Profiling a run's history showed 35-50 ms
@@ -63,6 +64,7 @@ class Harness:
             "KEEL_DATA_DIR": str(workdir / "data"),
             "KEEL_MODEL": "scripted",
             "KEEL_TASK_QUEUE": TASK_QUEUE,
+            "KEEL_HEAVY_TASK_QUEUE": HEAVY_TASK_QUEUE,
             "KEEL_WORKER_METRICS_PORT": str(free_port()),
             # Benchmarks start runs far faster than a person does.
             "KEEL_RATE_LIMIT": "0",
@@ -110,7 +112,8 @@ class Harness:
         """`python worker.py` (queue "agent") or `python worker.py --queue heavy`, once it polls."""
         args = [sys.executable, "worker.py"] + ([] if queue == "agent" else ["--queue", queue])
         # Each worker serves its Prometheus endpoint on a port of its own.
-        env = {"KEEL_WORKER_METRICS_PORT": str(free_port()), **(extra_env or {})}
+        port = str(free_port())
+        env = {"KEEL_WORKER_METRICS_PORT": port, "KEEL_HEAVY_WORKER_METRICS_PORT": port, **(extra_env or {})}
         return self.spawn_polling(args, f"worker-{queue}", extra_env=env)
 
     def spawn_polling(

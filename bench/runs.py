@@ -20,7 +20,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.agent import AgentActivities
 from bench.bare import BARE_TASK_QUEUE, BARE_WORKFLOW, BareInput
-from bench.harness import TASK_QUEUE, Harness
+from bench.harness import HEAVY_TASK_QUEUE, TASK_QUEUE, Harness
 from keel.contracts import (
     WORKFLOW_TYPE,
     AgentRunInput,
@@ -30,7 +30,6 @@ from keel.contracts import (
     PurposeSpec,
     RunState,
     ToolInput,
-    ToolPolicy,
 )
 from keel.deltas import PostgresDeltaChannel
 from keel.store import RunStore
@@ -40,8 +39,6 @@ from keel.store import RunStore
 TOOLS = ["calculate", "current_time"]
 REQUEST = "calculate 2 + 3 and tell me the time, in parallel"
 SYSTEM = "You are a benchmark. Use the calculator and the clock."
-# Whether Keel runs cheap tools inline, as local activities (ToolPolicy.heavy exists once it does).
-KEEL_HAS_INLINE_TOOLS = "heavy" in ToolPolicy.model_fields
 
 
 def purpose(tools: Sequence[str] = TOOLS, max_steps: int = 10) -> PurposeSpec:
@@ -85,7 +82,11 @@ async def keel_run(
     handle = await client.start_workflow(
         WORKFLOW_TYPE,
         AgentRunInput(
-            agent_run_id=run_id, purpose=spec or purpose(), message_count=len(messages), chat_id=chat_id
+            agent_run_id=run_id,
+            purpose=spec or purpose(),
+            message_count=len(messages),
+            chat_id=chat_id,
+            heavy_task_queue=HEAVY_TASK_QUEUE,
         ),
         id=run_id,
         task_queue=TASK_QUEUE,
@@ -127,7 +128,9 @@ async def bare_run(
     return Timed(time.perf_counter() - started, steps, run_id)
 
 
-async def in_process_run(activities: AgentActivities, messages: Sequence[Message] | None = None) -> Timed:
+async def in_process_run(
+    activities: AgentActivities, messages: Sequence[Message] | None = None, *, tools: Sequence[str] = TOOLS
+) -> Timed:
     """The same loop and the same activity code in this process, with no Temporal at all.
 
     temporalio's ActivityEnvironment gives the activities the context they read (attempt, ids) and drops
@@ -143,7 +146,9 @@ async def in_process_run(activities: AgentActivities, messages: Sequence[Message
         step += 1
         reply = await env.run(
             activities.call_llm,
-            LlmStepInput(agent_run_id=run_id, step=step, model="scripted", tools=TOOLS, reply_seq=next_seq),
+            LlmStepInput(
+                agent_run_id=run_id, step=step, model="scripted", tools=list(tools), reply_seq=next_seq
+            ),
         )
         next_seq += 1
         if not reply.tool_calls:
@@ -178,12 +183,15 @@ async def interleaved(
 
 
 @contextlib.contextmanager
-def workers(h: Harness, *, keel: bool = True, bare: bool = True) -> Iterator[None]:
-    """Keel's worker and the baseline's worker for one section, stopped when it ends."""
+def workers(h: Harness, *, keel: bool = True, bare: bool = True, heavy: bool = False) -> Iterator[None]:
+    """Keel's worker (and heavy-tool worker) and the baseline's worker for one section, stopped when it
+    ends."""
     procs = []
     try:
         if keel:
             procs.append(h.spawn_worker())
+        if heavy:
+            procs.append(h.spawn_worker(queue="heavy"))
         if bare:
             procs.append(h.spawn_polling([sys.executable, "-m", "bench.bare_worker"], "worker-bare"))
         yield
