@@ -17,7 +17,6 @@ import httpx
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 
-from keel.codec import write_new_key_file
 from keel.settings import Settings
 from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
 from keel.temporal import connect_temporal
@@ -100,12 +99,18 @@ class Process:
 
 class CrashStack:
     """One test's own Keel: workers and gateways on task queues nobody else uses, with their own data
-    dir and payload key, against the shared Temporal and PostgreSQL."""
+    dir, against the shared Temporal and PostgreSQL."""
 
-    def __init__(self, temporal: TemporalDevServer, postgres: EmbeddedPostgres, base: Path, **env: str):
+    def __init__(
+        self,
+        temporal: TemporalDevServer,
+        postgres: EmbeddedPostgres,
+        base: Path,
+        codec_key_file: str,
+        **env: str,
+    ):
         self.base = base
         tag = uuid.uuid4().hex[:8]
-        write_new_key_file(base / "codec-keys.json")
         self.env = {
             **os.environ,
             "TEMPORAL_ADDRESS": temporal.address,
@@ -114,7 +119,8 @@ class CrashStack:
             "KEEL_MODEL": "scripted",
             "KEEL_TASK_QUEUE": f"crash-{tag}",
             "KEEL_HEAVY_TASK_QUEUE": f"crash-heavy-{tag}",
-            "KEEL_CODEC_KEY_FILE": str(base / "codec-keys.json"),
+            # The session's payload key, so the session's replay test can read these runs too.
+            "KEEL_CODEC_KEY_FILE": codec_key_file,
             "KEEL_SSE_PING_SECONDS": "1",
             **env,
         }
@@ -133,9 +139,14 @@ class CrashStack:
         self.processes.append(process)
         return process
 
-    def worker(self, name: str = "worker", *args: str) -> Process:
-        metrics = {"KEEL_WORKER_METRICS_PORT": str(free_port())}
-        return self._process(name, [sys.executable, "worker.py", *args], **metrics)
+    def worker(self, name: str = "worker") -> Process:
+        """An agent worker: AgentRun workflows, LLM calls and inline tools."""
+        return self._process(name, [sys.executable, "worker.py"], KEEL_WORKER_METRICS_PORT=str(free_port()))
+
+    def heavy_worker(self, name: str = "heavy-worker") -> Process:
+        """A heavy-tool worker (`worker.py --queue heavy`)."""
+        args = [sys.executable, "worker.py", "--queue", "heavy"]
+        return self._process(name, args, KEEL_HEAVY_WORKER_METRICS_PORT=str(free_port()))
 
     def gateway(self, name: str = "gateway") -> Process:
         port = free_port()
@@ -224,3 +235,26 @@ async def running_activity(temporal: Client, agent_run_id: str, activity: str) -
         ),
         None,
     )
+
+
+async def task_takers(temporal: Client, agent_run_id: str) -> dict[str, set[int]]:
+    """Which worker processes (by pid) took the run's tasks, from Temporal's history: `workflow` for its
+    workflow tasks, else the activity type (local activities run inside workflow tasks: not listed)."""
+    history = await temporal.get_workflow_handle(agent_run_id).fetch_history()
+    scheduled = {
+        e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    }
+    taken: dict[str, set[int]] = {}
+    for e in history.events:
+        if e.HasField("workflow_task_started_event_attributes"):
+            kind, identity = "workflow", e.workflow_task_started_event_attributes.identity
+        elif e.HasField("activity_task_started_event_attributes"):
+            attributes = e.activity_task_started_event_attributes
+            kind, identity = scheduled[attributes.scheduled_event_id], attributes.identity
+        else:
+            continue
+        # The SDK's default worker identity is `<pid>@<host>`.
+        taken.setdefault(kind, set()).add(int(identity.split("@")[0]))
+    return taken

@@ -14,7 +14,8 @@ import pytest
 from activities.models.scripted import DISCLAIMER, ScriptedModel
 from keel.stack import EmbeddedPostgres, TemporalDevServer
 from keel.store import RunStore
-from tests.crash_stack import CrashStack, until, watching
+from tests.conftest import Keel
+from tests.crash_stack import CrashStack, task_takers, until, watching
 from tests.test_run_records import pick, records
 from tests.ui_stream import assert_well_formed, chat, chat_body
 
@@ -27,9 +28,9 @@ LONG = (
 
 @pytest.fixture
 def stack(
-    temporal_server: TemporalDevServer, postgres: EmbeddedPostgres, tmp_path: Path
+    keel: Keel, temporal_server: TemporalDevServer, postgres: EmbeddedPostgres, tmp_path: Path
 ) -> Iterator[CrashStack]:
-    with CrashStack(temporal_server, postgres, tmp_path) as stack:
+    with CrashStack(temporal_server, postgres, tmp_path, keel.env["KEEL_CODEC_KEY_FILE"]) as stack:
         yield stack
 
 
@@ -85,18 +86,18 @@ async def tool_running(store: RunStore, run_id: str, tool: str) -> bool:
     return status == "running"
 
 
-async def test_a_worker_killed_during_a_tool_and_restarted_runs_the_tool_again_and_keeps_one_result(
+async def test_a_heavy_worker_killed_during_a_tool_and_restarted_runs_the_tool_again_and_keeps_one_result(
     stack: CrashStack, store: RunStore
 ) -> None:
-    worker, gateway = stack.worker(), stack.gateway()
-    await stack.start(worker, gateway)
+    worker, heavy, gateway = stack.worker(), stack.heavy_worker(), stack.gateway()
+    await stack.start(worker, heavy, gateway)
 
     client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body("wait 6 seconds please"))
     await until(lambda: client.response is not None, "the run started")
     run_id = client.run_id
     await until(lambda: tool_running(store, run_id, "wait"), "the wait tool running")
-    worker.kill()  # the tool is waiting
-    await worker.restart()
+    heavy.kill()  # the tool is waiting
+    await heavy.restart()
     await asyncio.wait_for(streaming, 90)
 
     assert client.dropped is None
@@ -119,13 +120,18 @@ async def test_a_worker_killed_during_a_tool_and_restarted_runs_the_tool_again_a
     assert [pick(t, "seq", "attempt", "tool_name") for t in rec["tools"]] == [(3, 1, "wait"), (3, 2, "wait")]
     assert rec["tools"][0]["status"] != "ok"
     assert pick(rec["tools"][1], "status", "result_snapshot") == ("ok", {"waited_seconds": 6})
+    # The new heavy worker finished the tool; the agent worker ran the run throughout, undisturbed.
+    taken = await task_takers(await stack.temporal(), run_id)
+    assert taken["run_tool"] == {heavy.pids[1]}
+    assert taken["workflow"] == {worker.pids[0]} == set(worker.pids)
+    assert worker.proc.poll() is None
 
 
-async def test_a_worker_killed_while_a_run_waits_for_approval_publishes_once_after_the_approval(
+async def test_workers_killed_while_a_run_waits_for_approval_publish_once_after_the_approval(
     stack: CrashStack, store: RunStore
 ) -> None:
-    worker, gateway = stack.worker(), stack.gateway()
-    await stack.start(worker, gateway)
+    worker, heavy, gateway = stack.worker(), stack.heavy_worker(), stack.gateway()
+    await stack.start(worker, heavy, gateway)
     body = chat_body("plan, write and publish a lesson on crashes", purpose="learnpack-lesson-writer")
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
         first = await chat(http, body)
@@ -133,12 +139,13 @@ async def test_a_worker_killed_while_a_run_waits_for_approval_publishes_once_aft
         run_id = first.response.headers["x-agent-run-id"]
         [publish] = first.of_type("tool-approval-request")
 
-        worker.kill()  # nobody runs the workflow now; it waits in Temporal
+        worker.kill()  # nobody runs the workflow or its tools now; the run waits in Temporal
+        heavy.kill()
         # The approval is given while no worker is up: the gateway holds it until one takes the run.
         approving = asyncio.create_task(
             http.post(f"/api/runs/{run_id}/approvals/{publish['toolCallId']}", json={"approved": True})
         )
-        await worker.restart()
+        await stack.start(worker, heavy)
         decided = await asyncio.wait_for(approving, 60)
         assert decided.status_code == 200, decided.text
         # The rest of the run, from right after the last event the first stream had.
@@ -153,20 +160,25 @@ async def test_a_worker_killed_while_a_run_waits_for_approval_publishes_once_aft
     assert stream.run_status == "completed"
     [published] = stream.of_type("tool-output-available")
     assert published["toolCallId"] == publish["toolCallId"]
-    assert published["output"]["slug"] == "learn-crashes"
-    # Published once: one package, one result in the conversation, one attempt that ran.
+    assert (published["output"]["slug"], published["output"]["version"]) == ("learn-crashes", 1)
+    # Published once: one package, one line in the registry's ledger under the call's key, one result in
+    # the conversation, one attempt that ran, on the new heavy worker.
     packages = stack.data_dir / "packages"
     assert [p.name for p in packages.iterdir() if p.is_dir()] == ["learn-crashes"]
     assert json.loads((packages / "learn-crashes" / "learn.json").read_text())["agent_run_id"] == run_id
+    rec = await records(store.pool, run_id)
+    [publish_run] = [t for t in rec["tools"] if t["tool_name"] == "publish_package"]
+    assert pick(publish_run, "attempt", "status", "approval") == (1, "ok", "approved")
+    ledger = [json.loads(line) for line in (packages / "publications.jsonl").read_text().splitlines()]
+    assert [p["idempotency_key"] for p in ledger] == [f"{run_id}/tool-{publish_run['seq']}"]
     conversation = await store.conversation(run_id, 100)
     assert [m.name for m in conversation if m.role == "tool"] == [
         "plan_syllabus",
         "generate_markdown",
         "publish_package",
     ]
-    rec = await records(store.pool, run_id)
-    publishes = [t for t in rec["tools"] if t["tool_name"] == "publish_package"]
-    assert [pick(t, "attempt", "status", "approval") for t in publishes] == [(1, "ok", "approved")]
+    taken = await task_takers(await stack.temporal(), run_id)
+    assert taken["run_tool"] == {heavy.pids[1]}
 
 
 async def test_clients_of_a_killed_gateway_resume_on_a_restarted_one_and_on_another(

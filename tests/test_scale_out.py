@@ -1,5 +1,5 @@
-"""Scale-out: two agent workers and two gateways against one Temporal and one PostgreSQL, with nothing else
-coordinating them. Runs started through either gateway are streamed, approved and finished through the
+"""Scale-out: two agent workers (and a heavy-tool worker) and two gateways against one Temporal and one
+PostgreSQL, with nothing else coordinating them. Runs started through either gateway are streamed, approved and finished through the
 other, and both workers share the work."""
 
 import asyncio
@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from temporalio.client import Client
 
 from keel.stack import EmbeddedPostgres, TemporalDevServer
 from keel.store import RunStore
-from tests.crash_stack import CrashStack, Process, until, watching
+from tests.conftest import Keel
+from tests.crash_stack import CrashStack, Process, task_takers, until, watching
 from tests.test_run_records import records
 from tests.ui_stream import assert_well_formed, chat, chat_body
 
@@ -35,9 +35,11 @@ TOPICS = [
 
 @pytest.fixture
 def stack(
-    temporal_server: TemporalDevServer, postgres: EmbeddedPostgres, tmp_path: Path
+    keel: Keel, temporal_server: TemporalDevServer, postgres: EmbeddedPostgres, tmp_path: Path
 ) -> Iterator[CrashStack]:
-    with CrashStack(temporal_server, postgres, tmp_path, KEEL_MODEL="scripted:slow") as stack:
+    with CrashStack(
+        temporal_server, postgres, tmp_path, keel.env["KEEL_CODEC_KEY_FILE"], KEEL_MODEL="scripted:slow"
+    ) as stack:
         yield stack
 
 
@@ -77,24 +79,13 @@ async def watched_run(i: int, asked: Process, other: Process) -> dict[str, Any]:
     return {"run_id": asker.run_id, "status": watcher.stream.run_status}
 
 
-async def worker_identities(temporal: Client, run_id: str) -> set[str]:
-    """The identities of the workers that took the run's workflow and activity tasks."""
-    history = await temporal.get_workflow_handle(run_id).fetch_history()
-    identities = set()
-    for event in history.events:
-        if event.HasField("workflow_task_started_event_attributes"):
-            identities.add(event.workflow_task_started_event_attributes.identity)
-        if event.HasField("activity_task_started_event_attributes"):
-            identities.add(event.activity_task_started_event_attributes.identity)
-    return identities
-
-
 async def test_two_workers_and_two_gateways_share_runs_with_no_other_coordination(
     stack: CrashStack, store: RunStore
 ) -> None:
     workers = [stack.worker("worker-1"), stack.worker("worker-2")]
     gateways = [stack.gateway("gateway-1"), stack.gateway("gateway-2")]
-    await stack.start(*workers, *gateways)
+    heavy = stack.heavy_worker()  # publish_package is a heavy tool
+    await stack.start(*workers, heavy, *gateways)
 
     runs = await asyncio.gather(
         *(
@@ -110,8 +101,13 @@ async def test_two_workers_and_two_gateways_share_runs_with_no_other_coordinatio
     assert sorted(p.name for p in packages.iterdir() if p.is_dir()) == sorted(
         f"learn-{TOPICS[i]}" for i in range(0, RUNS, 3)
     )
-    # Both workers took part, and no one else did.
+    # Both agent workers ran workflows and LLM calls, the heavy worker the publishing; no one else took part.
     temporal = await stack.temporal()
-    identities = set().union(*[await worker_identities(temporal, r["run_id"]) for r in runs])
-    pids = {identity.split("@")[0] for identity in identities}
-    assert pids == {str(w.proc.pid) for w in workers}, identities
+    taken: dict[str, set[int]] = {}
+    for run in runs:
+        for kind, pids in (await task_takers(temporal, run["run_id"])).items():
+            taken.setdefault(kind, set()).update(pids)
+    agent_pids = {w.proc.pid for w in workers}
+    assert taken.pop("run_tool") == {heavy.proc.pid}, taken
+    assert taken["workflow"] == taken["call_llm"] == agent_pids, taken
+    assert set().union(*taken.values()) == agent_pids, taken
