@@ -1,7 +1,11 @@
-# One image for Keel's worker and gateway; docker-compose.yml picks the command.
+# One image for Keel's workers and gateway; docker-compose.yml picks the command:
+#   python worker.py                  the agent worker        (metrics and health: :9464/metrics)
+#   python worker.py --queue heavy    a heavy-tool worker     (:9465/metrics)
+#   python -m api                     the gateway (default)   (:8000, health: GET /healthz)
+# `python -m keel.healthcheck gateway|worker|heavy-worker` is the healthcheck of each.
 FROM python:3.11-slim
 WORKDIR /app
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
 COPY keel ./keel
 COPY workflows ./workflows
@@ -10,7 +14,13 @@ COPY api ./api
 COPY worker.py ./
 # No [embedded] extra: in containers Temporal and PostgreSQL are their own services.
 RUN pip install .
-RUN useradd --system --home /app keel && mkdir -p /data && chown keel /data
+# A fixed uid, so files mounted into the container (an mTLS key, a codec key file) can be made readable
+# to it: chown 10001 on the host.
+RUN useradd --system --uid 10001 --home-dir /app keel \
+    && mkdir -p /data /secrets && chown keel:keel /data /secrets
 USER keel
-ENV KEEL_DATA_DIR=/data
+# In a container the gateway and the worker metrics must listen beyond loopback to be reachable; off
+# loopback the gateway refuses to start without KEEL_AUTH, which is the point.
+ENV KEEL_DATA_DIR=/data KEEL_HOST=0.0.0.0 KEEL_WORKER_METRICS_HOST=0.0.0.0
+EXPOSE 8000 9464 9465
 CMD ["python", "-m", "api"]
