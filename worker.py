@@ -20,6 +20,7 @@ from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
 from activities.records import ObservingInterceptor, RecordActivities, RunRecorder
+from activities.tools import load_tool_modules
 from keel import metrics
 from keel.deltas import PostgresDeltaChannel
 from keel.logs import configure_logging
@@ -37,6 +38,7 @@ Queue = Literal["agent", "heavy"]
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "agent") -> None:
+    load_tool_modules(settings.tool_module_names)
     client = with_tracing(await connect_temporal(settings))
     pool = await create_pool(settings.require_database_url())
     # Run records of activity attempts; kept on disk in the data dir while PostgreSQL is away.

@@ -73,8 +73,18 @@ async def follow_run(handle: WorkflowHandle[Any, Any], after: int = 0) -> AsyncI
     history = handle.fetch_history_events(wait_new_event=True)
     while True:
         await history.fetch_next_page()
+        page = history.current_page or []
         closed = history.next_page_token is None
-        if closed or any(e.event_type in _PROGRESS for e in history.current_page or ()):
+        if (
+            closed
+            and page
+            and page[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+        ):
+            # A long run went on in a new Temporal run (same workflow id, events carried over): follow
+            # that one's history from here; the `events` query already answers from it.
+            history = handle.fetch_history_events(wait_new_event=True)
+            closed = False
+        if closed or any(e.event_type in _PROGRESS for e in page):
             events: list[RunEvent] = await handle.query(EVENTS_QUERY, after, result_type=list[RunEvent])
             if events:
                 after = events[-1].seq

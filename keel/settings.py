@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     heavy_task_queue: str = Field("agent-heavy", validation_alias="KEEL_HEAVY_TASK_QUEUE")
     # How many heavy tools one heavy worker runs at once.
     heavy_concurrency: int = Field(20, ge=1, validation_alias="KEEL_HEAVY_CONCURRENCY")
+    # Your own tool modules, comma-separated: the workers import them, and their @TOOLS.tool functions
+    # join the registry (a purpose lists them by name).
+    tool_modules: str = Field("", validation_alias="KEEL_TOOL_MODULES")
     model: str = Field("scripted", validation_alias="KEEL_MODEL")
     log_level: str = Field("INFO", validation_alias="KEEL_LOG_LEVEL")
     # The worker's Prometheus endpoint (http://host:port/metrics); port 0 turns it off.
@@ -106,6 +109,10 @@ class Settings(BaseSettings):
         if not modes or (modes - {"none", "jwt", "api-key"}) or ("none" in modes and len(modes) > 1):
             raise ValueError("KEEL_AUTH must be `none`, `jwt`, `api-key` or `jwt,api-key`")
         return ",".join(sorted(modes))
+
+    @property
+    def tool_module_names(self) -> list[str]:
+        return [name.strip() for name in self.tool_modules.split(",") if name.strip()]
 
     @property
     def auth_modes(self) -> frozenset[str]:

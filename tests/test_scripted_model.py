@@ -75,3 +75,20 @@ async def test_skips_a_tool_whose_required_arguments_it_cannot_derive() -> None:
     # generate_markdown needs an outline, which only plan_syllabus provides; with nothing planned, no call.
     chunks = await reply([user("write markdown")], tools=[TOOLS.get("generate_markdown").spec()])
     assert not any(isinstance(c, ToolCall) for c in chunks)
+
+
+async def test_n_times_calls_the_tool_once_a_step_n_times() -> None:
+    tools = [TOOLS.get("calculate").spec()]
+    messages = [user("calculate 2 + 2, 3 times")]
+    for _ in range(3):
+        chunks = await reply(messages, tools)
+        call = chunks[0]
+        assert (call.name, call.arguments) == ("calculate", {"expression": "2 + 2"})
+        messages += [
+            Message(role="assistant", tool_calls=[call]),
+            Message(role="tool", tool_call_id=call.id, name="calculate", content='{"value": 4}'),
+        ]
+    # Three calls made: the fourth step answers.
+    assert "I ran 3 tool call(s)" in "".join(
+        c.text for c in await reply(messages, tools) if isinstance(c, TextDelta)
+    )

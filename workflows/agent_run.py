@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalRequested,
         BudgetsLeft,
         CancelRequest,
+        CarriedRun,
         ClientToolRequested,
         LlmStepInput,
         LlmStepResult,
@@ -131,6 +132,9 @@ class AgentRun:
         # What the run is doing right now, for its one-line current details in the Web UI.
         self._doing: dict[str, str] = {}
         self._tool_calls: dict[str, tuple[int, ToolCall, int]] = {}
+        self._continued = 0
+        if run.carried is not None:
+            self._resume(run.carried)
 
     @workflow.run
     async def run(self, run: AgentRunInput) -> RunState:
@@ -154,6 +158,8 @@ class AgentRun:
                     stop = first_stop(conditions, self._progress())
                 if stop is not None:
                     return await self._end(stop)
+                if workflow.info().is_continue_as_new_suggested():
+                    return await self._end(await self._continue_as_new())
         except _RunFailed as failure:
             await self._flush_records()
             await self._release_queue()
@@ -165,6 +171,57 @@ class AgentRun:
             await self._cancel_step()
             await self._end(Stop(RunStatus.cancelled, "cancelled through Temporal"))
             raise
+
+    # --- continue-as-new: a long run goes on in a fresh history, between two steps ---
+
+    async def _continue_as_new(self) -> Stop:
+        """Hand the run's state to a new Temporal run once every handler has finished; the workflow id,
+        and so the agent_run_id, every query, signal and stream, stays the same. Returns only when a cancel
+        arrived meanwhile, with the stop it asks for."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._interrupt is not None:
+            return self._interrupt
+        await self._flush_records()
+        workflow.logger.info(
+            "continuing as new after step %d (%d history events)",
+            self._step,
+            workflow.info().get_current_history_length(),
+            extra={"agent_run_id": self._run.agent_run_id, "step": self._step},
+        )
+        workflow.continue_as_new(
+            self._run.model_copy(update={"queued_behind": None, "carried": self._carry()})
+        )
+
+    def _carry(self) -> CarriedRun:
+        return CarriedRun(
+            started_at=self._started_at,
+            step=self._step,
+            usage=self._usage,
+            events=self._events,
+            next_seq=self._next_seq,
+            tool_runs=dict(self._tool_runs),
+            approvals=list(self._approvals.values()),
+            model_route=self._model_route,
+            output_seq=self._output_seq,
+            asked_for_tools=self._asked_for_tools,
+            queued=self._queued,
+            continued=self._continued + 1,
+        )
+
+    def _resume(self, carried: CarriedRun) -> None:
+        self._started_at = carried.started_at
+        self._step = carried.step
+        self._usage = carried.usage
+        self._events = list(carried.events)
+        self._next_seq = carried.next_seq
+        self._tool_runs = Counter(carried.tool_runs)
+        self._approvals = {r.tool_call_id: r for r in carried.approvals}
+        self._model_route = carried.model_route
+        self._output_seq = carried.output_seq
+        self._asked_for_tools = carried.asked_for_tools
+        self._queued = list(carried.queued)
+        self._continued = carried.continued
+        self._may_start = True
 
     async def _end(self, stop: Stop) -> RunState:
         state = self._finish(stop)

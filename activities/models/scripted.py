@@ -2,7 +2,8 @@
 
 No language model is involved and every answer says so. It picks tools by their names or trigger words in
 the latest user message, one tool per step in the purpose's order (all of them at once, as parallel calls,
-when the message says "in parallel" or "at the same time"), fills arguments from earlier tool results (by
+when the message says "in parallel" or "at the same time"; each of them N times, one call a step, when
+it says "N times"), fills arguments from earlier tool results (by
 parameter name) or from the message itself, and once every wanted tool has run it writes a final answer
 from the results. It streams its text in small chunks, like a real provider.
 """
@@ -10,6 +11,7 @@ from the results. It streams its text in small chunks, like a real provider.
 import asyncio
 import json
 import re
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -20,6 +22,7 @@ from keel.text import clip
 DISCLAIMER = "[scripted offline model: no LLM was called]"
 _CHUNK_WORDS = 3
 _PARALLEL = re.compile(r"\b(in parallel|at the same time)\b", re.IGNORECASE)
+_REPEAT = re.compile(r"\b(\d{1,5}) times\b", re.IGNORECASE)
 
 
 class ScriptedModel:
@@ -63,10 +66,12 @@ class ScriptedModel:
         if turn is None:
             return []
         request, since = turn
-        already_called = {c.name for m in since for c in m.tool_calls}
+        called = Counter(c.name for m in since for c in m.tool_calls)
+        repeat = _REPEAT.search(request)
+        times = int(repeat.group(1)) if repeat else 1
         calls: list[ToolCall] = []
         for spec in tools:
-            if spec.name in already_called or not self._wanted(spec, request):
+            if called[spec.name] >= times or not self._wanted(spec, request):
                 continue
             arguments = _arguments(spec, request, _tool_results(messages))
             if arguments is None:
