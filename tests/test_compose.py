@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tomllib
 import uuid
+from fnmatch import fnmatch
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -211,10 +212,17 @@ def test_entry_points_take_the_compose_commands() -> None:
 
 
 def test_dockerfile_copies_every_installed_package() -> None:
+    """The image runs `pip install .` on what the Dockerfile copies: every package must be there, with its
+    subpackages (a plain install, unlike `make install`'s editable one, gets only what setuptools finds)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    wanted = {*project["tool"]["setuptools"]["packages"]}
-    wanted |= {f"{m}.py" for m in project["tool"]["setuptools"]["py-modules"]}
-    wanted |= {"pyproject.toml", project["project"]["readme"]}
+    setuptools = project["tool"]["setuptools"]
+    patterns = setuptools["packages"]["find"]["include"]
+    tops = {pattern.rstrip("*") for pattern in patterns}
+    wanted = (
+        tops
+        | {f"{m}.py" for m in setuptools["py-modules"]}
+        | {"pyproject.toml", project["project"]["readme"]}
+    )
     copied = set()
     for line in (ROOT / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY "):
@@ -222,6 +230,11 @@ def test_dockerfile_copies_every_installed_package() -> None:
     assert wanted <= copied, f"the Dockerfile does not copy {sorted(wanted - copied)}"
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert not wanted & ignored, ".dockerignore hides something the image needs"
+    # Every package directory in the source is one the include patterns find.
+    for init in ROOT.glob("*/**/__init__.py"):
+        package = init.parent.relative_to(ROOT).parts
+        if package[0] in tops:
+            assert any(fnmatch(".".join(package), pattern) for pattern in patterns), package
 
 
 def test_namespace_script_registers_once(temporal_server: TemporalDevServer) -> None:
