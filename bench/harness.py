@@ -8,7 +8,8 @@ worker and gateway as the same subprocesses `make dev` and the tests run (`pytho
         client = await h.client()
 
 Temporal and PostgreSQL come from `keel.stack`, the code behind `make dev` and tests/conftest.py, so a
-benchmark measures the stack people run. No payload codec: encryption has a cost of its own, which a
+benchmark measures the stack people run (including its dev-server tuning, DEV_SERVER_TUNING, which lifts
+the one-shard dev server's 20/s transfer-queue poll cap that added 35-50 ms to every workflow task). No payload codec: encryption has a cost of its own, which a
 section may measure separately by passing KEEL_CODEC_KEY_FILE in `extra_env`.
 """
 
@@ -36,12 +37,6 @@ READY_TIMEOUT = 60.0
 # Task queue of the main Keel worker; `spawn_worker(queue="heavy")` serves the heavy-tool queue.
 TASK_QUEUE = "agent-runs"
 HEAVY_TASK_QUEUE = "agent-heavy"
-# The dev server has one history shard, whose transfer queue (the one that hands workflow tasks to
-# matching) is read at most 20 times a second by default: past a short burst, every workflow task then
-# waits for the next 50 ms tick, for Keel and the baseline alike. Profiling a run's history showed 35-50 ms
-# between WorkflowTaskScheduled and WorkflowTaskStarted on every task. A production cluster spreads runs
-# over many shards; here one setting lifts the cap, so the figures show the work, not the throttle.
-TEMPORAL_ARGS = ("--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000")
 # Variables of the caller's environment that would change what is measured (a codec, tracing, another
 # server), so Keel's processes never inherit them. PYTHONDONTWRITEBYTECODE too: Temporal's sandbox imports
 # the workflow module afresh for every new run, and without a .pyc that means compiling agent_run.py each
@@ -96,7 +91,6 @@ class Harness:
             TemporalDevServer.start,
             db_file=workdir / "temporal.db" if temporal_db else None,
             log_file=workdir / "logs" / "temporal.log",
-            extra_args=TEMPORAL_ARGS,
         )
         postgres: EmbeddedPostgres | None = None
         harness: Harness | None = None
