@@ -1,6 +1,8 @@
 """The tool registry: a tool is one typed Python function, and its JSON schema comes from its signature."""
 
 import asyncio
+import copy
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,10 +71,19 @@ class Tool:
             heavy=self.heavy,
         )
 
-    def spec(self) -> ToolSpec:
+    @functools.cached_property
+    def _parameters(self) -> dict[str, Any]:
+        # pydantic builds a JSON schema anew on every call: half of call_llm's own CPU in a py-spy profile
+        # of the worker (make bench). The signature never changes, so build it once.
         schema = self.arguments.model_json_schema()
         schema.pop("title", None)
-        return ToolSpec(name=self.name, description=self.description, parameters=schema)
+        return schema
+
+    def spec(self) -> ToolSpec:
+        # A copy, so no caller can change the schema every later call gets.
+        return ToolSpec(
+            name=self.name, description=self.description, parameters=copy.deepcopy(self._parameters)
+        )
 
     async def invoke(self, arguments: dict[str, Any], ctx: ToolContext) -> Any:
         """Validate the model's arguments against the signature, then call the tool.
