@@ -9,10 +9,8 @@ Progress is kept as numbered `RunEvent`s, served by the `events` query; `state` 
 """
 
 import asyncio
-import hashlib
-import json
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -22,41 +20,29 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
     from keel.contracts import (
-        ANSWER_SIGNAL,
-        ANSWER_UPDATE,
-        APPROVAL_SIGNAL,
-        APPROVAL_UPDATE,
         CALL_LLM,
         CANCEL_SIGNAL,
         EVENTS_QUERY,
         PREVIOUS_DONE_SIGNAL,
         QUEUE_NEXT_SIGNAL,
-        RECORD_RUN,
         RUN_TOOL,
         SAVE_MESSAGE,
         STATE_QUERY,
-        TOOL_RESULT_SIGNAL,
-        TOOL_RESULT_UPDATE,
         WORKFLOW_TYPE,
         AgentRunInput,
-        ApprovalDecided,
         ApprovalDecision,
         ApprovalRecord,
-        ApprovalRequested,
         BudgetsLeft,
         CancelRequest,
         CarriedRun,
-        ClientToolRequested,
         LlmStepInput,
         LlmStepResult,
         Message,
         PendingQuestion,
         PendingToolResult,
-        QuestionAsked,
         QueuedRun,
         RunEvent,
         RunFinished,
-        RunNote,
         RunState,
         RunStatus,
         SaveMessageInput,
@@ -72,16 +58,15 @@ with workflow.unsafe.imports_passed_through():
         ToolResultSubmission,
         ToolRunNote,
         Usage,
-        UserAnswer,
     )
-    from keel.text import one_line
     from workflows.activity_options import (
         CALL_LLM_OPTIONS,
-        RECORD_RUN_OPTIONS,
         RUN_TOOL_HEAVY_OPTIONS,
         RUN_TOOL_INLINE_OPTIONS,
         SAVE_MESSAGE_OPTIONS,
     )
+    from workflows.people import WaitsForPeople
+    from workflows.reporting import ReportsProgress
     from workflows.stop_conditions import Progress, Stop, conditions_for, first_stop, time_budget_detail
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
@@ -92,7 +77,7 @@ class _RunFailed(Exception):
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
-class AgentRun:
+class AgentRun(WaitsForPeople, ReportsProgress):
     @workflow.init
     def __init__(self, run: AgentRunInput) -> None:
         self._run = run
@@ -352,95 +337,6 @@ class AgentRun:
                 denied=outcome.denied,
             )
 
-    # --- waiting for people ---
-
-    async def _approval(self, step: int, call: ToolCall, seq: int) -> ApprovalRecord:
-        now = workflow.now()
-        timeout = timedelta(seconds=self._purpose.approval_timeout_s)
-        record = ApprovalRecord(
-            tool_call_id=call.id,
-            tool_name=call.name,
-            arguments=call.arguments,
-            arguments_sha256=_sha256(call.arguments),
-            requested_at=now,
-            expires_at=now + timeout,
-        )
-        self._approvals[call.id] = record
-        self._emit(ApprovalRequested, step=step, tool_call_id=call.id, expires_at=record.expires_at)
-        self._note_tool(step, call, seq, "waiting_for_approval", approval=record, send=True)
-        try:
-            await workflow.wait_condition(lambda: call.id in self._decisions, timeout=timeout)
-            decision = self._decisions[call.id]
-            record.approved, record.reason, record.approver = (
-                decision.approved,
-                decision.reason,
-                decision.approver,
-            )
-        except TimeoutError:
-            record.approved, record.expired = False, True
-        record.decided_at = workflow.now()
-        self._emit(
-            ApprovalDecided, step=step, tool_call_id=call.id, approved=record.approved, expired=record.expired
-        )
-        if record.approved:
-            self._note_tool(step, call, seq, "approved", approval=record, send=True)
-        else:
-            why = "the approval expired" if record.expired else f"denied by {record.approver or 'a person'}"
-            status = "expired" if record.expired else "denied"
-            self._note_tool(step, call, seq, status, approval=record, error_message=why, send=True)
-        return record
-
-    async def _ask_user(self, step: int, call: ToolCall, seq: int) -> ToolOutcome | None:
-        question = str(call.arguments.get("question") or "").strip() or "(the agent asked without a question)"
-        if not self._purpose.allow_questions:
-            self._unanswerable_question = question
-            self._note_tool(step, call, seq, "not_run", error_message="this purpose can't wait for an answer")
-            return None
-        self._question = PendingQuestion(tool_call_id=call.id, question=question)
-        self._emit(QuestionAsked, step=step, tool_call_id=call.id, question=question)
-        asked = workflow.now()
-        self._note_tool(step, call, seq, "waiting_for_input", started_at=asked, send=True)
-        timeout = timedelta(seconds=self._purpose.approval_timeout_s)
-        try:
-            await workflow.wait_condition(lambda: self._answer is not None, timeout=timeout)
-        except TimeoutError:
-            self._question = None
-            self._unanswerable_question = question
-            self._note_tool(
-                step, call, seq, "expired", started_at=asked, error_message="no answer in time", send=True
-            )
-            return None
-        answer, self._answer, self._question = self._answer or "", None, None
-        self._note_tool(step, call, seq, "ok", started_at=asked, result={"answer": answer}, send=True)
-        return await self._save_result(call, seq, answer, is_error=False)
-
-    async def _client_result(self, step: int, call: ToolCall, seq: int) -> ToolOutcome:
-        self._client_calls[call.id] = PendingToolResult(
-            tool_call_id=call.id, tool_name=call.name, arguments=call.arguments
-        )
-        self._emit(ClientToolRequested, step=step, tool_call_id=call.id)
-        asked = workflow.now()
-        self._note_tool(step, call, seq, "waiting_for_tool_result", started_at=asked, send=True)
-        timeout = timedelta(seconds=self._purpose.approval_timeout_s)
-        try:
-            await workflow.wait_condition(lambda: call.id in self._client_results, timeout=timeout)
-        except TimeoutError:
-            del self._client_calls[call.id]
-            why = f"the client did not return a result for {call.name} in time"
-            self._note_tool(step, call, seq, "expired", started_at=asked, error_message=why, send=True)
-            return await self._save_result(call, seq, why)
-        del self._client_calls[call.id]
-        submitted = self._client_results[call.id]
-        if submitted.error is not None:
-            self._note_tool(
-                step, call, seq, "error", started_at=asked, error_message=submitted.error, send=True
-            )
-            return await self._save_result(call, seq, submitted.error)
-        self._note_tool(step, call, seq, "ok", started_at=asked, result=submitted.output, send=True)
-        content = submitted.output if isinstance(submitted.output, str) else json.dumps(submitted.output)
-        schema = next((t.output_schema for t in self._run.client_tools if t.name == call.name), None)
-        return await self._save_result(call, seq, content, is_error=False, output_schema=schema)
-
     def _tool_placement_options(self, policy: ToolPolicy, seq: int) -> dict[str, Any]:
         if not self._tool_placement:
             return {"options": RUN_TOOL_HEAVY_OPTIONS}
@@ -476,68 +372,6 @@ class AgentRun:
             failure="could not store a tool result",
         )
         return outcome.model_copy(update={"denied": denied})
-
-    # --- signals and updates: the same handlers serve the CLI (signals) and the gateway (updates) ---
-
-    @workflow.signal(name=APPROVAL_SIGNAL)
-    def approval_signal(self, decision: ApprovalDecision) -> None:
-        if self._approval_problem(decision) is None:
-            self._decisions[decision.tool_call_id] = decision
-
-    @workflow.update(name=APPROVAL_UPDATE)
-    async def decide_approval(self, decision: ApprovalDecision) -> ApprovalRecord:
-        self._decisions[decision.tool_call_id] = decision
-        record = self._approvals[decision.tool_call_id]
-        await workflow.wait_condition(lambda: record.decided_at is not None)
-        return record
-
-    @decide_approval.validator
-    def _validate_approval(self, decision: ApprovalDecision) -> None:
-        if problem := self._approval_problem(decision):
-            raise ApplicationError(problem[1], type=problem[0])
-
-    def _approval_problem(self, decision: ApprovalDecision) -> tuple[str, str] | None:
-        record = self._approvals.get(decision.tool_call_id)
-        if record is None:
-            return "NotFound", f"no approval was requested for tool call {decision.tool_call_id!r}"
-        if record.decided_at is not None or decision.tool_call_id in self._decisions:
-            return "Conflict", f"tool call {decision.tool_call_id!r} was already decided"
-        return None
-
-    @workflow.signal(name=ANSWER_SIGNAL)
-    def answer_signal(self, answer: UserAnswer) -> None:
-        if self._question is not None and self._answer is None:
-            self._answer = answer.text
-
-    @workflow.update(name=ANSWER_UPDATE)
-    def submit_answer(self, answer: UserAnswer) -> None:
-        self._answer = answer.text
-
-    @submit_answer.validator
-    def _validate_answer(self, answer: UserAnswer) -> None:
-        if self._question is None or self._answer is not None:
-            raise ApplicationError("the run is not waiting for an answer", type="Conflict")
-
-    @workflow.signal(name=TOOL_RESULT_SIGNAL)
-    def tool_result_signal(self, result: ToolResultSubmission) -> None:
-        if self._tool_result_problem(result) is None:
-            self._client_results[result.tool_call_id] = result
-
-    @workflow.update(name=TOOL_RESULT_UPDATE)
-    def submit_tool_result(self, result: ToolResultSubmission) -> None:
-        self._client_results[result.tool_call_id] = result
-
-    @submit_tool_result.validator
-    def _validate_tool_result(self, result: ToolResultSubmission) -> None:
-        if problem := self._tool_result_problem(result):
-            raise ApplicationError(problem[1], type=problem[0])
-
-    def _tool_result_problem(self, result: ToolResultSubmission) -> tuple[str, str] | None:
-        if result.tool_call_id in self._client_results:
-            return "Conflict", f"tool call {result.tool_call_id!r} already has a result"
-        if result.tool_call_id not in self._client_calls:
-            return "NotFound", f"the run is not waiting for a result of tool call {result.tool_call_id!r}"
-        return None
 
     @workflow.signal(name=CANCEL_SIGNAL)
     def cancel_signal(self, request: CancelRequest) -> None:
@@ -656,25 +490,6 @@ class AgentRun:
         self._next_seq += 1
         return seq
 
-    def _emit(self, event_type: type, **fields: object) -> None:
-        event = event_type(seq=len(self._events) + 1, **fields)
-        self._events.append(event)
-        # One log line per event (never on replay: workflow.logger skips it).
-        step = getattr(event, "step", None)
-        tool = event.call.name if isinstance(event, ToolCallRequested) else None
-        workflow.logger.info(
-            _event_line(event),
-            extra={
-                "agent_run_id": self._run.agent_run_id,
-                "purpose": self._purpose.slug,
-                "phase": _PHASES.get(event.type, "act"),
-                "step": step,
-                "tool": tool,
-                "event": event.type,
-            },
-        )
-        self._describe()
-
     def _finish(self, stop: Stop) -> RunState:
         if self._final is None:
             self._final, self._detail = stop.status, stop.detail
@@ -697,150 +512,3 @@ class AgentRun:
                 self._note_tool_id(pending.tool_call_id, "cancelled", finished_at=now)
             self._emit(RunFinished, status=stop.status, detail=stop.detail, partial_message_seq=partial)
         return self.state()
-
-    # --- run records and current details ---
-
-    def _note_tool(
-        self,
-        step: int,
-        call: ToolCall,
-        seq: int,
-        status: str,
-        *,
-        approval: ApprovalRecord | None = None,
-        error_message: str | None = None,
-        result: Any = None,
-        started_at: datetime | None = None,
-        send: bool = False,
-    ) -> None:
-        """Note a tool call's state for its tool_runs row; `send` records it (and the run's status) now."""
-        final = status not in (
-            "waiting_for_approval",
-            "waiting_for_input",
-            "waiting_for_tool_result",
-            "approved",
-        )
-        self._tool_calls[call.id] = (step, call, seq)
-        self._tool_notes.append(
-            ToolRunNote(
-                seq=seq,
-                step=step,
-                tool_call_id=call.id,
-                tool_name=call.name,
-                arguments=call.arguments,
-                status=status,
-                approval=approval.model_copy() if approval is not None else None,
-                error_message=error_message,
-                result=result,
-                started_at=started_at,
-                finished_at=workflow.now() if final else None,
-            )
-        )
-        if send:
-            self._send_record()
-
-    def _note_tool_id(self, tool_call_id: str, status: str, **fields: Any) -> None:
-        if tool_call_id in self._tool_calls:
-            step, call, seq = self._tool_calls[tool_call_id]
-            fields.pop("finished_at", None)
-            self._note_tool(step, call, seq, status, **fields)
-
-    def _send_record(self) -> None:
-        """Start a record_run activity with the run's row as it is now and the tool notes so far."""
-        notes, self._tool_notes = self._tool_notes, []
-        if not self._recording:
-            return
-        state = self.state()
-        note = RunNote(
-            agent_run_id=self._run.agent_run_id,
-            temporal_run_id=workflow.info().run_id,
-            version=len(self._events),
-            status=state.status,
-            purpose=self._purpose.slug,
-            model=self._purpose.model,
-            chat_id=self._run.chat_id,
-            user_id=self._run.user_id,
-            input_summary=self._run.input_summary,
-            started_at=self._started_at,
-            step=self._step,
-            usage=self._usage,
-            model_route=self._model_route,
-            finished_at=workflow.now() if self._final is not None else None,
-            detail=self._detail if self._final is not None else None,
-            error_type=self._error_type if self._final == RunStatus.failed else None,
-            output_seq=self._output_seq if self._final is not None else None,
-            tool_runs=notes,
-        )
-        self._records.append(asyncio.create_task(self._record(note)))
-
-    async def _record(self, note: RunNote) -> None:
-        try:
-            await workflow.execute_activity(
-                RECORD_RUN, note, summary=f"record {note.status.value}", **RECORD_RUN_OPTIONS
-            )
-        except ActivityError as err:
-            # Only a record PostgreSQL refuses gets here (an outage is retried without limit): the run goes on.
-            workflow.logger.error("could not record the run: %s", err.cause or err)
-
-    async def _flush_records(self) -> None:
-        """Record the run's final state and wait for every record in flight, so none is abandoned."""
-        self._send_record()
-        await asyncio.gather(*self._records)
-        self._records.clear()
-
-    def _set_doing(self, key: str, text: str | None) -> None:
-        if text is None:
-            self._doing.pop(key, None)
-        else:
-            self._doing[key] = text
-        self._describe()
-
-    def _describe(self) -> None:
-        """The run's current details, one line saying what it does or waits for (Web UI, `describe`)."""
-        state = self.state()
-        if self._final is not None:
-            line = self._final.value + (f": {self._detail}" if self._detail else "")
-        elif pending := state.pending_approvals:
-            names = ", ".join(f"{r.tool_name} ({r.tool_call_id})" for r in pending)
-            line = f"waiting for approval of {names}, until {pending[0].expires_at:%Y-%m-%d %H:%M} UTC"
-        elif self._question is not None:
-            line = f"waiting for the user's answer to: {one_line(self._question.question, 120)}"
-        elif self._client_calls:
-            names = ", ".join(p.tool_name for p in self._client_calls.values())
-            line = f"waiting for the client's result of {names}"
-        elif not self._may_start:
-            line = f"queued behind {self._run.queued_behind}"
-        elif self._doing:
-            line = "; ".join(self._doing.values())
-        else:
-            line = "running"
-        workflow.set_current_details(f"step {self._step} · {line}" if self._step else line)
-
-
-_PHASES = {
-    "step_started": "think",
-    "text": "think",
-    "tool_call": "think",
-    "approval_requested": "wait",
-    "approval_decided": "wait",
-    "question_asked": "wait",
-    "client_tool_requested": "wait",
-    "step_finished": "act",
-    "run_finished": "finish",
-}
-
-
-def _event_line(event: Any) -> str:
-    """A run event as a log message."""
-    if isinstance(event, ToolCallRequested):
-        return f"step {event.step}: the model called {event.call.name} ({event.call.id})"
-    if isinstance(event, RunFinished):
-        return f"run finished: {event.status.value}" + (f" ({event.detail})" if event.detail else "")
-    step = getattr(event, "step", None)
-    what = event.type.replace("_", " ")
-    call = getattr(event, "tool_call_id", None)
-    return (f"step {step}: " if step is not None else "") + what + (f" ({call})" if call else "")
-
-
-def _sha256(arguments: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(arguments, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
