@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 import uuid
 from fnmatch import fnmatch
@@ -31,7 +32,7 @@ import yaml
 
 from keel.healthcheck import ROLES
 from keel.settings import Settings
-from keel.stack import TemporalDevServer, find_temporal_bin, free_port
+from keel.stack import TemporalDevServer, find_temporal_bin, free_port, stop_process_group
 from tests.conftest import Keel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,3 +275,33 @@ def test_healthcheck_against_the_real_processes(keel: Keel) -> None:
     closed = _healthcheck("gateway", {**keel.env, "KEEL_PORT": str(free_port())})
     assert closed.returncode == 1 and "/healthz" in closed.stderr
     assert _healthcheck("no-such-role", keel.env).returncode == 2
+
+
+def test_healthcheck_of_a_heavy_worker(keel: Keel, tmp_path: Path) -> None:
+    """A heavy worker of its own (on a queue of its own, so it takes no test's tools): unhealthy until its
+    metrics endpoint answers, healthy once it does, unhealthy again once it has stopped."""
+    env = {
+        **keel.env,
+        "KEEL_HEAVY_TASK_QUEUE": f"agent-heavy-healthcheck-{uuid.uuid4().hex[:8]}",
+        "KEEL_HEAVY_WORKER_METRICS_PORT": str(free_port()),
+    }
+    assert _healthcheck("heavy-worker", env).returncode == 1
+    log = tmp_path / "heavy-worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "worker.py", "--queue", "heavy"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while (done := _healthcheck("heavy-worker", env)).returncode != 0:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"never healthy: {done.stderr}\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+    finally:
+        stop_process_group(proc)
+    assert _healthcheck("heavy-worker", env).returncode == 1
