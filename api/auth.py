@@ -160,6 +160,13 @@ class Authenticator:
             )
         if row is None or not hmac.compare_digest(row["key_sha256"], _sha256(key)):
             raise unauthorized("invalid or revoked API key")
+        # When a key was last used tells an operator which keys are safe to revoke; once a minute is
+        # precise enough and keeps a busy key from writing on every request.
+        await pool.execute(
+            "UPDATE api_keys SET last_used_at = now() WHERE prefix = $1"
+            " AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+            prefix,
+        )
         return User(id=row["user_id"], admin=row["admin"], via="api-key")
 
 
@@ -275,6 +282,6 @@ async def revoke_api_key(pool: asyncpg.Pool, prefix: str) -> bool:
 
 async def list_api_keys(pool: asyncpg.Pool) -> list[dict[str, Any]]:
     rows = await pool.fetch(
-        "SELECT prefix, user_id, admin, created_at, revoked_at FROM api_keys ORDER BY created_at"
+        "SELECT prefix, user_id, admin, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at"
     )
     return [dict(r) for r in rows]

@@ -238,8 +238,10 @@ def _api_keys(args: argparse.Namespace, out: Out) -> int:
             for row in await list_api_keys(pool):
                 state = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "live"
                 role = "admin" if row["admin"] else "user"
+                used = f"used {row['last_used_at']:%Y-%m-%d %H:%M}" if row["last_used_at"] else "never used"
                 out.line(
-                    f"{row['prefix']}  {row['user_id']}  {role}  {row['created_at']:%Y-%m-%d %H:%M}  {state}"
+                    f"{row['prefix']}  {row['user_id']}  {role}  {row['created_at']:%Y-%m-%d %H:%M}"
+                    f"  {used}  {state}"
                 )
             return 0
         finally:

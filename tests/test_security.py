@@ -289,10 +289,16 @@ def test_keel_api_key_create_and_revoke(
         ISSUED.append(key)
         assert key.startswith("keel_")
         url = gateways["auth"]
+        assert cli.main(["api-key", "list"]) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(key[:17]))
+        assert "never used" in line
         assert httpx.get(f"{url}/api/runs", headers=bearer(key)).status_code == 200
         assert cli.main(["api-key", "list"]) == 0
         listing = capsys.readouterr().out
         assert key[:17] in listing and key not in listing
+        # Listing shows when each key was last used, to tell which ones are safe to revoke.
+        line = next(x for x in listing.splitlines() if x.startswith(key[:17]))
+        assert " used 20" in line and "never used" not in line
         assert cli.main(["api-key", "revoke", key[:17]]) == 0
         assert httpx.get(f"{url}/api/runs", headers=bearer(key)).status_code == 401
         assert cli.main(["api-key", "revoke", key[:17]]) == 1
