@@ -28,7 +28,7 @@ the attempt that succeeded, never repeats what was streamed.
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,95 @@ async def follow_run(handle: WorkflowHandle[Any, Any], after: int = 0) -> AsyncI
             return
 
 
+_END = object()  # a watcher's last item: the run has finished
+
+
+class _Watcher:
+    """One `follow_run` loop for one run, its batches handed to every viewer of the run in this process.
+
+    A viewer that joins late first gets every event seen so far as one batch, which is exactly what its
+    own `follow_run` would have started with (the events query from 0), so sharing changes no stream.
+    """
+
+    def __init__(self, handle: WorkflowHandle[Any, Any], on_closed: Callable[["_Watcher"], None]) -> None:
+        self.events: list[RunEvent] = []
+        self.closed = False
+        # Unbounded: a run has few events, and a viewer's own bounded queue comes after this one.
+        self._viewers: set[asyncio.Queue[object]] = set()
+        self._on_closed = on_closed
+        self._task = asyncio.get_running_loop().create_task(self._follow(handle))
+
+    def join(self) -> asyncio.Queue[object]:
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        if self.events:
+            queue.put_nowait(list(self.events))
+        self._viewers.add(queue)
+        return queue
+
+    def leave(self, queue: asyncio.Queue[object]) -> None:
+        """Synchronous, so a cancelled viewer can call it. The last one to leave stops the watcher."""
+        self._viewers.discard(queue)
+        if not self._viewers and not self.closed:
+            self._close()
+            self._task.cancel()
+
+    async def _follow(self, handle: WorkflowHandle[Any, Any]) -> None:
+        try:
+            async for events in follow_run(handle):
+                self.events += events
+                self._offer(events)
+            self._offer(_END)
+        except Exception as err:  # every viewer reports it to its client; the next viewer starts afresh
+            self._offer(err)
+        finally:
+            self._close()
+
+    def _offer(self, item: object) -> None:
+        for queue in self._viewers:
+            queue.put_nowait(item)
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._on_closed(self)
+
+
+class RunWatchers:
+    """The runs this gateway process follows: one history long-poll and one `events` query per workflow
+    step for each run, however many clients stream it. (Each stream following the run on its own made a
+    thousand viewers of twenty runs a thousand long-polls, and a thousand queries the worker had to
+    answer every time a run made progress.) A run's watcher stops when its last viewer leaves or the run
+    finishes."""
+
+    def __init__(self) -> None:
+        self._watchers: dict[str, _Watcher] = {}
+
+    def __len__(self) -> int:
+        return len(self._watchers)
+
+    async def follow(self, handle: WorkflowHandle[Any, Any]) -> AsyncIterator[list[RunEvent]]:
+        """What `follow_run(handle)` yields: batches of the run's events from its first, until it finishes."""
+        watcher = self._watchers.get(handle.id)
+        if watcher is None or watcher.closed:
+            watcher = self._watchers[handle.id] = _Watcher(handle, self._forget)
+        queue = watcher.join()
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            watcher.leave(queue)
+
+    def _forget(self, watcher: _Watcher) -> None:
+        for run_id, known in list(self._watchers.items()):
+            if known is watcher:
+                del self._watchers[run_id]
+
+
 async def _ended_from_outside(handle: WorkflowHandle[Any, Any], seq: int) -> RunFinished:
     status = (await handle.describe()).status
     name = status.name.lower() if status else "unknown"
@@ -135,12 +224,19 @@ class RunStream:
     """One run's chunks, merged from its workflow events and its token deltas (see the module's docs)."""
 
     def __init__(
-        self, handle: WorkflowHandle[Any, Any], store: RunStore, deltas: DeltaChannel, agent_run_id: str
+        self,
+        handle: WorkflowHandle[Any, Any],
+        store: RunStore,
+        deltas: DeltaChannel,
+        agent_run_id: str,
+        watchers: RunWatchers | None = None,
     ) -> None:
         self.handle = handle
         self.store = store
         self.deltas = deltas
         self.agent_run_id = agent_run_id
+        # Shared with the other streams of this process; None: this stream follows the run on its own.
+        self.watchers = watchers
 
     async def chunks(self) -> AsyncIterator[Chunk | SegmentEnd]:
         """The run's whole stream from its beginning, live until the run finishes."""
@@ -176,8 +272,9 @@ class RunStream:
             subscription.close()
 
     async def _pump(self, queue: asyncio.Queue[object]) -> None:
+        batches = follow_run(self.handle) if self.watchers is None else self.watchers.follow(self.handle)
         try:
-            async for events in follow_run(self.handle):
+            async for events in batches:
                 await queue.put(_Events(events))
         except Exception as err:  # handed to the stream, which reports it to its client
             await queue.put(err)
@@ -209,7 +306,13 @@ class RunStream:
         if call is None and not translator.finished and 0 < batch.event_seq == translator.seq + 1:
             # The step's first words, before the events query has told of its start: the delta names the
             # event that started the step, and every event before that one has been streamed already.
-            return await self._events(translator, [StepStarted(seq=batch.event_seq, step=batch.step)])
+            started = StepStarted(seq=batch.event_seq, step=batch.step)
+            if batch.texts is not None and batch.attempt == 1 and batch.first_n == 0:
+                # The batch opens the step's first attempt, so the log holds nothing before it: skip
+                # reading it (a thousand viewers of a run would all read it at the same moment).
+                out = translator.event(started, {}) + translator.deltas(batch.deltas())
+                return out + translator.batch_end()
+            return await self._events(translator, [started])
         if call is None or batch.step != call.step:
             return []  # a step not started here yet (read from the log when it is) or already over
         attempt, n = call.position

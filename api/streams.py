@@ -18,7 +18,15 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from temporalio.service import RPCError
 
 from api.gateway import Gateway
-from api.run_stream import Chunk, RunStream, StreamStart, pause_points, segment, whole_message
+from api.run_stream import (
+    Chunk,
+    RunStream,
+    RunWatchers,
+    StreamStart,
+    pause_points,
+    segment,
+    whole_message,
+)
 from keel.contracts import EVENTS_QUERY, RunEvent
 
 log = logging.getLogger("keel.api")
@@ -29,6 +37,8 @@ UI_STREAM_HEADERS = {
     "cache-control": "no-cache",
 }
 _DONE = "[DONE]"
+# Every stream this process serves follows its run through one shared watcher per run.
+WATCHERS = RunWatchers()
 
 
 def stream_response(
@@ -51,7 +61,7 @@ def stream_response(
 async def sse_events(
     gw: Gateway, agent_run_id: str, chunks: Callable[[RunStream], AsyncIterator[Chunk]]
 ) -> AsyncIterator[ServerSentEvent]:
-    stream = RunStream(gw.run(agent_run_id), gw.store, gw.deltas, agent_run_id)
+    stream = RunStream(gw.run(agent_run_id), gw.store, gw.deltas, agent_run_id, WATCHERS)
     try:
         async for chunk in chunks(stream):
             yield ServerSentEvent(_json(chunk.body), id=str(chunk.id), sep="\n")
