@@ -32,6 +32,15 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
+def listening_pid(port: int) -> int | None:
+    """The process listening on a local TCP port (None when it can't be seen)."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return None
+    return next((c.pid for c in connections if c.status == "LISTEN" and c.laddr.port == port), None)
+
+
 def start_provider(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """bench/provider.py in its own process: (process, base URL without /v1)."""
     port = free_port()
