@@ -29,7 +29,7 @@ from keel.settings import Settings, get_settings
 from keel.stack import free_port
 from keel.store import RunStore, create_pool
 from keel.telemetry import configure_tracing, with_tracing
-from keel.temporal import connect_temporal
+from keel.temporal import connect_temporal, temporal_connect_options
 from workflows.agent_run import AgentRun
 
 log = logging.getLogger("keel.worker")
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     queue: Queue = parser.parse_args(argv).queue
     settings = get_settings()
     configure_logging(settings.log_level, "worker" if queue == "agent" else "heavy-worker")
+    temporal_connect_options(settings)  # a half-configured TLS or API key stops here, in one line
     tracing = configure_tracing("keel-worker" if queue == "agent" else "keel-heavy-worker")
     metrics_port = settings.worker_metrics_port if queue == "agent" else settings.heavy_worker_metrics_port
     if metrics_port:
