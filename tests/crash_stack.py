@@ -87,6 +87,13 @@ class Process:
         self.proc.wait(timeout=10)
         assert self.proc.returncode == -signal.SIGKILL
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process is alive but does nothing, like a worker stuck in a long GC or a VM pause."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     async def restart(self) -> "Process":
         """A fresh process with the same environment (and, for a gateway, the same port)."""
         return await self.start()
@@ -94,6 +101,7 @@ class Process:
     def stop(self) -> None:
         for proc in self.incarnations:
             if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT)  # a frozen process could not hear the SIGTERM
                 stop_process_group(proc)
 
 

@@ -15,9 +15,9 @@ from activities.models.scripted import DISCLAIMER, ScriptedModel
 from keel.stack import EmbeddedPostgres, TemporalDevServer
 from keel.store import RunStore
 from tests.conftest import Keel
-from tests.crash_stack import CrashStack, task_takers, until, watching
+from tests.crash_stack import CrashStack, running_activity, task_takers, until, watching
 from tests.test_run_records import pick, records
-from tests.ui_stream import assert_well_formed, chat, chat_body
+from tests.ui_stream import UIStream, assert_well_formed, chat, chat_body
 
 # scripted:slow writes five pieces a second; its answer to this is ~25 pieces, five seconds of streaming.
 LONG = (
@@ -60,10 +60,7 @@ async def test_a_worker_killed_during_an_llm_call_and_restarted_finishes_the_rep
     assert reply.startswith(DISCLAIMER) and reply.count(DISCLAIMER) == 1
     assert reply == ScriptedModel({}).answer(conversation[:-1])
     # The client saw the killed attempt's words, then the retry, then the whole reply in a new part.
-    texts: dict[str, str] = {}
-    for chunk in stream.of_type("text-delta"):
-        texts[chunk["id"]] = texts.get(chunk["id"], "") + chunk["delta"]
-    abandoned, kept = list(texts)
+    abandoned, kept = list(texts := part_texts(stream))
     [retry] = stream.of_type("data-retry")
     assert retry["data"] == {"step": 1, "attempt": 2, "discardedTextId": abandoned}
     assert reply.startswith(texts[abandoned]) and texts[abandoned].startswith(words_before_the_kill)
@@ -74,6 +71,66 @@ async def test_a_worker_killed_during_an_llm_call_and_restarted_finishes_the_rep
     assert [pick(r, "seq", "attempt") for r in rec["llm"]] == [(2, 1), (2, 2)]
     assert rec["llm"][0]["status"] != "ok" and rec["llm"][1]["status"] == "ok"
     assert rec["run"]["status"] == "completed"
+
+
+async def test_a_frozen_worker_that_wakes_after_its_llm_call_was_retried_adds_nothing(
+    stack: CrashStack, store: RunStore
+) -> None:
+    stack.env["KEEL_MODEL"] = "scripted:slow"
+    workers = [stack.worker("worker-1"), stack.worker("worker-2")]
+    gateway = stack.gateway()
+    await stack.start(*workers, gateway)
+    temporal = await stack.temporal()
+
+    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body(LONG))
+    await until(lambda: client.deltas() >= 3, "the first words of the reply")
+    run_id = client.run_id
+    call = await running_activity(temporal, run_id, "call_llm")
+    [frozen] = [w for w in workers if call.last_worker_identity.startswith(f"{w.proc.pid}@")]
+    # The worker stops mid-answer without dying (a long pause, a stalled VM). Temporal presumes it dead after
+    # the heartbeat timeout and starts the call again; then the frozen worker wakes up and carries on.
+    # (It wakes as soon as the retry has started: its own outstanding polls may be handed that retry.)
+    frozen.freeze()
+
+    async def retried() -> bool:
+        call = await running_activity(temporal, run_id, "call_llm")
+        return call is not None and call.attempt >= 2
+
+    try:
+        await until(retried, "Temporal retrying the call", within=60)
+    finally:
+        frozen.thaw()
+    await asyncio.wait_for(streaming, 60)
+
+    stream = client.stream
+    assert_well_formed(stream)
+    assert stream.run_status == "completed"
+    reply = (await store.conversation(run_id, 100))[-1].content
+    assert reply == ScriptedModel({}).answer((await store.conversation(run_id, 100))[:-1])
+    # Two parts: the woken attempt's, cut short and discarded, then the retry's, whole.
+    abandoned, kept = list(texts := part_texts(stream))
+    assert [r["data"] for r in stream.of_type("data-retry")] == [
+        {"step": 1, "attempt": 2, "discardedTextId": abandoned}
+    ]
+    assert reply.startswith(texts[abandoned]) and len(texts[abandoned]) < len(reply)
+    assert texts[kept] == reply
+    # Nothing else reached the log either: a replay is the stream the client saw.
+    replay, replaying = watching(f"{gateway.url}/api/runs/{run_id}/events")
+    await replaying
+    assert replay.pairs == client.pairs
+    # The woken attempt was told it is over, and only the retry counted.
+    await until(lambda: "call_llm attempt 1 cancelled" in frozen.log_text(), "the woken attempt stopping")
+    rec = await records(store.pool, run_id)
+    assert [pick(r, "seq", "attempt") for r in rec["llm"]] == [(2, 1), (2, 2)]
+    assert rec["llm"][1]["status"] == "ok"
+
+
+def part_texts(stream: UIStream) -> dict[str, str]:
+    """Each text part's text, by part id, in the order the parts began."""
+    texts: dict[str, str] = {}
+    for chunk in stream.of_type("text-delta"):
+        texts[chunk["id"]] = texts.get(chunk["id"], "") + chunk["delta"]
+    return texts
 
 
 async def tool_running(store: RunStore, run_id: str, tool: str) -> bool:
