@@ -1,7 +1,8 @@
 """Crash-proof runs: kill -9 of a worker during an LLM call, during a tool and while a run waits for
 approval, and of the gateway while clients stream. Every run completes after a restart with nothing lost
-and nothing done twice, and clients resume their streams. Each test runs its own worker and gateway
-subprocesses on task queues of its own (tests/crash_stack.py) and kills them with SIGKILL."""
+and nothing done twice, and clients resume their streams; a worker that was only frozen, not dead, adds
+nothing when it wakes. Each test runs its own worker and gateway subprocesses on task queues of its own
+(tests/crash_stack.py) and kills them with SIGKILL."""
 
 import asyncio
 import json
