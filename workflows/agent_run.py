@@ -109,6 +109,7 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         # Run records (keel/records.py): record_run activities in flight, tool notes waiting to go out with
         # the next one, and what the run's row needs that the state does not keep.
         self._recording = False
+        self._local_records = False
         self._records: list[asyncio.Task[None]] = []
         self._tool_notes: list[ToolRunNote] = []
         self._model_route: str | None = None
@@ -129,6 +130,9 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         # Runs started before tools were split into inline and heavy keep running every tool as a regular
         # activity on the agent task queue, as they did then.
         self._tool_placement = workflow.patched("keel-tool-placement")
+        # Runs started before records were written by a local activity keep scheduling record_run on the
+        # task queue, as they did then.
+        self._local_records = workflow.patched("keel-local-records")
         try:
             if not self._may_start:
                 self._detail = f"queued behind {run.queued_behind}"
