@@ -49,6 +49,8 @@ class Process:
     env: dict[str, str]
     base: Path
     url: str | None = None
+    # The variables naming the ports it listens on.
+    ports: tuple[str, ...] = ()
     incarnations: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
 
@@ -73,13 +75,29 @@ class Process:
         if self.url is None:
             ready = lambda: b"worker polling" in log.read_bytes()  # noqa: E731
         else:
-            ready = lambda: _healthy(self.url)  # noqa: E731
+            # Listening, and answering: a port free when picked may have been taken since by another
+            # process whose HTTP server would answer /healthz too.
+            ready = lambda: b"Uvicorn running on" in log.read_bytes() and _healthy(self.url)  # noqa: E731
         await asyncio.to_thread(_wait_for, self.name, ready, proc, log)
 
-    async def start(self) -> "Process":
-        self.spawn()
-        await self.ready()
-        return self
+    async def start(self, *, same_port: bool = False) -> "Process":
+        """Start the process and wait until it is ready. A port taken between picking and binding it gets
+        another try on new ports, unless `same_port` (a gateway its clients come back to)."""
+        for tries_left in (2, 1, 0):
+            self.spawn()
+            try:
+                await self.ready()
+                return self
+            except RuntimeError:
+                log = self.logs[-1].read_text(errors="replace").lower()
+                clash = "address already in use" in log or "cannot serve worker metrics" in log
+                if same_port or not clash or not tries_left:
+                    raise
+            for variable in self.ports:
+                self.env[variable] = str(free_port())
+            if self.url is not None:
+                self.url = f"http://127.0.0.1:{self.env['KEEL_PORT']}"
+        raise AssertionError("unreachable")
 
     def kill(self) -> None:
         """kill -9 of the whole process group: no shutdown code runs."""
@@ -96,7 +114,7 @@ class Process:
 
     async def restart(self) -> "Process":
         """A fresh process with the same environment (and, for a gateway, the same port)."""
-        return await self.start()
+        return await self.start(same_port=self.url is not None)
 
     def stop(self) -> None:
         for proc in self.incarnations:
@@ -142,8 +160,8 @@ class CrashStack:
     def settings(self) -> Settings:
         return Settings(**{k: v for k, v in self.env.items() if k.isupper()})
 
-    def _process(self, name: str, args: list[str], url: str | None = None, **env: str) -> Process:
-        process = Process(name, args, {**self.env, **env}, self.base, url)
+    def _process(self, name: str, args: list[str], url: str | None = None, **ports: str) -> Process:
+        process = Process(name, args, {**self.env, **ports}, self.base, url, tuple(ports))
         self.processes.append(process)
         return process
 
@@ -164,9 +182,7 @@ class CrashStack:
 
     async def start(self, *processes: Process) -> None:
         """Start processes side by side and wait until every one is ready."""
-        for process in processes:
-            process.spawn()
-        await asyncio.gather(*(p.ready() for p in processes))
+        await asyncio.gather(*(p.start() for p in processes))
 
     async def temporal(self) -> Client:
         """A client of the test's own (encrypted) payloads."""
