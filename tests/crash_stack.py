@@ -58,10 +58,6 @@ class Process:
     def proc(self) -> subprocess.Popen[bytes]:
         return self.incarnations[-1]
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.incarnations]
-
     def log_text(self) -> str:
         return "".join(log.read_text(errors="replace") for log in self.logs)
 
