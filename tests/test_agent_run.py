@@ -5,9 +5,11 @@ import json
 import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.worker import Replayer
 
 from activities.models.scripted import DISCLAIMER
 from tests.ui_stream import chat, chat_body
+from workflows.agent_run import AgentRun
 
 LESSON = "plan and write a lesson on recursion"
 
@@ -133,3 +135,17 @@ async def test_a_heavy_tool_runs_on_the_heavy_workers_queue(
     assert scheduled.heartbeat_timeout.seconds == 10
     # Its id names the result's place in the conversation, so workflow id + activity id is the idempotency key.
     assert scheduled.activity_id.startswith("tool-")
+
+
+async def test_parallel_inline_tools_take_turns_and_replay(http: httpx.AsyncClient, temporal: Client) -> None:
+    stream = await chat(http, chat_body("calculate 6 * 7 and tell me the time in UTC, at the same time"))
+
+    assert sorted(stream.tool_names) == ["calculate", "current_time"]
+    assert stream.run_status == "completed"
+    handle = temporal.get_workflow_handle(stream.response.headers["x-agent-run-id"])
+    await handle.result()
+    history = await handle.fetch_history()
+    # Both ran inline in one step, one local activity at a time, so a replay resumes them in the same order.
+    assert scheduled_activities(history)[:3] == ["call_llm", "local run_tool", "local run_tool"]
+    replayer = Replayer(workflows=[AgentRun], data_converter=temporal.data_converter)
+    assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None

@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -73,7 +74,7 @@ def long_run_stack(
 
 
 async def test_a_300_step_run_over_2_mb_continues_as_new_and_completes(
-    long_run_stack: LongRunStack, store: RunStore
+    long_run_stack: LongRunStack, store: RunStore, tmp_path: Path
 ) -> None:
     temporal = await connect_temporal(
         Settings(**{k: v for k, v in long_run_stack.env.items() if k.isupper()})
@@ -127,4 +128,7 @@ async def test_a_300_step_run_over_2_mb_continues_as_new_and_completes(
         )
         # Each of them replays deterministically, the ones that start from carried state included.
         replayed = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-        assert replayed.replay_failure is None, replayed.replay_failure
+        if replayed.replay_failure is not None:
+            kept = tmp_path / f"{execution.run_id}.json"
+            kept.write_text(history.to_json())
+            raise AssertionError(f"{replayed.replay_failure} (history in {kept})")

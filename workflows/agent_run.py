@@ -119,6 +119,9 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         self._doing: dict[str, str] = {}
         self._tool_calls: dict[str, tuple[int, ToolCall, int]] = {}
         self._continued = 0
+        self._local_activity_turn = asyncio.Lock()
+        # Temporal suggests continue-as-new when the history nears its limits; the run does it between steps.
+        self._new_history_suggested = False
         if run.carried is not None:
             self._resume(run.carried)
 
@@ -147,7 +150,7 @@ class AgentRun(WaitsForPeople, ReportsProgress):
                     stop = first_stop(conditions, self._progress())
                 if stop is not None:
                     return await self._end(stop)
-                if workflow.info().is_continue_as_new_suggested():
+                if self._new_history_suggested:
                     return await self._end(await self._continue_as_new())
         except _RunFailed as failure:
             await self._flush_records()
@@ -287,6 +290,11 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         self._set_doing("think", None)
         self._thinking_seq = None
         self._usage += reply.usage
+        # Read here, where a regular activity's result has just arrived with a new workflow task, live and
+        # on replay alike. It used to be read at the end of the step, often right after an inline tool's
+        # local activity; one replay of a long run failed there under load (not reproduced since), and
+        # this point leaves local activity timing out of the decision.
+        self._new_history_suggested = workflow.info().is_continue_as_new_suggested()
         self._model_route = reply.model
         if reply.has_text:
             self._output_seq = reply.reply_seq
@@ -451,9 +459,19 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         Tools turn their own errors into error results for the model (see `run_tool`), so an activity
         failure here means the infrastructure gave out: timeouts, or storage down for too long.
         """
-        execute = workflow.execute_local_activity if local else workflow.execute_activity
         try:
-            return await execute(activity, arg, result_type=result_type, summary=summary, **options, **more)
+            if not local:
+                return await workflow.execute_activity(
+                    activity, arg, result_type=result_type, summary=summary, **options, **more
+                )
+            # One local activity at a time: the SDK (1.35) resumes concurrent local activities in the
+            # order they finished on a first run but in the order they were scheduled on replay, so two
+            # in flight at once (parallel inline tools) could replay differently. Inline tools are cheap;
+            # taking turns costs little.
+            async with self._local_activity_turn:
+                return await workflow.execute_local_activity(
+                    activity, arg, result_type=result_type, summary=summary, **options, **more
+                )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
                 raise asyncio.CancelledError() from err
