@@ -16,8 +16,9 @@ from bench import runs
 from bench.harness import Harness
 from bench.report import Figure, Section
 
-# concurrency -> runs per batch (full, quick)
-LEVELS = {1: (15, 5), 10: (60, 20), 100: (300, 100)}
+# concurrency -> runs per batch (full, quick). Two batches each of Keel and the baseline per level keep the
+# section near a minute on 2 busy cores; 100 runs in flight needs at least 100 runs per batch.
+LEVELS = {1: (5, 3), 10: (25, 10), 100: (100, 100)}
 
 
 async def _batch(
@@ -42,10 +43,10 @@ async def run(h: Harness, quick: bool) -> Section:
         "bare": lambda: runs.bare_run(client, store, local_tools=True),
     }
     figures: list[Figure] = []
-    rounds = 1 if quick else 2
+    rounds = 2
     with runs.workers(h):
         for start in variants.values():
-            await _batch(start, 10, 10)  # warm-up
+            await _batch(start, 10 if quick else 20, 10)  # warm-up
         for concurrency, (full, small) in LEVELS.items():
             total = small if quick else full
             measured: dict[str, list[tuple[float, int]]] = {name: [] for name in variants}
