@@ -11,10 +11,8 @@ finished run's history as JSON.
 
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,10 +21,11 @@ import httpx
 from keel.settings import Settings
 from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
 from keel.temporal import connect_temporal
+from tests.conftest import _healthy, _spawn, _wait_for
 from tests.ui_stream import chat_body, parse
 
-ROOT = Path(__file__).resolve().parent.parent
 Scenario = Callable[[httpx.AsyncClient], Awaitable[str]]
+SUGGEST_AFTER = 50
 
 
 async def _start(http: httpx.AsyncClient, text: str, **extra: object) -> tuple[str, list[dict[str, object]]]:
@@ -93,6 +92,12 @@ async def cancelled_during_a_tool(http: httpx.AsyncClient) -> str:
     return run_id
 
 
+async def continued_as_new(http: httpx.AsyncClient) -> str:
+    # Eight steps of about seven history events each pass the server's lowered suggestion (see record).
+    run_id, _ = await _start(http, "calculate 1 + 1, 8 times")
+    return run_id
+
+
 async def step_limit(http: httpx.AsyncClient) -> str:
     run_id, _ = await _start(http, "calculate 1 + 1", max_steps=1)
     return run_id
@@ -105,34 +110,17 @@ SCENARIOS: dict[str, Scenario] = {
     "answered-question": answered_question,
     "cancelled-during-a-tool": cancelled_during_a_tool,
     "step-limit": step_limit,
+    "continued-as-new": continued_as_new,
 }
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def _wait(ready: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while not ready():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start")
-        time.sleep(0.1)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def record(out: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix="keel-record-"))
-    temporal = TemporalDevServer.start()
+    # Continue-as-new is suggested after 50 history events instead of thousands, so the longer scenarios
+    # record it too.
+    temporal = TemporalDevServer.start(
+        extra_args=["--dynamic-config-value", f"limit.historyCount.suggestContinueAsNew={SUGGEST_AFTER}"]
+    )
     postgres = EmbeddedPostgres.start(work / "pg")
     port = free_port()
     env = {
@@ -151,7 +139,7 @@ def record(out: Path) -> None:
     ]
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: _healthy(url), "the gateway")
+        _wait_for("the gateway", lambda: _healthy(url), processes[-1], work / "gateway.log")
         asyncio.run(_record_scenarios(url, temporal.address, out))
     finally:
         for proc in processes:
@@ -166,11 +154,15 @@ async def _record_scenarios(url: str, temporal_address: str, out: Path) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         for name, scenario in SCENARIOS.items():
             run_id = await scenario(http)
-            handle = client.get_workflow_handle(run_id)
-            await handle.result()  # only finished histories are recorded
-            history = await handle.fetch_history()
-            (out / f"{name}.json").write_text(history.to_json())
-            print(f"{name}: {run_id}")
+            await client.get_workflow_handle(run_id).result()  # only finished runs are recorded
+            # Every Temporal run of the agent run, oldest first: more than one if it continued as new.
+            executions = [e async for e in client.list_workflows(f'WorkflowId = "{run_id}"')]
+            executions.sort(key=lambda e: e.start_time)
+            for number, execution in enumerate(executions, start=1):
+                history = await client.get_workflow_handle(run_id, run_id=execution.run_id).fetch_history()
+                suffix = f"-{number}" if len(executions) > 1 else ""
+                (out / f"{name}{suffix}.json").write_text(history.to_json())
+            print(f"{name}: {run_id}, {len(executions)} Temporal run(s)")
 
 
 if __name__ == "__main__":
