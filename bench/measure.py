@@ -26,10 +26,28 @@ def rss_mb(pid: int, *, children: bool = False) -> float:
     return total / 1e6
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU time a process (and, if asked, its children, live or reaped) has used so far."""
+    process = psutil.Process(pid)
+    total = 0.0
+    if children:  # children that have exited and been waited for (PostgreSQL's finished backends)
+        times = process.cpu_times()
+        total += times.children_user + times.children_system
+    for proc in [process, *(process.children(recursive=True) if children else [])]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def find_pid(*words: str) -> int | None:
+    """The oldest process whose command line holds every one of `words`."""
+    found = [
+        p
+        for p in psutil.process_iter(["pid", "cmdline", "create_time"])
+        if all(any(w in part for part in p.info["cmdline"] or ()) for w in words)
+    ]
+    return min(found, key=lambda p: p.info["create_time"]).pid if found else None
 
 
 def listening_pid(port: int) -> int | None:
