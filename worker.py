@@ -56,6 +56,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
     common = {
         "interceptors": [ObservingInterceptor(records)],
         "max_heartbeat_throttle_interval": timedelta(seconds=1),
+        "graceful_shutdown_timeout": timedelta(seconds=settings.worker_shutdown_grace_s),
     }
     if queue == "heavy":
         task_queue = settings.heavy_task_queue

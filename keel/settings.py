@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     heavy_task_queue: str = Field("agent-heavy", validation_alias="KEEL_HEAVY_TASK_QUEUE")
     # How many heavy tools one heavy worker runs at once.
     heavy_concurrency: int = Field(20, ge=1, validation_alias="KEEL_HEAVY_CONCURRENCY")
+    # On SIGTERM a worker stops polling and lets the activities in hand run this long before cancelling
+    # them, so a deploy lets a model finish its answer instead of starting it over elsewhere.
+    worker_shutdown_grace_s: float = Field(10.0, ge=0, validation_alias="KEEL_WORKER_SHUTDOWN_GRACE_SECONDS")
     # Your own tool modules, comma-separated: the workers import them, and their @TOOLS.tool functions
     # join the registry (a purpose lists them by name).
     tool_modules: str = Field("", validation_alias="KEEL_TOOL_MODULES")
