@@ -48,6 +48,7 @@ class ReportsProgress:
     _may_start: bool
     _recording: bool
     _local_records: bool
+    _local_activity_turn: asyncio.Lock
     _records: list[asyncio.Task[None]]
     _tool_notes: list[ToolRunNote]
     _tool_calls: dict[str, tuple[int, ToolCall, int]]
@@ -155,9 +156,14 @@ class ReportsProgress:
         # A local activity, so the run's last record is written inside the workflow task that ends the run
         # instead of costing a trip through the task queue and one more workflow task: that trip was most
         # of Keel's overhead over a bare temporalio loop in `make bench` (durability tax 1.37 -> 1.11).
-        execute = workflow.execute_local_activity if self._local_records else workflow.execute_activity
+        summary = f"record {note.status.value}"
         try:
-            await execute(RECORD_RUN, note, summary=f"record {note.status.value}", **RECORD_RUN_OPTIONS)
+            if not self._local_records:
+                await workflow.execute_activity(RECORD_RUN, note, summary=summary, **RECORD_RUN_OPTIONS)
+                return
+            # Taking turns with inline tools, as every local activity does (see AgentRun._execute).
+            async with self._local_activity_turn:
+                await workflow.execute_local_activity(RECORD_RUN, note, summary=summary, **RECORD_RUN_OPTIONS)
         except ActivityError as err:
             # Only a record PostgreSQL refuses gets here (an outage is retried without limit): the run goes on.
             workflow.logger.error("could not record the run: %s", err.cause or err)
