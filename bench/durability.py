@@ -62,8 +62,9 @@ async def run(h: Harness, quick: bool) -> Section:
         ],
         notes=[
             "A step is one LLM call (the zero-latency scripted model) plus the tool calls it asks for: "
-            f"runs of 2 steps, 2 tool calls ({', '.join(runs.TOOLS)}) run at once in step 1, tools as {tools} "
-            "in both Keel and the baseline.",
+            f"runs of 2 steps, 2 tool calls ({', '.join(runs.TOOLS)}) in step 1, as {tools} in both Keel and "
+            "the baseline (Keel runs its local activities one at a time, for deterministic replay on "
+            "temporalio 1.35; the baseline runs both at once).",
             "Baseline: the same call_llm/run_tool code in a hand-written temporalio loop (bench/bare.py) "
             "on the same server and PostgreSQL; in-process: that loop with no Temporal "
             "(temporalio.testing.ActivityEnvironment).",
