@@ -1,8 +1,9 @@
-"""Crash-proof runs: kill -9 of a worker during an LLM call, during a tool and while a run waits for
-approval, and of the gateway while clients stream. Every run completes after a restart with nothing lost
-and nothing done twice, and clients resume their streams; a worker that was only frozen, not dead, adds
-nothing when it wakes. Each test runs its own worker and gateway subprocesses on task queues of its own
-(tests/crash_stack.py) and kills them with SIGKILL."""
+"""Crash-proof runs: kill -9 of a worker during an LLM call, during a tool (of the heavy worker running it,
+or of the agent worker waiting for it) and while a run waits for approval, and of the gateway while clients
+stream. Every run completes after a restart with nothing lost and nothing done twice, and clients resume
+their streams; a worker that was only frozen, not dead, adds nothing when it wakes. Each test runs its own
+worker and gateway subprocesses on task queues of its own (tests/crash_stack.py) and kills them with
+SIGKILL."""
 
 import asyncio
 import json
@@ -134,14 +135,14 @@ def part_texts(stream: UIStream) -> dict[str, str]:
     return texts
 
 
-async def tool_running(store: RunStore, run_id: str, tool: str) -> bool:
-    """Whether the run's record says a worker is running that tool now."""
-    status = await store.pool.fetchval(
+async def tool_is(store: RunStore, run_id: str, tool: str, status: str) -> bool:
+    """Whether the run's record of that tool's latest attempt has that status."""
+    latest = await store.pool.fetchval(
         "SELECT status FROM tool_runs WHERE agent_run_id = $1 AND tool_name = $2 ORDER BY attempt DESC LIMIT 1",
         run_id,
         tool,
     )
-    return status == "running"
+    return latest == status
 
 
 async def test_a_heavy_worker_killed_during_a_tool_and_restarted_runs_the_tool_again_and_keeps_one_result(
@@ -153,7 +154,7 @@ async def test_a_heavy_worker_killed_during_a_tool_and_restarted_runs_the_tool_a
     client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body("wait 6 seconds please"))
     await until(lambda: client.response is not None, "the run started")
     run_id = client.run_id
-    await until(lambda: tool_running(store, run_id, "wait"), "the wait tool running")
+    await until(lambda: tool_is(store, run_id, "wait", "running"), "the wait tool running")
     heavy.kill()  # the tool is waiting
     await heavy.restart()
     await asyncio.wait_for(streaming, 90)
@@ -183,6 +184,34 @@ async def test_a_heavy_worker_killed_during_a_tool_and_restarted_runs_the_tool_a
     assert taken["run_tool"] == {heavy.proc.pid}
     assert taken["workflow"] == {worker.proc.pid}
     assert worker.proc.poll() is None
+
+
+async def test_an_agent_worker_killed_while_a_heavy_tool_runs_does_not_run_the_tool_again(
+    stack: CrashStack, store: RunStore
+) -> None:
+    worker, heavy, gateway = stack.worker(), stack.heavy_worker(), stack.gateway()
+    await stack.start(worker, heavy, gateway)
+
+    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body("wait 3 seconds please"))
+    await until(lambda: client.response is not None, "the run started")
+    run_id = client.run_id
+    await until(lambda: tool_is(store, run_id, "wait", "running"), "the wait tool running")
+    worker.kill()  # the run's own worker dies; the heavy worker goes on waiting, and finishes meanwhile
+    await until(lambda: tool_is(store, run_id, "wait", "ok"), "the wait tool finishing", within=30)
+    await worker.restart()
+    await asyncio.wait_for(streaming, 60)
+
+    stream = client.stream
+    assert_well_formed(stream)
+    assert stream.run_status == "completed"
+    [result] = stream.of_type("tool-output-available")
+    assert result["output"] == {"waited_seconds": 3}
+    # The tool ran once: its result, kept by Temporal while no agent worker was up, was taken as it was.
+    rec = await records(store.pool, run_id)
+    assert [pick(t, "attempt", "tool_name", "status") for t in rec["tools"]] == [(1, "wait", "ok")]
+    taken = await task_takers(await stack.temporal(), run_id)
+    assert taken["run_tool"] == {heavy.proc.pid}
+    assert heavy.proc.poll() is None
 
 
 async def test_workers_killed_while_a_run_waits_for_approval_publish_once_after_the_approval(
