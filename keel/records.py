@@ -171,11 +171,28 @@ def _decode(obj: dict[str, Any]) -> Any:
     return obj
 
 
+# An attempt that starts while an earlier one of the same call still reads `running`: Temporal only
+# retries once that one timed out, so its worker died or stalled without a word. It is closed as an error.
+_LOST_ATTEMPT = (
+    "UPDATE {table} SET status = 'error', finished_at = $4, updated_at = now(), error_message ="
+    " 'the attempt never reported back: its worker stopped or was presumed dead, and attempt ' || $3 || ' took over'"
+    "{error_type} WHERE agent_run_id = $1 AND seq = $2 AND attempt < $3 AND status = 'running'"
+)
+_CLOSE_LOST_ATTEMPTS = {
+    "llm_calls": _LOST_ATTEMPT.format(table="llm_calls", error_type=", error_type = 'WorkerLost'"),
+    "tool_runs": _LOST_ATTEMPT.format(table="tool_runs", error_type=""),
+}
+
+
 async def write_row(conn: asyncpg.Connection | asyncpg.Pool, row: Row) -> None:
     run_id = row.values["agent_run_id"]
     async with _transaction(conn) as tx:
         await tx.execute(_ENSURE_RUN, run_id)
         await tx.execute(_UPSERT[row.table], *row.args())
+        attempt = row.values.get("attempt") or 1
+        if attempt > 1 and row.values.get("status") == "running":
+            started = row.values.get("started_at") or datetime.now(UTC)
+            await tx.execute(_CLOSE_LOST_ATTEMPTS[row.table], run_id, row.values["seq"], attempt, started)
         if row.table == "llm_calls":
             await tx.execute(
                 "UPDATE agent_runs SET step_count = GREATEST(step_count, $2), updated_at = now()"

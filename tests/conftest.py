@@ -91,8 +91,11 @@ def _wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes
 
 def _healthy(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
+        response = httpx.get(f"{url}/healthz", timeout=2)
+        # The gateway's own answer: another server that took the port (a worker's metrics endpoint picks
+        # a free port too) may answer 200 as well.
+        return response.status_code == 200 and response.json().get("postgres") == "ok"
+    except (httpx.HTTPError, ValueError):
         return False
 
 

@@ -71,7 +71,9 @@ async def test_a_worker_killed_during_an_llm_call_and_restarted_finishes_the_rep
     # The run records show the attempt that died and the one that answered.
     rec = await records(store.pool, run_id)
     assert [pick(r, "seq", "attempt") for r in rec["llm"]] == [(2, 1), (2, 2)]
-    assert rec["llm"][0]["status"] != "ok" and rec["llm"][1]["status"] == "ok"
+    assert pick(rec["llm"][0], "status", "error_type") == ("error", "WorkerLost")
+    assert "never reported back" in rec["llm"][0]["error_message"] and rec["llm"][0]["finished_at"]
+    assert rec["llm"][1]["status"] == "ok"
     assert rec["run"]["status"] == "completed"
 
 
@@ -177,7 +179,7 @@ async def test_a_heavy_worker_killed_during_a_tool_and_restarted_runs_the_tool_a
     # The records show the attempt that died with its worker and the one that finished.
     rec = await records(store.pool, run_id)
     assert [pick(t, "seq", "attempt", "tool_name") for t in rec["tools"]] == [(3, 1, "wait"), (3, 2, "wait")]
-    assert rec["tools"][0]["status"] != "ok"
+    assert rec["tools"][0]["status"] == "error" and "never reported back" in rec["tools"][0]["error_message"]
     assert pick(rec["tools"][1], "status", "result_snapshot") == ("ok", {"waited_seconds": 6})
     # The new heavy worker finished the tool; the agent worker ran the run throughout, undisturbed.
     taken = await task_takers(await stack.temporal(), run_id)
