@@ -7,6 +7,8 @@ SIGKILL."""
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +77,35 @@ async def test_a_worker_killed_during_an_llm_call_and_restarted_finishes_the_rep
     assert "never reported back" in rec["llm"][0]["error_message"] and rec["llm"][0]["finished_at"]
     assert rec["llm"][1]["status"] == "ok"
     assert rec["run"]["status"] == "completed"
+
+
+async def test_a_worker_stopped_for_a_deploy_lets_the_model_finish_its_answer(
+    stack: CrashStack, store: RunStore
+) -> None:
+    stack.env["KEEL_MODEL"] = "scripted:slow"
+    workers = [stack.worker("worker-1"), stack.worker("worker-2")]
+    gateway = stack.gateway()
+    await stack.start(*workers, gateway)
+    temporal = await stack.temporal()
+
+    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body(LONG))
+    await until(lambda: client.deltas() >= 3, "the first words of the reply")
+    call = await running_activity(temporal, client.run_id, "call_llm")
+    [leaving] = [w for w in workers if f"{w.proc.pid}@" in call.last_worker_identity]
+    # A deploy's SIGTERM, mid-answer: the worker takes no new work, and the answer in hand has
+    # KEEL_WORKER_SHUTDOWN_GRACE_SECONDS (10 s) to finish; scripted:slow needs about 5 s in all.
+    os.killpg(leaving.proc.pid, signal.SIGTERM)
+    await asyncio.wait_for(streaming, 60)
+    assert await asyncio.to_thread(leaving.proc.wait, 30) == 0
+
+    stream = client.stream
+    assert_well_formed(stream)
+    assert stream.run_status == "completed"
+    # One attempt, whole: nothing was started over.
+    assert stream.of_type("data-retry") == []
+    rec = await records(store.pool, client.run_id)
+    assert [pick(r, "attempt", "status") for r in rec["llm"]] == [(1, "ok")]
+    assert (await store.conversation(client.run_id, 100))[-1].content == stream.text
 
 
 async def test_a_frozen_worker_that_wakes_after_its_llm_call_was_retried_adds_nothing(
