@@ -119,12 +119,12 @@ def keel(
         "KEEL_HEAVY_TASK_QUEUE": "agent-heavy",
         # The worker's /metrics on a port of its own, so tests never collide with `make dev` (9464).
         "KEEL_WORKER_METRICS_PORT": str(free_port()),
+        "KEEL_HEAVY_WORKER_METRICS_PORT": str(free_port()),
         "KEEL_CODEC_KEY_FILE": str(base / "codec-keys.json"),
     }
     worker_log, heavy_log, gateway_log = base / "worker.log", base / "heavy-worker.log", base / "gateway.log"
     worker = _spawn([sys.executable, "worker.py"], env, worker_log)
-    heavy_env = {**env, "KEEL_HEAVY_WORKER_METRICS_PORT": str(free_port())}
-    heavy = _spawn([sys.executable, "worker.py", "--queue", "heavy"], heavy_env, heavy_log)
+    heavy = _spawn([sys.executable, "worker.py", "--queue", "heavy"], env, heavy_log)
     gateway = _spawn([sys.executable, "-m", "api"], env, gateway_log)
     url = f"http://127.0.0.1:{port}"
     try:

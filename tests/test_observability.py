@@ -45,6 +45,10 @@ def worker_metrics_url(keel: Keel) -> str:
     return f"http://127.0.0.1:{keel.env['KEEL_WORKER_METRICS_PORT']}/metrics"
 
 
+def heavy_worker_metrics_url(keel: Keel) -> str:
+    return f"http://127.0.0.1:{keel.env['KEEL_HEAVY_WORKER_METRICS_PORT']}/metrics"
+
+
 async def test_metrics_are_served_and_move(http: httpx.AsyncClient, keel: Keel, store: RunStore) -> None:
     gateway_url, worker_url = f"{keel.gateway_url}/metrics", worker_metrics_url(keel)
     gw0, wk0 = await scrape(gateway_url), await scrape(worker_url)

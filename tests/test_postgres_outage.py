@@ -9,7 +9,7 @@ from temporalio.client import Client
 from keel.stack import EmbeddedPostgres
 from keel.store import RunStore
 from tests.conftest import Keel
-from tests.test_observability import scrape, value, worker_metrics_url
+from tests.test_observability import heavy_worker_metrics_url, scrape, value, worker_metrics_url
 from tests.test_run_records import pick, records
 from tests.ui_stream import chat, chat_body
 
@@ -33,10 +33,10 @@ async def test_a_run_survives_a_postgres_outage_and_nothing_is_lost(
         assert run_id, "the wait tool never started"
 
         await asyncio.to_thread(postgres.stop)
-        # The tool finishes while PostgreSQL is down: its record waits in the worker's queue, its result waits
-        # inside the same attempt (no retry is used up), and the run is paused, not failed.
+        # The tool finishes while PostgreSQL is down: its record waits in the (heavy) worker's queue, its
+        # result waits inside the same attempt (no retry is used up), and the run is paused, not failed.
         for _ in range(100):
-            backlog = value(await scrape(worker_metrics_url(keel)), "keel_record_backlog")
+            backlog = value(await scrape(heavy_worker_metrics_url(keel)), "keel_record_backlog")
             if backlog >= 1:
                 break
             await asyncio.sleep(0.1)
@@ -57,11 +57,12 @@ async def test_a_run_survives_a_postgres_outage_and_nothing_is_lost(
     [tool] = rec["tools"]
     assert pick(tool, "seq", "attempt", "tool_name", "status") == (3, 1, "wait", "ok")
     assert tool["result_snapshot"] == {"waited_seconds": 2}
-    for _ in range(100):
-        if value(await scrape(worker_metrics_url(keel)), "keel_record_backlog") == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert value(await scrape(worker_metrics_url(keel)), "keel_record_backlog") == 0
+    for url in (worker_metrics_url(keel), heavy_worker_metrics_url(keel)):
+        for _ in range(100):
+            if value(await scrape(url), "keel_record_backlog") == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert value(await scrape(url), "keel_record_backlog") == 0, url
 
     # Both pools reconnected: a new chat runs start to finish.
     after = await chat(http, chat_body("calculate 20 + 22"))
