@@ -19,6 +19,11 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+# Loaded while pytest collects this module, at a shallow stack: loaded lazily inside the test (by
+# schemathesis.openapi.from_dict), pytest's assertion rewriting of its large schema module once failed
+# with CPython 3.11's "SystemError: AST constructor recursion depth mismatch".
+from schemathesis.specs.openapi import schemas as _openapi_schemas  # noqa: F401
+
 from tests.conftest import AUTH_JWT_SECRET
 
 MAX_EXAMPLES = 8
