@@ -17,7 +17,7 @@ TAX_TARGET = 1.15
 
 
 async def run(h: Harness, quick: bool) -> Section:
-    rounds, warmup = (8, 2) if quick else (40, 5)
+    rounds, warmup = (8, 2) if quick else (80, 5)
     client, store = await h.client(), await h.store()
     # Keel runs these cheap tools inline, as local activities; the baseline does the same.
     local = True
