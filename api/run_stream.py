@@ -28,9 +28,9 @@ the attempt that succeeded, never repeats what was streamed.
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
@@ -52,6 +52,8 @@ from keel.contracts import (
 )
 from keel.deltas import RESYNC, VIEWER_QUEUE, Delta, DeltaBatch, DeltaChannel
 from keel.store import RunStore
+
+T = TypeVar("T")
 
 # Chunk ids: seq * ID_SPAN + the chunk's index after event `seq`. No step streams a million chunks.
 ID_SPAN = 1_000_000
@@ -186,6 +188,39 @@ class RunWatchers:
                 del self._watchers[run_id]
 
 
+class _SharedReads:
+    """Identical reads that viewers of a run issue at the same moment go to PostgreSQL once.
+
+    Every viewer of a run gets the same events at the same time and then reads the same deltas and
+    message bodies: with fifty viewers, fifty identical queries (and as many pool round trips) at each
+    step's end. Only a read still in flight is shared, never a finished one, and a delta read only with a
+    viewer that subscribed before it began: the viewer then misses nothing it would not have missed with
+    a read of its own (what the read can't see is announced to it).
+    """
+
+    def __init__(self) -> None:
+        self._inflight: dict[tuple[Any, ...], tuple[float, asyncio.Task[Any]]] = {}
+
+    async def get(self, key: tuple[Any, ...], since: float, fetch: Callable[[], Awaitable[T]]) -> T:
+        entry = self._inflight.get(key)
+        if entry is None or entry[0] < since:
+            loop = asyncio.get_running_loop()
+            entry = (loop.time(), loop.create_task(fetch()))
+            self._inflight[key] = entry
+            entry[1].add_done_callback(lambda task: self._done(key, task))
+        # Shielded: a viewer that goes away must not cancel the read the others wait for.
+        return await asyncio.shield(entry[1])
+
+    def _done(self, key: tuple[Any, ...], task: asyncio.Task[Any]) -> None:
+        if self._inflight.get(key, (0.0, None))[1] is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here: every viewer waiting for it may have gone
+
+
+_READS = _SharedReads()
+
+
 async def _ended_from_outside(handle: WorkflowHandle[Any, Any], seq: int) -> RunFinished:
     status = (await handle.describe()).status
     name = status.name.lower() if status else "unknown"
@@ -237,6 +272,7 @@ class RunStream:
         self.agent_run_id = agent_run_id
         # Shared with the other streams of this process; None: this stream follows the run on its own.
         self.watchers = watchers
+        self._subscribed = float("inf")  # when this stream began hearing of new deltas
 
     async def chunks(self) -> AsyncIterator[Chunk | SegmentEnd]:
         """The run's whole stream from its beginning, live until the run finishes."""
@@ -247,6 +283,7 @@ class RunStream:
         # Subscribed before anything is read, so every delta is either in the log by the time it is read
         # or announced to this stream afterwards.
         subscription = await self.deltas.subscribe(self.agent_run_id, queue)
+        self._subscribed = asyncio.get_running_loop().time()
         pump = asyncio.create_task(self._pump(queue))
         try:
             while not translator.finished:
@@ -284,7 +321,7 @@ class RunStream:
         seqs += [
             e.partial_message_seq for e in events if isinstance(e, RunFinished) and e.partial_message_seq
         ]
-        bodies = await self.store.messages(self.agent_run_id, seqs) if seqs else {}
+        bodies = await self._messages(seqs) if seqs else {}
         out: list[Chunk | SegmentEnd] = []
         for event in events:
             if event.seq <= translator.seq:
@@ -297,7 +334,7 @@ class RunStream:
                 out += translator.deltas(await self._read(translator.call))
             out += translator.event(event, bodies)
             if isinstance(event, StepStarted):
-                out += translator.deltas(await self.deltas.read(self.agent_run_id, event.step))
+                out += translator.deltas(await self._read(_Call(event.step), start=True))
         out += translator.batch_end()
         return out
 
@@ -324,8 +361,22 @@ class RunStream:
     async def _catch_up(self, translator: "_Translator") -> list[Chunk | SegmentEnd]:
         return [] if translator.call is None else translator.deltas(await self._read(translator.call))
 
-    async def _read(self, call: "_Call") -> list[Delta]:
-        return await self.deltas.read(self.agent_run_id, call.step, call.position)
+    async def _read(self, call: "_Call", *, start: bool = False) -> list[Delta]:
+        """The step's deltas after the call's position (from the step's first, with `start`)."""
+        after = None if start else call.position
+        return await _READS.get(
+            ("deltas", id(self.deltas), self.agent_run_id, call.step, after),
+            self._subscribed,
+            lambda: self.deltas.read(self.agent_run_id, call.step, after),
+        )
+
+    async def _messages(self, seqs: list[int]) -> dict[int, Message]:
+        # Stored before any event names them and never changed after: any read in flight will do.
+        return await _READS.get(
+            ("messages", id(self.store), self.agent_run_id, tuple(seqs)),
+            0.0,
+            lambda: self.store.messages(self.agent_run_id, seqs),
+        )
 
 
 async def segment(stream: RunStream, start: StreamStart) -> AsyncIterator[Chunk]:

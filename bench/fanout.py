@@ -166,11 +166,14 @@ async def fan_out(gateway: str, provider: str, pids: Pids, runs: int, per_run: i
     # What each viewer was offered: the run's whole stream, read again now that the run has finished.
     offered = 0
     for starter in starters:
-        ids = {
-            e.id async for e in sse.events(f"{gateway}/api/runs/{starter.run_id}/events") if e.id is not None
-        }
-        offered += len(ids) * per_run
+        offered += (
+            len(await asyncio.wait_for(_ids(f"{gateway}/api/runs/{starter.run_id}/events"), 30)) * per_run
+        )
     return Round(viewers, offered, seconds, rss_connected, peak, *cpu)
+
+
+async def _ids(url: str) -> set[int]:
+    return {e.id async for e in sse.events(url) if e.id is not None}
 
 
 def _cpu(pids: Pids) -> tuple[float, float, float, float]:
