@@ -268,8 +268,8 @@ async def run(h: "Harness", quick: bool) -> Section:
     if not lag_met:
         notes.append(
             f"why p99 lag misses: the gateway spends {per_event * 1e6:.0f} µs of CPU per event it sends "
-            "(py-spy: the socket write, sse-starlette's per-send cancel scope, four ASGI middleware "
-            "send wrappers and h11 take most of it; translating a delta for one viewer is a few µs), so each "
+            "(py-spy: the socket write, sse-starlette's per-send cancel scope and four ASGI middleware "
+            "send wrappers take most of it; translating a delta for one viewer is a few µs), so each "
             f"token reaches its {per_run} viewers over {per_run * per_event * 1000:.1f} ms, one after "
             "another; when that meets a run's end (every viewer of it streams its last chunks at once) or "
             "the other processes on the same two cores, the unluckiest tokens wait tens of ms"
