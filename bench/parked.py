@@ -45,9 +45,10 @@ START_PARALLEL = 32  # runs being started at once
 APPROVE_PARALLEL = 1
 PARK_TIMEOUT = 300.0
 COUNT = 5000
-# Seconds spent starting runs at most: on a busy 2-core machine Temporal's dev server parks far fewer than
-# 5,000 in the couple of minutes this section may take, and the figures are per parked run anyway.
-PARK_BUDGET = 75.0
+# Seconds spent starting runs at most. A quiet 2-core machine parks the 5,000 in about 250 s (20 a
+# second, Temporal's dev server and the agent worker sharing both cores), which keeps `make bench` under
+# ten minutes; a busier one parks what fits, and the section's note says how many.
+PARK_BUDGET = 330.0
 IN_FLIGHT = 200  # runs started but not parked yet, at most
 
 
