@@ -131,11 +131,9 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         # Runs started before run records existed replay without them.
         self._recording = workflow.patched("keel-run-records")
         # Runs started before tools were split into inline and heavy keep running every tool as a regular
-        # activity on the agent task queue, as they did then.
-        self._tool_placement = workflow.patched("keel-tool-placement")
-        # Runs started before records were written by a local activity keep scheduling record_run on the
-        # task queue, as they did then.
-        self._local_records = workflow.patched("keel-local-records")
+        # activity on the agent task queue, and their records as regular activities, as they did then. One
+        # patch per release: each costs every new run a marker and a search attribute update in history.
+        self._tool_placement = self._local_records = workflow.patched("keel-tool-placement")
         try:
             if not self._may_start:
                 self._detail = f"queued behind {run.queued_behind}"
