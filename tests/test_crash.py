@@ -19,7 +19,7 @@ from activities.models.scripted import DISCLAIMER, ScriptedModel
 from keel.stack import EmbeddedPostgres, TemporalDevServer
 from keel.store import RunStore
 from tests.conftest import Keel
-from tests.crash_stack import CrashStack, running_activity, task_takers, until, watching
+from tests.crash_stack import CrashStack, Process, Watch, running_activity, task_takers, until, watching
 from tests.test_run_records import pick, records
 from tests.ui_stream import UIStream, assert_well_formed, chat, chat_body
 
@@ -79,19 +79,26 @@ async def test_a_worker_killed_during_an_llm_call_and_restarted_finishes_the_rep
     assert rec["run"]["status"] == "completed"
 
 
-async def test_a_worker_stopped_for_a_deploy_lets_the_model_finish_its_answer(
-    stack: CrashStack, store: RunStore
-) -> None:
+async def mid_answer_on_one_of_two_workers(
+    stack: CrashStack,
+) -> tuple[Watch, "asyncio.Task[Watch]", Process, Process]:
+    """Two workers and a gateway; a client streaming a slow answer, a few words in. Returns the client, its
+    streaming task, the worker running the LLM call and the gateway."""
     stack.env["KEEL_MODEL"] = "scripted:slow"
     workers = [stack.worker("worker-1"), stack.worker("worker-2")]
     gateway = stack.gateway()
     await stack.start(*workers, gateway)
-    temporal = await stack.temporal()
-
     client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body(LONG))
     await until(lambda: client.deltas() >= 3, "the first words of the reply")
-    call = await running_activity(temporal, client.run_id, "call_llm")
-    [leaving] = [w for w in workers if f"{w.proc.pid}@" in call.last_worker_identity]
+    call = await running_activity(await stack.temporal(), client.run_id, "call_llm")
+    [answering] = [w for w in workers if call.last_worker_identity.startswith(f"{w.proc.pid}@")]
+    return client, streaming, answering, gateway
+
+
+async def test_a_worker_stopped_for_a_deploy_lets_the_model_finish_its_answer(
+    stack: CrashStack, store: RunStore
+) -> None:
+    client, streaming, leaving, _ = await mid_answer_on_one_of_two_workers(stack)
     # A deploy's SIGTERM, mid-answer: the worker takes no new work, and the answer in hand has
     # KEEL_WORKER_SHUTDOWN_GRACE_SECONDS (10 s) to finish; scripted:slow needs about 5 s in all.
     os.killpg(leaving.proc.pid, signal.SIGTERM)
@@ -111,17 +118,9 @@ async def test_a_worker_stopped_for_a_deploy_lets_the_model_finish_its_answer(
 async def test_a_frozen_worker_that_wakes_after_its_llm_call_was_retried_adds_nothing(
     stack: CrashStack, store: RunStore
 ) -> None:
-    stack.env["KEEL_MODEL"] = "scripted:slow"
-    workers = [stack.worker("worker-1"), stack.worker("worker-2")]
-    gateway = stack.gateway()
-    await stack.start(*workers, gateway)
+    client, streaming, frozen, gateway = await mid_answer_on_one_of_two_workers(stack)
     temporal = await stack.temporal()
-
-    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body(LONG))
-    await until(lambda: client.deltas() >= 3, "the first words of the reply")
     run_id = client.run_id
-    call = await running_activity(temporal, run_id, "call_llm")
-    [frozen] = [w for w in workers if call.last_worker_identity.startswith(f"{w.proc.pid}@")]
     # The worker stops mid-answer without dying (a long pause, a stalled VM). Temporal presumes it dead after
     # the heartbeat timeout and starts the call again; then the frozen worker wakes up and carries on.
     # (It wakes as soon as the retry has started: its own outstanding polls may be handed that retry.)
