@@ -15,6 +15,7 @@ import signal
 from datetime import timedelta
 from typing import Literal
 
+import asyncpg
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
@@ -22,7 +23,7 @@ from activities.agent import AgentActivities
 from activities.records import ObservingInterceptor, RecordActivities, RunRecorder
 from activities.tools import load_tool_modules
 from keel import metrics
-from keel.deltas import PostgresDeltaChannel
+from keel.deltas import PostgresDeltaChannel, prune_deltas
 from keel.logs import configure_logging
 from keel.records import RecordWriter
 from keel.settings import Settings, get_settings
@@ -82,14 +83,33 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
             ],
             **common,
         )
+    pruning = None
+    if queue == "agent" and settings.delta_retention_hours:
+        pruning = asyncio.create_task(
+            _prune_deltas_hourly(pool, timedelta(hours=settings.delta_retention_hours))
+        )
     try:
         async with worker:
             log.info("worker polling task queue %r on %s", task_queue, settings.temporal_address)
             await stop.wait()
             log.info("worker shutting down")
     finally:
+        if pruning is not None:
+            pruning.cancel()
         await records.close()
         await pool.close()
+
+
+async def _prune_deltas_hourly(pool: asyncpg.Pool, retention: timedelta) -> None:
+    """Delete finished runs' token deltas once they are older than the retention (every agent worker does;
+    the deletes are idempotent, so several at once only share the work)."""
+    while True:
+        try:
+            if deleted := await prune_deltas(pool, retention):
+                log.info("pruned %d token deltas of runs finished over %s ago", deleted, retention)
+        except Exception as err:  # housekeeping: a failure waits for the next hour, never stops the worker
+            log.warning("could not prune token deltas (will try again in an hour): %s", err)
+        await asyncio.sleep(3600)
 
 
 def main(argv: list[str] | None = None) -> None:

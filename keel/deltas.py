@@ -25,6 +25,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import asyncpg
@@ -391,6 +392,35 @@ class PostgresDeltaChannel:
                 with contextlib.suppress(Exception):
                     await self._conn.close(timeout=2)
             self._conn = None
+
+
+# Rows of runs that finished before the cutoff, oldest first, a batch at a time (a run still waiting for an
+# approval keeps its deltas however old they are).
+_PRUNE = """
+DELETE FROM run_deltas WHERE ctid = ANY(ARRAY(
+    SELECT d.ctid FROM run_deltas d
+    WHERE d.created_at < $1
+      AND EXISTS (SELECT 1 FROM agent_runs r WHERE r.id = d.agent_run_id AND r.finished_at < $1)
+    ORDER BY d.created_at
+    LIMIT $2
+))
+"""
+
+
+async def prune_deltas(pool: asyncpg.Pool, older_than: timedelta, batch: int = 10_000) -> int:
+    """Delete the deltas of runs that finished more than `older_than` ago; returns how many rows went.
+
+    The replay log is for clients that reconnect to a run; a finished run's replies are in run_messages,
+    and its stream, replayed after pruning, sends each reply whole instead of in its original pieces.
+    """
+    cutoff = datetime.now(UTC) - older_than
+    deleted = 0
+    while True:
+        status = await pool.execute(_PRUNE, cutoff, batch)
+        count = int(status.split()[-1])
+        deleted += count
+        if count < batch:
+            return deleted
 
 
 def channel_name(agent_run_id: str) -> str:

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     # gathers token deltas before publishing a batch (0: publish at once, batching only under load).
     sse_ping_seconds: float = Field(15.0, gt=0, validation_alias="KEEL_SSE_PING_SECONDS")
     stream_batch_ms: float = Field(0.0, ge=0, le=1000, validation_alias="KEEL_STREAM_BATCH_MS")
+    # Token deltas of runs finished longer ago than this are deleted by the agent workers (0: kept forever).
+    delta_retention_hours: float = Field(24.0, ge=0, validation_alias="KEEL_DELTA_RETENTION_HOURS")
     # Authentication (api/auth.py): `none`, or `jwt` and/or `api-key`, comma-separated. `none` is refused
     # unless the gateway listens on loopback. Secrets are SecretStr, so they never print.
     auth: str = Field("none", validation_alias="KEEL_AUTH")

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from temporalio.client import Client
 
 from api.run_stream import RunStream, StreamStart, segment
 from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Message
-from keel.deltas import MAX_ROW_CHARS, DeltaBatch, DeltaWriter, PostgresDeltaChannel
+from keel.deltas import MAX_ROW_CHARS, DeltaBatch, DeltaWriter, PostgresDeltaChannel, prune_deltas
 from keel.purposes import get_purpose
 from keel.stack import EmbeddedPostgres
 from keel.store import RunStore
@@ -168,6 +169,36 @@ async def test_a_finished_run_replays_what_was_streamed_live(http: httpx.AsyncCl
     assert done.status_code == 204
     assert (await http.get(f"/api/runs/{run_id}/events", headers={"Last-Event-ID": "abc"})).status_code == 400
     assert (await http.get(f"/api/runs/run-{uuid.uuid4()}/events")).status_code == 404
+
+
+async def test_deltas_of_runs_finished_long_ago_are_pruned_and_their_replies_replay_whole(
+    http: httpx.AsyncClient, store: RunStore
+) -> None:
+    old = await chat(http, chat_body(LESSON, purpose="learnpack-lesson-writer"))
+    recent = await chat(http, chat_body("calculate 2 + 2"))
+    going = await chat(http, chat_body("calculate 3 + 3"))
+    old_id, recent_id, going_id = (s.response.headers["x-agent-run-id"] for s in (old, recent, going))
+    two_days_ago = "now() - interval '2 days'"
+    await store.pool.execute(f"UPDATE agent_runs SET finished_at = {two_days_ago} WHERE id = $1", old_id)
+    # A run not finished yet (one parked on an approval for days, say) keeps its deltas however old.
+    await store.pool.execute("UPDATE agent_runs SET finished_at = NULL WHERE id = $1", going_id)
+    for run_id in (old_id, going_id):
+        await store.pool.execute(
+            f"UPDATE run_deltas SET created_at = {two_days_ago} WHERE agent_run_id = $1", run_id
+        )
+
+    assert await prune_deltas(store.pool, timedelta(hours=24)) > 0
+
+    left = {
+        run_id: await store.pool.fetchval("SELECT count(*) FROM run_deltas WHERE agent_run_id = $1", run_id)
+        for run_id in (old_id, recent_id, going_id)
+    }
+    assert left[old_id] == 0 and left[recent_id] > 0 and left[going_id] > 0
+    # The pruned run's stream still tells the whole run, from its stored replies (each in one piece).
+    replay = (await read_sse(http, "GET", f"/api/runs/{old_id}/events")).stream
+    assert_well_formed(replay)
+    assert replay.text == old.text
+    assert replay.tool_names == old.tool_names
 
 
 async def test_a_pause_ends_the_segment_and_last_event_id_follows_the_run_on(http: httpx.AsyncClient) -> None:
