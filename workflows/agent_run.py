@@ -1,11 +1,14 @@
 """AgentRun: one agent run as a Temporal workflow.
 
 The loop is observe -> think -> act. Each step is one `call_llm` activity plus one activity per tool call
-the model asked for; after each step the stopWhen conditions decide whether the run goes on. Risky tool
-calls wait for a person's decision, questions wait for the user's answer and client-side tools wait for
-the frontend's result: all of it durably, on `workflow.wait_condition`, holding no worker slot.
+the model asked for (a local activity for an inline tool, one on the heavy task queue for a heavy tool);
+after each step the stopWhen conditions decide whether the run goes on, and a long run continues as new
+when Temporal suggests it. Risky tool calls wait for a person's decision, questions wait for the user's
+answer and client-side tools wait for the frontend's result (workflows/people.py): all of it durably, on
+`workflow.wait_condition`, holding no worker slot.
 
-Progress is kept as numbered `RunEvent`s, served by the `events` query; `state` gives the summary.
+Progress is kept as numbered `RunEvent`s, served by the `events` query; `state` gives the summary
+(workflows/reporting.py keeps the events, the run records and the current details).
 """
 
 import asyncio
