@@ -112,7 +112,6 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         # Run records (keel/records.py): record_run activities in flight, tool notes waiting to go out with
         # the next one, and what the run's row needs that the state does not keep.
         self._recording = False
-        self._local_records = False
         self._records: list[asyncio.Task[None]] = []
         self._tool_notes: list[ToolRunNote] = []
         self._model_route: str | None = None
@@ -122,6 +121,8 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         self._doing: dict[str, str] = {}
         self._tool_calls: dict[str, tuple[int, ToolCall, int]] = {}
         self._continued = 0
+        # Whether inline tools and records run as local activities (see run), and the turn they take.
+        self._local_activities = False
         self._local_activity_turn = asyncio.Lock()
         # Temporal suggests continue-as-new when the history nears its limits; the run does it between steps.
         self._new_history_suggested = False
@@ -136,7 +137,7 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         # Runs started before tools were split into inline and heavy keep running every tool as a regular
         # activity on the agent task queue, and their records as regular activities, as they did then. One
         # patch per release: each costs every new run a marker and a search attribute update in history.
-        self._tool_placement = self._local_records = workflow.patched("keel-tool-placement")
+        self._local_activities = workflow.patched("keel-tool-placement")
         try:
             if not self._may_start:
                 self._detail = f"queued behind {run.queued_behind}"
@@ -351,14 +352,14 @@ class AgentRun(WaitsForPeople, ReportsProgress):
             )
 
     def _tool_placement_options(self, policy: ToolPolicy, seq: int) -> dict[str, Any]:
-        if not self._tool_placement:
+        if not self._local_activities:
             return {"options": RUN_TOOL_HEAVY_OPTIONS}
         # The result's seq is unique in the run, across continue-as-new too: with the workflow id it makes
         # the tool's idempotency key, the same for every retry and re-execution of this call.
         activity_id = f"tool-{seq}"
         if policy.heavy:
-            options = RUN_TOOL_HEAVY_OPTIONS
-            return {"options": options, "task_queue": self._run.heavy_task_queue, "activity_id": activity_id}
+            task_queue = self._run.heavy_task_queue
+            return {"options": RUN_TOOL_HEAVY_OPTIONS, "task_queue": task_queue, "activity_id": activity_id}
         return {"options": RUN_TOOL_INLINE_OPTIONS, "local": True, "activity_id": activity_id}
 
     async def _save_result(
@@ -461,18 +462,9 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         failure here means the infrastructure gave out: timeouts, or storage down for too long.
         """
         try:
-            if not local:
-                return await workflow.execute_activity(
-                    activity, arg, result_type=result_type, summary=summary, **options, **more
-                )
-            # One local activity at a time: the SDK (1.35) resumes concurrent local activities in the
-            # order they finished on a first run but in the order they were scheduled on replay, so two
-            # in flight at once (parallel inline tools) could replay differently. Inline tools are cheap;
-            # taking turns costs little.
-            async with self._local_activity_turn:
-                return await workflow.execute_local_activity(
-                    activity, arg, result_type=result_type, summary=summary, **options, **more
-                )
+            return await self._run_activity(
+                activity, arg, local=local, result_type=result_type, summary=summary, **options, **more
+            )
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
                 raise asyncio.CancelledError() from err
@@ -480,6 +472,19 @@ class AgentRun(WaitsForPeople, ReportsProgress):
             self._error_type = getattr(err.cause, "type", None) or type(err.cause or err).__name__
             self._finish(Stop(RunStatus.failed, f"{failure}: {cause}"))
             raise _RunFailed(f"{failure}: {cause}") from err
+
+    async def _run_activity(self, activity: str, arg: BaseModel, *, local: bool, **options: Any) -> Any:
+        """Every activity the run starts goes through here: a regular one, or a local one in its turn.
+
+        One local activity at a time: the SDK (1.35) resumes concurrent local activities in the order they
+        finished on a first run but in the order they were scheduled on replay, so two in flight at once
+        (parallel inline tools, a record sent meanwhile) could replay differently. They are cheap; taking
+        turns costs little.
+        """
+        if not local:
+            return await workflow.execute_activity(activity, arg, **options)
+        async with self._local_activity_turn:
+            return await workflow.execute_local_activity(activity, arg, **options)
 
     def _status(self) -> RunStatus:
         if self._final is not None:

@@ -11,6 +11,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel
+
     from keel.contracts import (
         RECORD_RUN,
         AgentRunInput,
@@ -47,8 +49,7 @@ class ReportsProgress:
     _client_calls: dict[str, PendingToolResult]
     _may_start: bool
     _recording: bool
-    _local_records: bool
-    _local_activity_turn: asyncio.Lock
+    _local_activities: bool
     _records: list[asyncio.Task[None]]
     _tool_notes: list[ToolRunNote]
     _tool_calls: dict[str, tuple[int, ToolCall, int]]
@@ -59,6 +60,9 @@ class ReportsProgress:
 
     def state(self) -> RunState:
         raise NotImplementedError  # AgentRun's `state` query
+
+    async def _run_activity(self, activity: str, arg: BaseModel, *, local: bool, **options: Any) -> Any:
+        raise NotImplementedError  # AgentRun's, the one way the run starts an activity
 
     def _emit(self, event_type: type, **fields: object) -> None:
         event = event_type(seq=len(self._events) + 1, **fields)
@@ -156,14 +160,14 @@ class ReportsProgress:
         # A local activity, so the run's last record is written inside the workflow task that ends the run
         # instead of costing a trip through the task queue and one more workflow task: that trip was most
         # of Keel's overhead over a bare temporalio loop in `make bench` (durability tax 1.37 -> 1.11).
-        summary = f"record {note.status.value}"
         try:
-            if not self._local_records:
-                await workflow.execute_activity(RECORD_RUN, note, summary=summary, **RECORD_RUN_OPTIONS)
-                return
-            # Taking turns with inline tools, as every local activity does (see AgentRun._execute).
-            async with self._local_activity_turn:
-                await workflow.execute_local_activity(RECORD_RUN, note, summary=summary, **RECORD_RUN_OPTIONS)
+            await self._run_activity(
+                RECORD_RUN,
+                note,
+                local=self._local_activities,
+                summary=f"record {note.status.value}",
+                **RECORD_RUN_OPTIONS,
+            )
         except ActivityError as err:
             # Only a record PostgreSQL refuses gets here (an outage is retried without limit): the run goes on.
             workflow.logger.error("could not record the run: %s", err.cause or err)
