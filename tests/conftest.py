@@ -1,6 +1,7 @@
 """Session fixtures: a real Temporal dev server, a real PostgreSQL, and Keel's worker and gateway as the
 processes `make dev` runs (`python worker.py`, `python -m api`). Nothing here is mocked."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -87,6 +89,18 @@ def _wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes
             return
         time.sleep(0.1)
     raise RuntimeError(f"{what} did not become ready in 60 s:\n{log.read_text()[-3000:]}")
+
+
+async def wait_for_status(
+    http: httpx.AsyncClient, agent_run_id: str, *statuses: str, within: float = 10.0
+) -> dict[str, Any]:
+    """The run's state (GET /api/runs/{id}) once its status is one of `statuses`."""
+    for _ in range(int(within / 0.05)):
+        state = (await http.get(f"/api/runs/{agent_run_id}")).json()
+        if state["status"] in statuses:
+            return state
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"run {agent_run_id} stayed {state['status']}, expected {statuses}")
 
 
 def _healthy(url: str) -> bool:

@@ -21,7 +21,7 @@ import httpx
 from keel.settings import Settings
 from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
 from keel.temporal import connect_temporal
-from tests.conftest import _healthy, _spawn, _wait_for
+from tests.conftest import _healthy, _spawn, _wait_for, wait_for_status
 from tests.ui_stream import chat_body, parse
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[str]]
@@ -32,15 +32,6 @@ async def _start(http: httpx.AsyncClient, text: str, **extra: object) -> tuple[s
     response = await http.post("/api/chat", json=chat_body(text, **extra))
     response.raise_for_status()
     return response.headers["x-agent-run-id"], parse(response).chunks
-
-
-async def _until(http: httpx.AsyncClient, run_id: str, *statuses: str) -> dict[str, object]:
-    for _ in range(600):
-        state = (await http.get(f"/api/runs/{run_id}")).json()
-        if state["status"] in statuses:
-            return state
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"{run_id} stayed {state['status']}")
 
 
 async def inline_tool(http: httpx.AsyncClient) -> str:
@@ -54,7 +45,7 @@ async def approved_publish(http: httpx.AsyncClient) -> str:
     )
     call = next(c["toolCallId"] for c in chunks if c.get("type") == "tool-approval-request")
     (await http.post(f"/api/runs/{run_id}/approvals/{call}", json={"approved": True})).raise_for_status()
-    await _until(http, run_id, "completed")
+    await wait_for_status(http, run_id, "completed", within=30)
     return run_id
 
 
@@ -65,15 +56,15 @@ async def denied_publish(http: httpx.AsyncClient) -> str:
     call = next(c["toolCallId"] for c in chunks if c.get("type") == "tool-approval-request")
     decision = {"approved": False, "reason": "not yet"}
     (await http.post(f"/api/runs/{run_id}/approvals/{call}", json=decision)).raise_for_status()
-    await _until(http, run_id, "completed")
+    await wait_for_status(http, run_id, "completed", within=30)
     return run_id
 
 
 async def answered_question(http: httpx.AsyncClient) -> str:
     run_id, _ = await _start(http, "ask me which city I mean")
-    await _until(http, run_id, "waiting_for_input")
+    await wait_for_status(http, run_id, "waiting_for_input", within=30)
     (await http.post(f"/api/runs/{run_id}/answer", json={"text": "Lisbon"})).raise_for_status()
-    await _until(http, run_id, "completed")
+    await wait_for_status(http, run_id, "completed", within=30)
     return run_id
 
 
@@ -88,7 +79,7 @@ async def cancelled_during_a_tool(http: httpx.AsyncClient) -> str:
     await asyncio.sleep(1)
     (await http.post(f"/api/runs/{run_id}/cancel", json={"reason": "changed my mind"})).raise_for_status()
     await task
-    await _until(http, run_id, "cancelled")
+    await wait_for_status(http, run_id, "cancelled", within=30)
     return run_id
 
 

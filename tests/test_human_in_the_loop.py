@@ -11,7 +11,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from keel.stack import TemporalDevServer, find_temporal_bin
-from tests.conftest import Keel
+from tests.conftest import Keel, wait_for_status
 from tests.ui_stream import UIStream, assistant_message, chat, chat_body, parse, user_message
 
 PUBLISH = "plan, write and publish a lesson on tail calls"
@@ -42,15 +42,6 @@ def temporal_cli(server: TemporalDevServer, *args: str) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-async def wait_for_status(http: httpx.AsyncClient, agent_run_id: str, *statuses: str) -> dict[str, Any]:
-    for _ in range(200):
-        state = (await http.get(f"/api/runs/{agent_run_id}")).json()
-        if state["status"] in statuses:
-            return state
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"run {agent_run_id} stayed {state['status']}, expected {statuses}")
 
 
 async def test_publishing_waits_for_approval_and_the_resubmission_resumes_the_same_run(
