@@ -177,16 +177,25 @@ async def tool_is(store: RunStore, run_id: str, tool: str, status: str) -> bool:
     return latest == status
 
 
+async def while_a_heavy_tool_runs(
+    stack: CrashStack, store: RunStore, *, seconds: int
+) -> tuple[Watch, "asyncio.Task[Watch]", Process, Process]:
+    """An agent worker, a heavy worker and a gateway; a client's run whose `wait` tool (heavy) is running.
+    Returns the client, its streaming task, the agent worker and the heavy worker."""
+    worker, heavy, gateway = stack.worker(), stack.heavy_worker(), stack.gateway()
+    await stack.start(worker, heavy, gateway)
+    request = chat_body(f"wait {seconds} seconds please")
+    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=request)
+    await until(lambda: client.response is not None, "the run started")
+    await until(lambda: tool_is(store, client.run_id, "wait", "running"), "the wait tool running")
+    return client, streaming, worker, heavy
+
+
 async def test_a_heavy_worker_killed_during_a_tool_and_restarted_runs_the_tool_again_and_keeps_one_result(
     stack: CrashStack, store: RunStore
 ) -> None:
-    worker, heavy, gateway = stack.worker(), stack.heavy_worker(), stack.gateway()
-    await stack.start(worker, heavy, gateway)
-
-    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body("wait 6 seconds please"))
-    await until(lambda: client.response is not None, "the run started")
+    client, streaming, worker, heavy = await while_a_heavy_tool_runs(stack, store, seconds=6)
     run_id = client.run_id
-    await until(lambda: tool_is(store, run_id, "wait", "running"), "the wait tool running")
     heavy.kill()  # the tool is waiting
     await heavy.restart()
     await asyncio.wait_for(streaming, 90)
@@ -221,13 +230,8 @@ async def test_a_heavy_worker_killed_during_a_tool_and_restarted_runs_the_tool_a
 async def test_an_agent_worker_killed_while_a_heavy_tool_runs_does_not_run_the_tool_again(
     stack: CrashStack, store: RunStore
 ) -> None:
-    worker, heavy, gateway = stack.worker(), stack.heavy_worker(), stack.gateway()
-    await stack.start(worker, heavy, gateway)
-
-    client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body("wait 3 seconds please"))
-    await until(lambda: client.response is not None, "the run started")
+    client, streaming, worker, heavy = await while_a_heavy_tool_runs(stack, store, seconds=3)
     run_id = client.run_id
-    await until(lambda: tool_is(store, run_id, "wait", "running"), "the wait tool running")
     worker.kill()  # the run's own worker dies; the heavy worker goes on waiting, and finishes meanwhile
     await until(lambda: tool_is(store, run_id, "wait", "ok"), "the wait tool finishing", within=30)
     await worker.restart()
