@@ -430,7 +430,7 @@ class AgentRun(WaitsForPeople, ReportsProgress):
             chat_id=self._run.chat_id,
             user_id=self._run.user_id,
             detail=self._detail,
-            pending_approvals=[r for r in self._approvals.values() if r.decided_at is None],
+            pending_approvals=self._pending_approvals(),
             pending_question=self._question,
             pending_tool_results=list(self._client_calls.values()),
             approvals=list(self._approvals.values()),
@@ -489,7 +489,7 @@ class AgentRun(WaitsForPeople, ReportsProgress):
     def _status(self) -> RunStatus:
         if self._final is not None:
             return self._final
-        if any(r.decided_at is None for r in self._approvals.values()):
+        if self._pending_approvals():
             return RunStatus.waiting_for_approval
         if self._question is not None:
             return RunStatus.waiting_for_input

@@ -53,6 +53,9 @@ class WaitsForPeople:
     _client_calls: dict[str, PendingToolResult]
     _client_results: dict[str, ToolResultSubmission]
 
+    def _pending_approvals(self) -> list[ApprovalRecord]:
+        return [r for r in self._approvals.values() if r.decided_at is None]
+
     async def _approval(self, step: int, call: ToolCall, seq: int) -> ApprovalRecord:
         now = workflow.now()
         timeout = timedelta(seconds=self._purpose.approval_timeout_s)

@@ -64,6 +64,9 @@ class ReportsProgress:
     async def _run_activity(self, activity: str, arg: BaseModel, *, local: bool, **options: Any) -> Any:
         raise NotImplementedError  # AgentRun's, the one way the run starts an activity
 
+    def _pending_approvals(self) -> list[ApprovalRecord]:
+        raise NotImplementedError  # WaitsForPeople's
+
     def _emit(self, event_type: type, **fields: object) -> None:
         event = event_type(seq=len(self._events) + 1, **fields)
         self._events.append(event)
@@ -186,11 +189,12 @@ class ReportsProgress:
         self._describe()
 
     def _describe(self) -> None:
-        """The run's current details, one line saying what it does or waits for (Web UI, `describe`)."""
-        state = self.state()
+        """The run's current details, one line saying what it does or waits for (Web UI, `describe`).
+
+        Called at every event, so it reads the fields it needs rather than building the whole `state`."""
         if self._final is not None:
             line = self._final.value + (f": {self._detail}" if self._detail else "")
-        elif pending := state.pending_approvals:
+        elif pending := self._pending_approvals():
             names = ", ".join(f"{r.tool_name} ({r.tool_call_id})" for r in pending)
             line = f"waiting for approval of {names}, until {pending[0].expires_at:%Y-%m-%d %H:%M} UTC"
         elif self._question is not None:
