@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from temporalio.client import Client
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client, WorkflowHistory
 
 from keel.codec import write_new_key_file
 from keel.settings import Settings, get_settings
@@ -101,6 +103,22 @@ async def wait_for_status(
             return state
         await asyncio.sleep(0.05)
     raise AssertionError(f"run {agent_run_id} stayed {state['status']}, expected {statuses}")
+
+
+# Bookkeeping whose count depends on timing (a sticky task timing out, a long local activity heartbeating),
+# not on what the run did.
+_WORKFLOW_TASK_EVENTS = {
+    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+}
+
+
+def run_events(history: WorkflowHistory) -> list[HistoryEvent]:
+    """The events the run's own commands and inputs wrote, without the workflow tasks' bookkeeping."""
+    return [e for e in history.events if e.event_type not in _WORKFLOW_TASK_EVENTS]
 
 
 def _healthy(url: str) -> bool:

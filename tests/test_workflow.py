@@ -4,28 +4,18 @@ import subprocess
 import sys
 
 import httpx
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.worker import Replayer
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_events
 from tests.ui_stream import chat, chat_body
 from workflows.agent_run import AgentRun
-
-# Bookkeeping whose count depends on timing (a workflow task more or less), not on what the run carries.
-_WORKFLOW_TASK_EVENTS = {
-    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
-    EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
-    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
-    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
-    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
-}
 
 
 async def history_bytes(temporal: Client, run_id: str) -> int:
     """The bytes of what the run's history carries: every event but the workflow tasks' bookkeeping."""
     history = await temporal.get_workflow_handle(run_id).fetch_history()
-    return sum(e.ByteSize() for e in history.events if e.event_type not in _WORKFLOW_TASK_EVENTS)
+    return sum(e.ByteSize() for e in run_events(history))
 
 
 async def test_message_bodies_stay_out_of_history(http: httpx.AsyncClient, temporal: Client) -> None:
