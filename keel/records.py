@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -184,22 +185,56 @@ _CLOSE_LOST_ATTEMPTS = {
 }
 
 
+def _merge(earlier: Row, later: Row) -> Row:
+    """One row that leaves the table as writing `earlier` and then `later` would: the upsert's own rules
+    (a known value wins over a missing one, the status only moves forward), applied before writing."""
+    values = {**earlier.values, **{c: v for c, v in later.values.items() if v is not None}}
+    status_rank = _RANKS[later.table]
+    before, after = earlier.values.get("status"), later.values.get("status")
+    if before is not None and after is not None and status_rank.get(after, 9) < status_rank.get(before, 9):
+        values["status"] = before
+    return Row(later.table, values)
+
+
+def merge_rows(rows: Sequence[Row]) -> list[Row]:
+    """The rows with one write per (table, agent_run_id, seq, attempt), in the order each first appears.
+    An attempt's `running` row and its outcome usually wait in the queue together: one write, not two."""
+    merged: dict[tuple[Any, ...], Row] = {}
+    for row in rows:
+        key = (row.table, row.values["agent_run_id"], row.values.get("seq"), row.values.get("attempt") or 1)
+        merged[key] = _merge(merged[key], row) if key in merged else row
+    return list(merged.values())
+
+
 async def write_row(conn: asyncpg.Connection | asyncpg.Pool, row: Row) -> None:
-    run_id = row.values["agent_run_id"]
+    await write_rows(conn, [row])
+
+
+async def write_rows(conn: asyncpg.Connection | asyncpg.Pool, rows: Sequence[Row]) -> None:
+    """Upsert rows in one transaction: all of them or, when PostgreSQL refuses one, none."""
     async with _transaction(conn) as tx:
-        await tx.execute(_ENSURE_RUN, run_id)
-        await tx.execute(_UPSERT[row.table], *row.args())
-        attempt = row.values.get("attempt") or 1
-        if attempt > 1 and row.values.get("status") == "running":
-            started = row.values.get("started_at") or datetime.now(UTC)
-            await tx.execute(_CLOSE_LOST_ATTEMPTS[row.table], run_id, row.values["seq"], attempt, started)
-        if row.table == "llm_calls":
-            await tx.execute(
-                "UPDATE agent_runs SET step_count = GREATEST(step_count, $2), updated_at = now()"
-                " WHERE id = $1 AND step_count < $2",
-                run_id,
-                row.values["step"],
-            )
+        for run_id in dict.fromkeys(row.values["agent_run_id"] for row in rows):
+            await tx.execute(_ENSURE_RUN, run_id)
+        for row in rows:
+            await _upsert(tx, row)
+
+
+async def _upsert(tx: asyncpg.Connection, row: Row) -> None:
+    run_id = row.values["agent_run_id"]
+    await tx.execute(_UPSERT[row.table], *row.args())
+    attempt = row.values.get("attempt") or 1
+    if attempt > 1:
+        # Any word from a later attempt, its start or (merged with it) its outcome, means the earlier ones
+        # that still read `running` are lost.
+        started = row.values.get("started_at") or datetime.now(UTC)
+        await tx.execute(_CLOSE_LOST_ATTEMPTS[row.table], run_id, row.values["seq"], attempt, started)
+    if row.table == "llm_calls":
+        await tx.execute(
+            "UPDATE agent_runs SET step_count = GREATEST(step_count, $2), updated_at = now()"
+            " WHERE id = $1 AND step_count < $2",
+            run_id,
+            row.values["step"],
+        )
 
 
 @contextlib.asynccontextmanager
@@ -227,11 +262,16 @@ def is_unavailable(err: BaseException) -> bool:
     )
 
 
+# Rows written per transaction, at most: a backlog after an outage goes out in bounded pieces.
+_BATCH = 200
+
+
 class RecordWriter:
     """Write-behind for the rows activity attempts produce.
 
     `put` never blocks and never raises: the row joins a queue that one task writes to PostgreSQL, oldest
-    first. When PostgreSQL cannot be reached the queue is kept, in memory and in a spool file under
+    first, whatever has queued up meanwhile in one transaction (an attempt's start and outcome merged into
+    one row). When PostgreSQL cannot be reached the queue is kept, in memory and in a spool file under
     `spool_dir` (fsync'd, one JSON row per line), and retried with backoff until it answers; nothing is
     dropped. A process that dies with rows still spooled leaves its file behind and the next writer that
     starts on the same directory adopts it (an flock tells a live owner from a dead one). Rows PostgreSQL
@@ -328,31 +368,24 @@ class RecordWriter:
                 await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                row = self._queue[0]
+                taken = list(itertools.islice(self._queue, _BATCH))
                 try:
-                    await asyncio.wait_for(write_row(self._pool, row), 10)  # type: ignore[arg-type]
+                    await asyncio.wait_for(self._write(taken), 10)
                 except Exception as err:
-                    if not is_unavailable(err):
-                        log.error(
-                            "PostgreSQL refused a run record, skipped: %s: %s; row %s",
+                    if not self._down:
+                        self._down = True
+                        log.warning(
+                            "PostgreSQL is unavailable (%s: %s); keeping run records until it answers",
                             type(err).__name__,
                             err,
-                            row.to_json(),
                         )
-                    else:
-                        if not self._down:
-                            self._down = True
-                            log.warning(
-                                "PostgreSQL is unavailable (%s: %s); keeping run records until it answers",
-                                type(err).__name__,
-                                err,
-                            )
-                            self._spool_rows(list(self._queue), rewrite=True)
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, self._max_backoff)
-                        continue
-                self._queue.popleft()
-                self.written += 1
+                        self._spool_rows(list(self._queue), rewrite=True)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._max_backoff)
+                    continue
+                for _ in taken:
+                    self._queue.popleft()
+                self.written += len(taken)
                 self._on_backlog(len(self._queue))
             backoff = 0.2
             if self._down:
@@ -360,6 +393,29 @@ class RecordWriter:
                 log.info("PostgreSQL answers again; the kept run records are written")
             self._drop_spool()
             self._drop_adopted()
+
+    async def _write(self, rows: list[Row]) -> None:
+        """Write the rows, merged, in one transaction. When PostgreSQL refuses that (a bug, not an outage),
+        write them one by one and skip, logged whole, the ones it refuses. Raises only while it is away."""
+        assert self._pool is not None
+        try:
+            await write_rows(self._pool, merge_rows(rows))
+            return
+        except Exception as err:
+            if is_unavailable(err):
+                raise
+        for row in rows:
+            try:
+                await write_row(self._pool, row)
+            except Exception as err:
+                if is_unavailable(err):
+                    raise
+                log.error(
+                    "PostgreSQL refused a run record, skipped: %s: %s; row %s",
+                    type(err).__name__,
+                    err,
+                    row.to_json(),
+                )
 
     # --- the spool file ---
 
@@ -514,16 +570,16 @@ async def write_run_note(
     """Upsert a run's row and the tool rows the workflow knows about, in one transaction."""
     run_id = run["id"]
     async with pool.acquire() as conn, conn.transaction():
-        previous = await conn.fetchval("SELECT status FROM agent_runs WHERE id = $1 FOR UPDATE", run_id)
-        if output_seq is not None:
-            body = await conn.fetchval(
-                "SELECT body->>'content' FROM run_messages WHERE agent_run_id = $1 AND seq = $2",
-                run_id,
-                output_seq,
-            )
-            run = {**run, "output_summary": None if body is None else one_line(body, 200)}
-        await conn.execute(_UPSERT_RUN, *[run.get(c) for c in _RUN_COLUMNS])
-        status = await conn.fetchval("SELECT status FROM agent_runs WHERE id = $1", run_id)
+        # The status before this write (its row locked until commit) and the run's answer, in one round trip.
+        previous, body = await conn.fetchrow(
+            "SELECT (SELECT status FROM agent_runs WHERE id = $1 FOR UPDATE),"
+            " (SELECT body->>'content' FROM run_messages WHERE agent_run_id = $1 AND seq = $2)",
+            run_id,
+            output_seq,
+        )
+        if body is not None:
+            run = {**run, "output_summary": one_line(body, 200)}
+        status = await conn.fetchval(_UPSERT_RUN + " RETURNING status", *[run.get(c) for c in _RUN_COLUMNS])
         decided = []
         if tool_rows:
             seqs = [r["seq"] for r in tool_rows]

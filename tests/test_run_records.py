@@ -282,6 +282,83 @@ async def test_a_record_written_twice_or_late_is_one_row_in_its_latest_state(sto
     assert await store.pool.fetchval("SELECT step_count FROM agent_runs WHERE id = $1", run_id) == 1
 
 
+async def test_a_batch_of_records_lands_as_the_same_records_written_one_by_one(store: RunStore) -> None:
+    """The writer merges what queued up (an attempt's start and outcome) and writes it in one transaction;
+    the tables must end exactly as the rows written one at a time, in order, would leave them."""
+    from keel.records import merge_rows, write_row, write_rows
+
+    now = datetime.now(UTC)
+    later = now + timedelta(seconds=1)
+
+    def histories(run_id: str) -> list[Row]:
+        tool = {"agent_run_id": run_id, "step": 1, "tool_call_id": "c1", "tool_name": "calculate"}
+        return [
+            llm_row(run_id, "running", started_at=now, route="scripted"),
+            Row("tool_runs", {**tool, "seq": 3, "attempt": 1, "status": "waiting_for_approval"}),
+            llm_row(run_id, "ok", started_at=now, finished_at=later, latency_ms=1000, prompt_tokens=7),
+            Row("tool_runs", {**tool, "seq": 3, "attempt": 1, "status": "running", "started_at": now}),
+            llm_row(run_id, "running", started_at=now),  # stale, arriving late: must not undo "ok"
+            Row("tool_runs", {**tool, "seq": 3, "attempt": 1, "status": "approved", "approver": "ana"}),
+            # A second attempt of the same call: the first, still `running`, is closed as lost.
+            Row("tool_runs", {**tool, "seq": 4, "attempt": 1, "status": "running", "started_at": now}),
+            Row("tool_runs", {**tool, "seq": 4, "attempt": 2, "status": "running", "started_at": later}),
+            Row("tool_runs", {**tool, "seq": 4, "attempt": 2, "status": "ok", "result_snapshot": 42}),
+            Row("tool_runs", {**tool, "seq": 3, "attempt": 1, "status": "error", "error_message": "boom"}),
+        ]
+
+    async def tables(run_id: str) -> list[list[dict[str, Any]]]:
+        ignored = {"agent_run_id", "created_at", "updated_at"}
+        out = []
+        for table in ("llm_calls", "tool_runs"):
+            rows = await store.pool.fetch(
+                f"SELECT * FROM {table} WHERE agent_run_id = $1 ORDER BY seq, attempt", run_id
+            )
+            out.append([{k: v for k, v in dict(r).items() if k not in ignored and k != "id"} for r in rows])
+        out.append(
+            [
+                {
+                    "step_count": await store.pool.fetchval(
+                        "SELECT step_count FROM agent_runs WHERE id = $1", run_id
+                    )
+                }
+            ]
+        )
+        return out
+
+    one_by_one, batched = f"run-{uuid.uuid4()}", f"run-{uuid.uuid4()}"
+    for row in histories(one_by_one):
+        await write_row(store.pool, row)
+    merged = merge_rows(histories(batched))
+    assert len(merged) == 4  # one write per (table, run, seq, attempt)
+    await write_rows(store.pool, merged)
+
+    expected = await tables(one_by_one)
+    assert expected[1][0]["status"] == "error" and expected[1][0]["approver"] == "ana"
+    assert expected[1][1]["status"] == "error" and "took over" in expected[1][1]["error_message"]
+    assert await tables(batched) == expected
+
+
+async def test_a_record_postgresql_refuses_is_skipped_and_the_rest_of_its_batch_lands(
+    store: RunStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_id = f"run-{uuid.uuid4()}"
+    refused = Row("tool_runs", {"agent_run_id": run_id, "seq": 3, "attempt": 1, "step": 1, "status": "ok"})
+    writer = RecordWriter(store.pool)
+    writer.start()
+    try:
+        # Queued together, so they go out as one batch: the row without a tool name breaks its transaction.
+        writer.put(llm_row(run_id, "running", started_at=datetime.now(UTC)))
+        writer.put(refused)
+        writer.put(llm_row(run_id, "ok", latency_ms=5))
+        assert await writer.settle(5.0)
+    finally:
+        await writer.close()
+    [row] = await store.pool.fetch("SELECT status, latency_ms FROM llm_calls WHERE agent_run_id = $1", run_id)
+    assert pick(row, "status", "latency_ms") == ("ok", 5)
+    assert await store.pool.fetchval("SELECT count(*) FROM tool_runs WHERE agent_run_id = $1", run_id) == 0
+    assert "PostgreSQL refused a run record, skipped" in caplog.text and '"seq": 3' in caplog.text
+
+
 async def test_records_kept_while_postgresql_is_unreachable_are_written_by_the_next_writer(
     store: RunStore, tmp_path: Path
 ) -> None:
