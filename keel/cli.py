@@ -137,13 +137,19 @@ def _run(client: ChatClient, out: Out, text: str, purpose: str | None, *, approv
                 break
             if not _answer_waiting(message, out, approve_all):
                 out.line(
-                    "The run is waiting for something this terminal can't give; it stays parked.", YELLOW
+                    f"The run is waiting for something this terminal can't give; it stays parked: {message.id}"
+                    " (`keel approve`, `keel deny` or the chat page decide it; `keel cancel` ends it)",
+                    YELLOW,
                 )
                 return 1
             body = client.answer(body, message)
     except KeyboardInterrupt:
         if message.id:
-            client.post(f"/api/runs/{message.id}/cancel", {"reason": "Ctrl-C in keel run"})
+            try:
+                client.post(f"/api/runs/{message.id}/cancel", {"reason": "Ctrl-C in keel run"})
+            except KeyboardInterrupt:  # a second Ctrl-C: stop asking, say what state the run may be in
+                out.line(f"\nnot cancelled, it may still be running: keel cancel {message.id}", YELLOW)
+                return 130
             out.line(f"\ncancelled {message.id}", YELLOW)
         return 130
     out.line()
@@ -173,27 +179,35 @@ def _show(chunks: Any, message: AssistantMessage, out: Out) -> None:
 
 
 def _answer_waiting(message: AssistantMessage, out: Out, approve_all: bool) -> bool:
-    """Ask the person at the terminal; False when the run waits for something else (a client-side tool)."""
+    """Ask the person at the terminal; False when nobody here can give what the run waits for (a
+    client-side tool, or stdin closed)."""
     answered = False
     for part in message.tools().values():
         if part.state == "approval-requested":
-            question = f"Approve {part.tool_name}({_short(part.input)})? [y/N] "
-            approved = approve_all or _ask(out, question).strip().lower() in ("y", "yes")
+            reply = (
+                "y" if approve_all else _ask(out, f"Approve {part.tool_name}({_short(part.input)})? [y/N] ")
+            )
+            if reply is None:
+                return False
             part.state = "approval-responded"
-            part.approval = {"id": part.tool_call_id, "approved": approved}
+            part.approval = {"id": part.tool_call_id, "approved": reply.strip().lower() in ("y", "yes")}
             answered = True
         elif part.state == "input-available" and part.tool_name == "ask_user":
             reply = _ask(out, f"{part.input.get('question', 'The agent asks')}\n> ")
+            if reply is None:
+                return False
             part.state, part.output = "output-available", reply
             answered = True
     return answered
 
 
-def _ask(out: Out, question: str) -> str:
+def _ask(out: Out, question: str) -> str | None:
+    """The person's reply; None when stdin is closed (a script, /dev/null): nobody here can answer."""
     out.write(out.paint(question, BOLD))
     line = sys.stdin.readline()
     if not line:
-        raise KeyboardInterrupt  # stdin closed: nobody can answer
+        out.line()
+        return None
     return line.rstrip("\n")
 
 
