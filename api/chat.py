@@ -3,7 +3,10 @@
 A body whose last message is the user's starts a new run (subject to the double-texting policy when the
 chat already has an active run). A body whose last message is the assistant's is the AI SDK answering
 that run: approvals (`approval-responded` parts), the user's answer to `ask_user` and client-side tool
-results (`output-available` / `output-error` parts) go to the waiting run, which keeps streaming.
+results (`output-available` / `output-error` parts) go to the waiting run, which keeps streaming; a run
+that has finished meanwhile is streamed to its end, so every call the message answered gets its outcome.
+`regenerate-message` (the AI SDK's regenerate, which drops the assistant message it replaces) starts a new
+run from the history; when the message it replaces is the chat's active run, that run is cancelled first.
 
 `GET /api/chat/{chat_id}/stream` is the AI SDK's resume (`useChat({resume: true})`): the chat's active
 stream from its start, or 204 when there is none.
@@ -39,11 +42,13 @@ from keel.contracts import (
     WAITING_EVENTS,
     WORKFLOW_TYPE,
     AgentRunInput,
+    ApprovalDecision,
     CancelRequest,
     Message,
     QueuedRun,
     RunEvent,
     RunState,
+    ToolResultSubmission,
     UserAnswer,
 )
 from keel.purposes import UnknownPurpose, get_purpose
@@ -58,6 +63,12 @@ INTERRUPT_WAIT_SECONDS = 30
 @router.post("/api/chat", summary="Start an agent run, or answer the waiting one, and stream it")
 async def chat(request: ChatRequest, gw: GatewayDep, user: CurrentUser) -> EventSourceResponse:
     if request.messages[-1].role == "assistant":
+        if request.trigger == "regenerate-message":
+            raise HTTPException(
+                400,
+                "regenerate-message needs the history up to the user message to answer again "
+                "(the AI SDK leaves out the assistant message it regenerates)",
+            )
         agent_run_id, start = await _continue_run(request, gw, user)
     else:
         agent_run_id, start = await _start_run(request, gw, user), StreamStart()
@@ -89,7 +100,8 @@ async def _start_run(request: ChatRequest, gw: Gateway, user: User) -> str:
     messages = system + conversation
     await require_chat(gw.store.pool, request.id, user, to_start=True)
     check_run_start(gw.settings, user)
-    queued_behind = await _apply_double_texting(request.id, gw)
+    regenerating = request.messageId if request.trigger == "regenerate-message" else None
+    queued_behind = await _apply_double_texting(request.id, gw, regenerating)
 
     agent_run_id = f"run-{uuid.uuid4()}"
     summary = one_line(conversation[-1].content, 120)
@@ -141,12 +153,16 @@ async def _start_run(request: ChatRequest, gw: Gateway, user: User) -> str:
     return agent_run_id
 
 
-async def _apply_double_texting(chat_id: str, gw: Gateway) -> str | None:
-    """Returns the run to queue behind, if any; raises 409 under `reject`; cancels under `interrupt`."""
+async def _apply_double_texting(chat_id: str, gw: Gateway, regenerating: str | None) -> str | None:
+    """Returns the run to queue behind, if any; raises 409 under `reject`; cancels under `interrupt`.
+
+    Regenerating the active run's own answer (`regenerate-message` naming it) always interrupts it: the
+    user asked for that answer to be replaced, whatever the policy for new messages."""
     active = await _active_run(chat_id, gw)
     if active is None:
         return None
-    policy = gw.settings.double_texting
+    replaced = active.agent_run_id == regenerating
+    policy = "interrupt" if replaced else gw.settings.double_texting
     if policy == "reject":
         raise HTTPException(
             409,
@@ -156,7 +172,8 @@ async def _apply_double_texting(chat_id: str, gw: Gateway) -> str | None:
     if policy == "enqueue":
         return active.agent_run_id
     handle = gw.run(active.agent_run_id)
-    await handle.signal(CANCEL_SIGNAL, CancelRequest(reason="interrupted by a new message"))
+    why = "replaced: the user asked for a new answer" if replaced else "interrupted by a new message"
+    await handle.signal(CANCEL_SIGNAL, CancelRequest(reason=why))
     try:
         await asyncio.wait_for(handle.result(), INTERRUPT_WAIT_SECONDS)
     except TimeoutError:
@@ -188,7 +205,7 @@ async def _queue_behind(gw: Gateway, active_run_id: str, queued_run_id: str) -> 
 
 
 async def _continue_run(request: ChatRequest, gw: Gateway, user: User) -> tuple[str, StreamStart]:
-    """Deliver the client's answers to the run the last assistant message belongs to."""
+    """Deliver the client's answers to the run the last assistant message belongs to; stream the rest."""
     agent_run_id = request.messageId or request.messages[-1].id
     if not is_run_id(agent_run_id):
         raise HTTPException(400, "the last message is the assistant's but does not name a run to continue")
@@ -198,34 +215,48 @@ async def _continue_run(request: ChatRequest, gw: Gateway, user: User) -> tuple[
     approvals, results = pending_answers(request.messages[-1])
     if user.name:  # the authenticated approver, not the client's say-so
         approvals = [a.model_copy(update={"approver": user.name}) for a in approvals]
-    handle = gw.run(agent_run_id)
-    events: list[RunEvent] = await handle.query(EVENTS_QUERY, 0, result_type=list[RunEvent])
-    waiting = {e.tool_call_id: e.seq for e in events if isinstance(e, WAITING_EVENTS)}
     answered = [a.tool_call_id for a in approvals] + [r.tool_call_id for r in results]
     if not answered:
         raise HTTPException(
             400, "the last message answers nothing: no approval response or tool result in it"
         )
-    for decision in approvals:
-        if state.status.is_final or any(
-            a.tool_call_id == decision.tool_call_id and a.decided_at for a in state.approvals
-        ):
-            continue  # decided already, or the run is over: just stream the rest of it
-        await _deliver(handle, APPROVAL_UPDATE, decision, agent_run_id)
-    for result in results:
-        if state.pending_question and state.pending_question.tool_call_id == result.tool_call_id:
-            text = result.output if isinstance(result.output, str) else json.dumps(result.output)
-            await _deliver(
-                handle, ANSWER_UPDATE, UserAnswer(text=result.error or text or "(no answer)"), agent_run_id
-            )
-        elif any(p.tool_call_id == result.tool_call_id for p in state.pending_tool_results):
-            await _deliver(handle, TOOL_RESULT_UPDATE, result, agent_run_id)
-    # Stream the segment after the pause at the waiting events this message answers; earlier segments
-    # were streamed already.
+    events: list[RunEvent] = await gw.run(agent_run_id).query(EVENTS_QUERY, 0, result_type=list[RunEvent])
+    waiting = {e.tool_call_id: e.seq for e in events if isinstance(e, WAITING_EVENTS)}
     known = [waiting[call_id] for call_id in answered if call_id in waiting]
     if not known:
         raise HTTPException(404, f"run {agent_run_id!r} never waited for {', '.join(answered)}")
-    return agent_run_id, StreamStart(after_pause=pause_after(events, max(known)))
+    finished = state.status.is_final or await _deliver_answers(gw, state, approvals, results)
+    # The segment after the pause at the waiting events this message answers (earlier ones were streamed
+    # already). A run that has finished (cancelled, out of time) is streamed to its end instead: the client
+    # learns the final state, and every call it answered gets its outcome (denied, if never decided).
+    pause = pause_after(events, max(known))
+    return agent_run_id, StreamStart(after_pause=pause, to_the_end=finished)
+
+
+async def _deliver_answers(
+    gw: Gateway, state: RunState, approvals: list[ApprovalDecision], results: list[ToolResultSubmission]
+) -> bool:
+    """Send the run the answers it still waits for. True when it turns out to have finished meanwhile (a
+    cancel won the race), so its stream should go to its end; answers it has already are skipped."""
+    agent_run_id = state.agent_run_id
+    handle = gw.run(agent_run_id)
+    decided = {a.tool_call_id for a in state.approvals if a.decided_at}
+    try:
+        for decision in approvals:
+            if decision.tool_call_id not in decided:
+                await _deliver(handle, APPROVAL_UPDATE, decision, agent_run_id)
+        for result in results:
+            if state.pending_question and state.pending_question.tool_call_id == result.tool_call_id:
+                text = result.output if isinstance(result.output, str) else json.dumps(result.output)
+                answer = UserAnswer(text=result.error or text or "(no answer)")
+                await _deliver(handle, ANSWER_UPDATE, answer, agent_run_id)
+            elif any(p.tool_call_id == result.tool_call_id for p in state.pending_tool_results):
+                await _deliver(handle, TOOL_RESULT_UPDATE, result, agent_run_id)
+    except HTTPException as err:
+        if err.status_code == 409 and (await gw.state(agent_run_id)).status.is_final:
+            return True
+        raise
+    return False
 
 
 async def _deliver(handle: WorkflowHandle[Any, Any], update: str, arg: Any, agent_run_id: str) -> None:

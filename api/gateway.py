@@ -5,11 +5,18 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryRejectedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import QueryRejectCondition
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from keel.contracts import STATE_QUERY, RunState
+from keel.contracts import STATE_QUERY, RunState, RunStatus
 from keel.deltas import DeltaChannel
 from keel.settings import Settings
 from keel.store import RunStore
@@ -36,10 +43,32 @@ class Gateway:
         return self.temporal.get_workflow_handle(agent_run_id)
 
     async def state(self, agent_run_id: str) -> RunState:
+        """The run's `state` query. A run closed from outside its loop (terminated, timed out) never said
+        it ended, and its replayed state still waits or runs: it reads as ended, as its stream does."""
+        handle = self.run(agent_run_id)
         try:
-            return await self.run(agent_run_id).query(STATE_QUERY, result_type=RunState)
+            try:
+                return await handle.query(
+                    STATE_QUERY, result_type=RunState, reject_condition=QueryRejectCondition.NOT_OPEN
+                )
+            except WorkflowQueryRejectedError as closed:
+                state = await handle.query(STATE_QUERY, result_type=RunState)
+                return state if state.status.is_final else _ended_outside(state, closed.status)
         except RPCError as err:
             raise http_error(err, agent_run_id) from None
+
+
+def ended_outside(status: WorkflowExecutionStatus | None) -> tuple[RunStatus, str]:
+    """How a run whose workflow closed without its loop saying so ended, in the run's own terms."""
+    name = status.name.lower() if status else "unknown"
+    final = RunStatus.completed if status == WorkflowExecutionStatus.COMPLETED else RunStatus.failed
+    return final, f"the workflow ended as {name} outside the agent loop"
+
+
+def _ended_outside(state: RunState, status: WorkflowExecutionStatus | None) -> RunState:
+    final, detail = ended_outside(status)
+    nothing_waits = {"pending_approvals": [], "pending_question": None, "pending_tool_results": []}
+    return state.model_copy(update={"status": final, "detail": detail, **nothing_waits})
 
 
 def _gateway(request: Request) -> Gateway:

@@ -18,7 +18,13 @@ makes Last-Event-ID work.
 The sequence is cut into segments, each a complete UI message stream (`start` ... `finish`), because the
 AI SDK expects a response to end when the run waits for someone: a segment ends after each group of
 waiting events (approval requests, a question, client-side tool calls; a step emits its group all at
-once), and the next segment begins right after it. A response serves one segment, or the rest of one.
+once), and the next segment begins right after it. A response serves one segment, or the rest of one
+(or, answering a resubmission that reaches a finished run, every segment from its pause to the end).
+
+A run's end closes every tool call it left open: before `finish`, an approval never given gets
+`tool-output-denied` and any other open call (a tool still running, a question or a client tool without its
+answer) `tool-output-error` saying the run ended; why the run ended follows in a step of its own. No AI
+SDK client is then left holding a call, and none takes the last step for one that waits for the model.
 
 Retries stay clean: each attempt of an LLM call writes its own text part (`text-<seq>`, then
 `text-<seq>-<attempt>`). When a retried attempt begins, the part of the abandoned one is ended and a
@@ -30,15 +36,19 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import WorkflowHandle
 
+from api.gateway import ended_outside
 from keel.contracts import (
+    ASK_USER_TOOL,
     EVENTS_QUERY,
     WAITING_EVENTS,
+    ApprovalDecided,
     ApprovalRequested,
+    ClientToolRequested,
     Message,
     QuestionAsked,
     RunEvent,
@@ -222,10 +232,8 @@ _READS = _SharedReads()
 
 
 async def _ended_from_outside(handle: WorkflowHandle[Any, Any], seq: int) -> RunFinished:
-    status = (await handle.describe()).status
-    name = status.name.lower() if status else "unknown"
-    final = RunStatus.completed if status == WorkflowExecutionStatus.COMPLETED else RunStatus.failed
-    return RunFinished(seq=seq, status=final, detail=f"the workflow ended as {name} outside the agent loop")
+    status, detail = ended_outside((await handle.describe()).status)
+    return RunFinished(seq=seq, status=status, detail=detail)
 
 
 @dataclass(frozen=True)
@@ -244,10 +252,13 @@ class SegmentEnd:
 @dataclass(frozen=True)
 class StreamStart:
     """Where a response begins: the run's first segment (the default), right after the chunk with id
-    `after_id` (Last-Event-ID), or the segment that begins after the pause at waiting event `after_pause`."""
+    `after_id` (Last-Event-ID), or the segment that begins after the pause at waiting event `after_pause`.
+    With `to_the_end`, the response goes on through every later segment to the run's end, as one message
+    (the answer to a resubmission that reaches a run which has finished)."""
 
     after_id: int | None = None
     after_pause: int | None = None
+    to_the_end: bool = False
 
 
 @dataclass(frozen=True)
@@ -380,11 +391,17 @@ class RunStream:
 
 
 async def segment(stream: RunStream, start: StreamStart) -> AsyncIterator[Chunk]:
-    """The chunks of one segment of the run's stream, from `start` to the segment's end."""
-    started = start.after_id is None and start.after_pause is None
-    emitted = False
+    """The chunks of one segment of the run's stream, from `start` to the segment's end (or, with
+    `start.to_the_end`, to the run's end)."""
     chunks = stream.chunks()
     try:
+        if start.to_the_end and start.after_pause is not None:
+            rest = _after_pause(chunks, start.after_pause)
+            async for chunk in _one_message(rest, ends=lambda _: False):
+                yield chunk
+            return
+        started = start.after_id is None and start.after_pause is None
+        emitted = False
         async for item in chunks:
             if isinstance(item, SegmentEnd):
                 if emitted:
@@ -420,35 +437,58 @@ def pause_after(events: Sequence[RunEvent], seq: int) -> int:
 async def whole_message(stream: RunStream, last_pause: int | None, waiting: bool) -> AsyncIterator[Chunk]:
     """The run's assistant message from its start as one UI message stream, for the AI SDK's resume,
     which rebuilds the message from scratch: through the pauses the run has passed, to the end of the
-    segment now active (the one that asked, when the run waits at `last_pause`). Each pause's `finish`
-    and the next segment's `start` are left out, so there is one of each; ids stay what they are."""
+    segment now active (the one that asked, when the run waits at `last_pause`)."""
+
+    def ends(pause: int) -> bool:
+        if waiting and last_pause is not None:
+            return pause == last_pause
+        return last_pause is None or pause > last_pause
+
     chunks = stream.chunks()
-    held: Chunk | None = None  # a `finish`, sent only if the message ends with it
-    started = False
     try:
-        async for item in chunks:
-            if isinstance(item, SegmentEnd):
-                if waiting and last_pause is not None:
-                    end = item.seq == last_pause
-                else:
-                    end = last_pause is None or item.seq > last_pause
-                if end:
-                    break
-                held = None
-                continue
-            if held is not None:
-                yield held
-                held = None
-            kind = item.body["type"]
-            if kind == "finish":
-                held = item
-            elif kind != "start" or not started:
-                started = True
-                yield item
-        if held is not None:
-            yield held
+        async for chunk in _one_message(chunks, ends):
+            yield chunk
     finally:
         await chunks.aclose()
+
+
+async def _after_pause(
+    items: AsyncIterator[Chunk | SegmentEnd], pause: int
+) -> AsyncIterator[Chunk | SegmentEnd]:
+    """What comes after the pause at waiting event `pause`."""
+    passed = False
+    async for item in items:
+        if passed:
+            yield item
+        elif isinstance(item, SegmentEnd) and item.seq == pause:
+            passed = True
+
+
+async def _one_message(
+    items: AsyncIterator[Chunk | SegmentEnd], ends: Callable[[int], bool]
+) -> AsyncIterator[Chunk]:
+    """Segments joined into one UI message stream, up to the first pause for which `ends` is true (or the
+    run's end). Each pause passed loses its `finish` and the next segment its `start`, so there is one of
+    each; ids stay what they are."""
+    held: Chunk | None = None  # a `finish`, sent only if the message ends with it
+    started = False
+    async for item in items:
+        if isinstance(item, SegmentEnd):
+            if ends(item.seq):
+                break
+            held = None
+            continue
+        if held is not None:
+            yield held
+            held = None
+        kind = item.body["type"]
+        if kind == "finish":
+            held = item
+        elif kind != "start" or not started:
+            started = True
+            yield item
+    if held is not None:
+        yield held
 
 
 @dataclass
@@ -463,6 +503,28 @@ class _Call:
     streamed: list[str] = field(default_factory=list)
 
 
+_Awaiting = Literal["running", "approval", "denied", "answer", "client"]
+
+_UNFINISHED: dict[str, str] = {
+    "running": "did not finish",
+    "answer": "got no answer",
+    "client": "got no result from the client",
+}
+
+
+@dataclass
+class _OpenCall:
+    """A tool call the stream has shown without its outcome, and what it waits for."""
+
+    tool_name: str
+    awaiting: _Awaiting
+
+    def unfinished(self, status: RunStatus, detail: str | None) -> str:
+        """Why the call has no result, for its `tool-output-error` when the run ends without one."""
+        why = f"{self.tool_name} {_UNFINISHED[self.awaiting]}: the run ended as {status.value}"
+        return why + (f" ({detail})" if detail else "")
+
+
 class _Translator:
     """Run events and deltas to numbered UI message stream chunks, keeping steps and text parts balanced.
 
@@ -475,7 +537,11 @@ class _Translator:
         self.seq = 0
         self.index = 0
         self.in_step = False
+        # Whether the client's last step (from its latest `start-step`) shows tool calls.
+        self.tools_in_step = False
         self.call: _Call | None = None
+        # Tool calls streamed without an outcome yet, in the order they were made: what each waits for.
+        self.open_calls: dict[str, _OpenCall] = {}
         self.waiting: list[RunEvent] = []
         # After a pause the next segment opens with the next event, not while the run still waits.
         self.reopen = False
@@ -503,12 +569,16 @@ class _Translator:
             out += self._end_part(call)
         match event:
             case StepStarted(step=step):
-                self.in_step = True
+                self.in_step, self.tools_in_step = True, False
                 out.append(self._chunk({"type": "start-step"}))
                 self.call = _Call(step)
             case TextProduced(step=step, message_seq=seq):
                 out += self._final_text(call or _Call(step), _body(bodies, seq).content, seq)
             case ToolCallRequested(call=tool_call):
+                # ask_user is answered by the user, every other call by its tool (or after an approval).
+                awaiting: _Awaiting = "answer" if tool_call.name == ASK_USER_TOOL else "running"
+                self.open_calls[tool_call.id] = _OpenCall(tool_call.name, awaiting)
+                self.tools_in_step = True
                 out.append(
                     self._chunk(
                         {
@@ -520,6 +590,7 @@ class _Translator:
                     )
                 )
             case ApprovalRequested(tool_call_id=call_id):
+                self._waits(call_id, "approval")
                 self.waiting.append(event)
                 out.append(
                     self._chunk(
@@ -527,6 +598,7 @@ class _Translator:
                     )
                 )
             case ToolResultReady(tool_call_id=call_id, message_seq=seq, is_error=is_error, denied=denied):
+                self.open_calls.pop(call_id, None)
                 if denied:
                     out.append(self._chunk({"type": "tool-output-denied", "toolCallId": call_id}))
                 elif is_error:
@@ -543,28 +615,65 @@ class _Translator:
                     )
             case StepFinished():
                 out += self._end_step()
-            case RunFinished(status=status, detail=detail, partial_message_seq=partial):
-                partial_text = bodies[partial].content if partial is not None and partial in bodies else ""
-                if partial is not None and partial_text:
-                    # A reply cut short (cancelled, out of time): complete what was streamed of it.
-                    out += self._final_text(call or _Call(0), partial_text, partial)
-                else:
-                    out += self._end_part(call)
-                if status not in (RunStatus.completed, RunStatus.failed) and detail:
-                    # Budgets, limits and cancellation end the run with a final message a person can read.
-                    out += self._text(f"notice-{event.seq}", f"[{status.value}] {detail}")
-                out += self._end_step()
-                out.append(self._chunk(_run_data(self.agent_run_id, status, detail)))
-                if status is RunStatus.failed:
-                    out.append(self._chunk({"type": "error", "errorText": detail or "the run failed"}))
+            case RunFinished():
+                out += self._run_finished(event, call, bodies)
+            case ApprovalDecided(tool_call_id=call_id, approved=approved):
+                # No chunk of its own: the outcome follows (the tool's result, or tool-output-denied).
+                self._waits(call_id, "running" if approved else "denied")
+            case QuestionAsked(tool_call_id=call_id) | ClientToolRequested(tool_call_id=call_id):
+                # No chunk of their own: the client sees the tool call, and the pause says what it waits for.
+                self._waits(call_id, "answer" if isinstance(event, QuestionAsked) else "client")
+                self.waiting.append(event)
+        return out
+
+    def _run_finished(
+        self, event: RunFinished, call: _Call | None, bodies: dict[int, Message]
+    ) -> list[Chunk | SegmentEnd]:
+        """The run's last chunks: its text cut short, an outcome for every call still open, why it ended,
+        its final status, `finish`."""
+        status, detail, partial = event.status, event.detail, event.partial_message_seq
+        partial_text = bodies[partial].content if partial is not None and partial in bodies else ""
+        out: list[Chunk | SegmentEnd] = []
+        if partial is not None and partial_text:
+            # A reply cut short (cancelled, out of time): complete what was streamed of it.
+            out += self._final_text(call or _Call(0), partial_text, partial)
+        else:
+            out += self._end_part(call)
+        out += self._close_open_calls(status, detail)
+        out += self._end_step()
+        # Budgets, limits, stop conditions and cancellation end the run with a message a person can read (a
+        # failure has its `error` chunk instead), in a step of its own. A client's last step then never ends
+        # with tool calls that all have outcomes, which the AI SDK's lastAssistantMessageIsCompleteWith…
+        # helpers take for a step that waits for the model, and resubmit.
+        notice = f"[{status.value}] {detail}" if detail and status is not RunStatus.failed else None
+        if notice or self.tools_in_step:
+            out.append(self._chunk({"type": "start-step"}))
+            out += self._text(f"notice-{event.seq}", notice) if notice else []
+            out.append(self._chunk({"type": "finish-step"}))
+        out.append(self._chunk(_run_data(self.agent_run_id, status, detail)))
+        if status is RunStatus.failed:
+            out.append(self._chunk({"type": "error", "errorText": detail or "the run failed"}))
+        out.append(self._chunk({"type": "finish", "finishReason": _FINISH_REASONS.get(status, "other")}))
+        self.finished = True
+        return out
+
+    def _waits(self, call_id: str, what: "_Awaiting") -> None:
+        if call_id in self.open_calls:
+            self.open_calls[call_id].awaiting = what
+
+    def _close_open_calls(self, status: RunStatus, detail: str | None) -> list[Chunk | SegmentEnd]:
+        """The run has ended: every tool call still open gets its last chunk, so no client holds a call
+        that waits for ever (an AI SDK client resubmits while an approval response has no outcome)."""
+        out: list[Chunk | SegmentEnd] = []
+        for call_id, open_call in self.open_calls.items():
+            if open_call.awaiting in ("approval", "denied"):
+                out.append(self._chunk({"type": "tool-output-denied", "toolCallId": call_id}))
+            else:
+                text = open_call.unfinished(status, detail)
                 out.append(
-                    self._chunk({"type": "finish", "finishReason": _FINISH_REASONS.get(status, "other")})
+                    self._chunk({"type": "tool-output-error", "toolCallId": call_id, "errorText": text})
                 )
-                self.finished = True
-            case _:
-                # Approval decisions, questions and client tool requests have no chunk of their own.
-                if isinstance(event, WAITING_EVENTS):
-                    self.waiting.append(event)
+        self.open_calls.clear()
         return out
 
     def batch_end(self) -> list[Chunk | SegmentEnd]:

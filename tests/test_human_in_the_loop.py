@@ -323,6 +323,62 @@ async def test_double_texting_is_rejected_while_a_run_waits(http: httpx.AsyncCli
     assert f"already has an active run {run_id(first)}" in again.text
 
 
+async def test_regenerating_the_answer_of_a_waiting_run_replaces_that_run(http: httpx.AsyncClient) -> None:
+    body = chat_body(PUBLISH, purpose="learnpack-lesson-writer")
+    first = await chat(http, body)
+    replaced = run_id(first)
+
+    # useChat's regenerate(): the history up to the user message, naming the answer it replaces.
+    again = await chat(http, {**body, "trigger": "regenerate-message", "messageId": replaced})
+
+    assert run_id(again) != replaced and again.run_status == "waiting_for_approval"
+    state = (await http.get(f"/api/runs/{replaced}")).json()
+    assert (state["status"], state["detail"]) == (
+        "cancelled",
+        "cancelled: replaced: the user asked for a new answer",
+    )
+
+
+async def test_regenerate_needs_the_history_up_to_a_user_message(http: httpx.AsyncClient) -> None:
+    body = chat_body(PUBLISH, purpose="learnpack-lesson-writer")
+    first = await chat(http, body)
+    with_the_answer = [*body["messages"], assistant_message(first)]
+
+    refused = await http.post(
+        "/api/chat",
+        json={
+            **body,
+            "messages": with_the_answer,
+            "trigger": "regenerate-message",
+            "messageId": run_id(first),
+        },
+    )
+
+    assert refused.status_code == 400
+    assert "regenerate-message needs the history up to the user message" in refused.json()["detail"]
+    assert (await http.get(f"/api/runs/{run_id(first)}")).json()["status"] == "waiting_for_approval"
+
+
+async def test_a_run_terminated_through_temporal_reads_as_failed_and_frees_its_chat(
+    http: httpx.AsyncClient, temporal: Client
+) -> None:
+    body = chat_body(PUBLISH, purpose="learnpack-lesson-writer")
+    first = await chat(http, body)
+    terminated = first.response.headers["x-agent-run-id"]
+
+    # An operator terminates it (Web UI, `temporal workflow terminate`): its loop never says it ended.
+    await temporal.get_workflow_handle(terminated).terminate(reason="stuck")
+
+    state = (await http.get(f"/api/runs/{terminated}")).json()
+    assert state["status"] == "failed" and state["pending_approvals"] == []
+    assert state["detail"] == "the workflow ended as terminated outside the agent loop"
+    assert (await http.post(f"/api/runs/{terminated}/cancel", json={})).status_code == 409
+    nothing_to_resume = await http.get(f"/api/chat/{body['id']}/stream")
+    assert nothing_to_resume.status_code == 204
+    again = await chat(http, {**body, "messages": [*body["messages"], user_message("once more", "m2")]})
+    assert run_id(again) != terminated
+
+
 async def test_double_texting_can_interrupt_the_active_run(gateways: dict[str, str]) -> None:
     async with httpx.AsyncClient(base_url=gateways["interrupt"], timeout=30) as http:
         body = chat_body(PUBLISH, purpose="learnpack-lesson-writer")

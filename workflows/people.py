@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         PendingToolResult,
         PurposeSpec,
         QuestionAsked,
+        RunStatus,
         ToolCall,
         ToolOutcome,
         ToolResultSubmission,
@@ -52,6 +53,7 @@ class WaitsForPeople:
     _unanswerable_question: str | None
     _client_calls: dict[str, PendingToolResult]
     _client_results: dict[str, ToolResultSubmission]
+    _final: RunStatus | None
 
     def _pending_approvals(self) -> list[ApprovalRecord]:
         return [r for r in self._approvals.values() if r.decided_at is None]
@@ -159,8 +161,15 @@ class WaitsForPeople:
 
     @decide_approval.validator
     def _validate_approval(self, decision: ApprovalDecision) -> None:
-        if problem := self._approval_problem(decision):
+        if problem := self._ended_problem() or self._approval_problem(decision):
             raise ApplicationError(problem[1], type=problem[0])
+
+    def _ended_problem(self) -> tuple[str, str] | None:
+        # Validators only: an update accepted after the run ended would wait for a decision nothing can
+        # make, and the run would never close (it waits for its handlers). Signals then simply do nothing.
+        if self._final is None:
+            return None
+        return "Conflict", f"the run has finished ({self._final.value})"
 
     def _approval_problem(self, decision: ApprovalDecision) -> tuple[str, str] | None:
         record = self._approvals.get(decision.tool_call_id)
@@ -181,6 +190,8 @@ class WaitsForPeople:
 
     @submit_answer.validator
     def _validate_answer(self, answer: UserAnswer) -> None:
+        if problem := self._ended_problem():
+            raise ApplicationError(problem[1], type=problem[0])
         if self._question is None or self._answer is not None:
             raise ApplicationError("the run is not waiting for an answer", type="Conflict")
 
@@ -195,7 +206,7 @@ class WaitsForPeople:
 
     @submit_tool_result.validator
     def _validate_tool_result(self, result: ToolResultSubmission) -> None:
-        if problem := self._tool_result_problem(result):
+        if problem := self._ended_problem() or self._tool_result_problem(result):
             raise ApplicationError(problem[1], type=problem[0])
 
     def _tool_result_problem(self, result: ToolResultSubmission) -> tuple[str, str] | None:

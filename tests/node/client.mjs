@@ -1,19 +1,20 @@
 // Drives Keel's gateway with the real Vercel AI SDK client, as tests/test_ai_sdk_client.py asks.
 //
-//   node client.mjs <ai5|ai6> <scenario> [<scenario> ...]
+//   node client.mjs <ai5|ai6|ai7> <scenario> [<scenario> ...]
 //
 // KEEL_URL is the gateway, KEEL_SLOW_URL one whose model writes slowly (scripted:slow), so a stream can be
 // cut in the middle of an answer. Scenarios run concurrently, each in a chat of its own. The result is
 // one JSON object on stdout: {scenario: what it saw} or {scenario: {error}}; pytest asserts on it.
 
+import { chatClass, newId, until, userMessage } from "./chat.mjs";
+
 const [pkg, ...scenarios] = process.argv.slice(2);
 const ai = await import(pkg);
-const { AbstractChat, DefaultChatTransport, readUIMessageStream } = ai;
+const { DefaultChatTransport, readUIMessageStream } = ai;
+const Chat = chatClass(ai);
 const URL_ = process.env.KEEL_URL;
 const SLOW_URL = process.env.KEEL_SLOW_URL;
 
-const newId = (prefix) => `${prefix}-${Math.random().toString(16).slice(2, 14)}`;
-const userMessage = (text) => ({ id: newId("u"), role: "user", parts: [{ type: "text", text }] });
 const transport = (url, body = {}) => new DefaultChatTransport({ api: `${url}/api/chat`, body });
 
 // The assistant message readUIMessageStream assembles, last snapshot wins.
@@ -40,41 +41,6 @@ async function send(url, text, body = {}) {
     abortSignal: undefined,
   });
   return { chatId, message: await assemble(stream) };
-}
-
-// useChat's state, kept in memory: what @ai-sdk/react does with React state.
-class MemoryState {
-  constructor() {
-    this.status = "ready";
-    this.error = undefined;
-    this.messages = [];
-  }
-  pushMessage(message) {
-    this.messages = [...this.messages, message];
-  }
-  popMessage() {
-    this.messages = this.messages.slice(0, -1);
-  }
-  replaceMessage(index, message) {
-    this.messages = [...this.messages.slice(0, index), this.snapshot(message), ...this.messages.slice(index + 1)];
-  }
-  snapshot(thing) {
-    return structuredClone(thing);
-  }
-}
-
-class Chat extends AbstractChat {
-  constructor(options) {
-    super({ ...options, state: new MemoryState() });
-  }
-}
-
-async function until(predicate, what, timeoutMs = 20000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
 }
 
 const SCENARIOS = {
