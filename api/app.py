@@ -54,16 +54,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limits.install(app, settings)  # 413 for large bodies, 400 for values PostgreSQL can't hold, error docs
     if settings.codec_key_file is not None:
         codec_auth = [admin_dependency(app.state)] if settings.auth_modes else []
-        app.mount(
-            "/codec",
-            codec_app(
-                EncryptionCodec.from_file(settings.codec_key_file), settings.temporal_ui_url, codec_auth
-            ),
-        )
+        # With no Web UI address known, no browser origin is allowed; the `temporal` CLI needs none.
+        codec = EncryptionCodec.from_file(settings.codec_key_file)
+        app.mount("/codec", codec_app(codec, settings.temporal_ui_url, codec_auth))
 
     @app.get("/", include_in_schema=False)
     async def chat_page() -> FileResponse:
         return FileResponse(_STATIC / "index.html")
+
+    # Both pages link this icon; /favicon.ico answers too, for browsers and tools that ask for it unprompted.
+    @app.get("/favicon.svg", include_in_schema=False)
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(_STATIC / "favicon.svg", media_type="image/svg+xml")
 
     @app.get("/healthz", summary="200 when Temporal and PostgreSQL both answer")
     async def healthz(gw: GatewayDep) -> JSONResponse:

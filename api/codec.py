@@ -4,6 +4,7 @@ only) applies to nothing else."""
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -14,14 +15,15 @@ from temporalio.api.common.v1 import Payloads
 from keel.codec import CodecKeyError, EncryptionCodec
 
 
-def codec_app(codec: EncryptionCodec, web_ui_origin: str, dependencies: Sequence[Any] = ()) -> FastAPI:
+def codec_app(codec: EncryptionCodec, web_ui_origin: str | None, dependencies: Sequence[Any] = ()) -> FastAPI:
     # `dependencies`: the gateway's authentication when it is on (CORS preflights pass without it).
+    # `web_ui_origin` None (no Web UI address known): no browser origin is allowed at all.
     app = FastAPI(
         title="Keel codec", docs_url=None, redoc_url=None, openapi_url=None, dependencies=list(dependencies)
     )
     app.add_middleware(
         CORSMiddleware,
-        allow_origins=[web_ui_origin.rstrip("/")],
+        allow_origins=[_origin(web_ui_origin)] if web_ui_origin else [],
         allow_methods=["POST"],
         allow_headers=["content-type", "x-namespace", "authorization"],
         allow_credentials=True,
@@ -47,3 +49,10 @@ def codec_app(codec: EncryptionCodec, web_ui_origin: str, dependencies: Sequence
         return await transcode(request, encode=False)
 
     return app
+
+
+def _origin(url: str) -> str:
+    # A browser's Origin is scheme://host[:port]; KEEL_TEMPORAL_UI_URL may carry a path (a UI behind a
+    # prefix), which no Origin header ever matches.
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url.rstrip("/")

@@ -4,7 +4,8 @@
   With `chat_id` it lists the chat's runs from `chat_runs` (runs from before run records included), as it
   always did; every row still has `agent_run_id` and `started_at`.
 - `GET /api/runs/{id}/timeline`: one run with its LLM calls and tool runs, merged into one timeline with
-  latency, tokens, cost, errors and approvals, and the run's address in the Temporal Web UI.
+  latency, tokens, cost, errors and approvals, and the run's address in the Temporal Web UI (null when
+  KEEL_TEMPORAL_UI_URL is not set: the pages then show no link rather than one that leads nowhere).
 """
 
 from datetime import datetime
@@ -47,7 +48,8 @@ class RunSummary(BaseModel):
     input_summary: str | None = None
     output_summary: str | None = None
     temporal_run_id: str | None = None
-    temporal_url: str
+    # None when the gateway does not know where the Web UI is (KEEL_TEMPORAL_UI_URL unset).
+    temporal_url: str | None = None
 
 
 class TimelineItem(BaseModel):
@@ -129,7 +131,9 @@ def _summary(gw: Gateway, row: dict[str, Any]) -> RunSummary:
     return RunSummary(**row, temporal_url=temporal_url(gw, row["agent_run_id"], row.get("temporal_run_id")))
 
 
-def temporal_url(gw: Gateway, agent_run_id: str, temporal_run_id: str | None) -> str:
+def temporal_url(gw: Gateway, agent_run_id: str, temporal_run_id: str | None) -> str | None:
+    if not gw.settings.temporal_ui_url:
+        return None
     base = gw.settings.temporal_ui_url.rstrip("/")
     url = f"{base}/namespaces/{quote(gw.settings.temporal_namespace)}/workflows/{quote(agent_run_id)}"
     return f"{url}/{quote(temporal_run_id)}/history" if temporal_run_id else url

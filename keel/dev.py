@@ -169,6 +169,8 @@ def _banner(
     else:
         temporal_line = f"{settings.temporal_address} (from TEMPORAL_ADDRESS)"
         ui_url = settings.temporal_ui_url
+    # An external Temporal's UI may be anywhere: say so instead of guessing a port nobody listens on.
+    ui_line = ui_url or "not known (set KEEL_TEMPORAL_UI_URL)"
     postgres_line = f"embedded, data in {db.pgdata}" if db is not None else "from DATABASE_URL"
     model = settings.model
     if model == "scripted":
@@ -180,7 +182,7 @@ def _banner(
         f"  run viewer       {gateway_url}/runs",
         f"  metrics          {gateway_url}/metrics (gateway), {_worker_metrics(settings)} (worker),",
         f"                   {_heavy_worker_metrics(settings)} (heavy worker)",
-        f"  Temporal Web UI  {ui_url}",
+        f"  Temporal Web UI  {ui_line}",
         f"  Temporal         {temporal_line}",
         f"  PostgreSQL       {postgres_line}",
         f"  data dir         {data_dir}",
@@ -267,7 +269,8 @@ def run(
                 extra_args=["--ui-codec-endpoint", f"{gateway_url}/codec"],
             )
             env["TEMPORAL_ADDRESS"] = temporal.address
-            env["KEEL_TEMPORAL_UI_URL"] = temporal.ui_url or settings.temporal_ui_url
+            if temporal.ui_url:  # the gateway's links and codec CORS origin: the UI started here
+                env["KEEL_TEMPORAL_UI_URL"] = temporal.ui_url
         if embedded_db:
             _say(f"starting PostgreSQL (data in {data_dir / 'postgres'})")
             db = EmbeddedPostgres.start(data_dir / "postgres")

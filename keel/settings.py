@@ -29,7 +29,10 @@ class Settings(BaseSettings):
     temporal_tls_server_name: str | None = Field(None, validation_alias="TEMPORAL_TLS_SERVER_NAME")
     temporal_api_key: SecretStr | None = Field(None, validation_alias="TEMPORAL_API_KEY")
     temporal_api_key_file: Path | None = Field(None, validation_alias="TEMPORAL_API_KEY_FILE")
-    temporal_ui_url: str = Field("http://127.0.0.1:8233", validation_alias="KEEL_TEMPORAL_UI_URL")
+    # Where people open the Temporal Web UI, for links and the codec endpoint's CORS origin. None: not
+    # known (an external Temporal whose UI nobody named), so no link is shown rather than one to a port
+    # where nothing listens. `make dev` sets it to its embedded server's UI.
+    temporal_ui_url: str | None = Field(None, validation_alias="KEEL_TEMPORAL_UI_URL")
     database_url: str | None = Field(None, validation_alias="DATABASE_URL")
     data_dir: Path = Field(Path(".keel"), validation_alias="KEEL_DATA_DIR")
     host: str = Field("127.0.0.1", validation_alias="KEEL_HOST")
@@ -100,6 +103,7 @@ class Settings(BaseSettings):
         "temporal_tls_server_name",
         "temporal_api_key",
         "temporal_api_key_file",
+        "temporal_ui_url",
         mode="before",
     )
     @classmethod

@@ -26,12 +26,17 @@ from keel.temporal import connect_temporal
 from tests.fake_vendors import FakeVendors, start_fake_vendors, stop_fake_vendors
 
 ROOT = Path(__file__).resolve().parent.parent
+# The browser tests' fixtures (`browser`, `page`): tests/browser.py.
+pytest_plugins = ["tests.browser"]
 VENDOR_TASK_QUEUE = "agent-runs-vendors"
 # The keys the fake vendors are called with. They must never show up where a person or a log could read.
 FAKE_OPENAI_KEY = "sk-test-keel-openai-secret-0123456789"
 FAKE_ANTHROPIC_KEY = "sk-ant-test-keel-secret-0123456789"
 # The HS256 secret of the `auth` gateway; like the keys above, it must never show up in a log.
 AUTH_JWT_SECRET = "test-keel-jwt-secret-0123456789abcdef-never-logged"
+# The test Temporal runs headless, so the `keel` gateway knows no Web UI (KEEL_TEMPORAL_UI_URL unset) and
+# shows no links; the `temporal-ui` gateway is told this address, for tests of the links and the codec's CORS.
+TEMPORAL_UI_URL = "http://temporal-ui.example:8233"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -161,6 +166,8 @@ def keel(
         "KEEL_WORKER_METRICS_PORT": str(free_port()),
         "KEEL_HEAVY_WORKER_METRICS_PORT": str(free_port()),
         "KEEL_CODEC_KEY_FILE": str(base / "codec-keys.json"),
+        # No Web UI (the test Temporal is headless), whatever the shell says: empty is unset.
+        "KEEL_TEMPORAL_UI_URL": "",
     }
     worker_log, heavy_log, gateway_log = base / "worker.log", base / "heavy-worker.log", base / "gateway.log"
     worker = _spawn([sys.executable, "worker.py"], env, worker_log)
@@ -185,6 +192,8 @@ EXTRA_GATEWAYS = {
     "slow": {"KEEL_MODEL": "scripted:slow", "KEEL_SSE_PING_SECONDS": "0.25"},
     # Authentication on, as Keel faces the internet (tests/test_security.py); five run starts a minute.
     "auth": {"KEEL_AUTH": "jwt,api-key", "KEEL_JWT_SECRET": AUTH_JWT_SECRET, "KEEL_RATE_LIMIT": "5"},
+    # Knows where the Temporal Web UI is: run links and the codec endpoint's CORS origin.
+    "temporal-ui": {"KEEL_TEMPORAL_UI_URL": TEMPORAL_UI_URL},
 }
 
 

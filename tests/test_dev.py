@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from keel.stack import free_port, port_is_free
+from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, port_is_free
 from tests.conftest import ROOT
 from tests.ui_stream import chat_body, parse
 
@@ -20,7 +20,8 @@ DEV_PORTS = (7233, 8233)
 
 
 def dev_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("TEMPORAL_ADDRESS", "DATABASE_URL")}
+    inherited = ("TEMPORAL_ADDRESS", "DATABASE_URL", "KEEL_TEMPORAL_UI_URL")  # each test says what it wants
+    env = {k: v for k, v in os.environ.items() if k not in inherited}
     return {**env, "KEEL_DATA_DIR": str(data_dir), "KEEL_PORT": str(port), **extra}
 
 
@@ -117,6 +118,38 @@ def test_make_dev_runs_a_chat_and_ctrl_c_leaves_no_process(tmp_path: Path) -> No
         wait_until_up(dev, log)
         state = httpx.get(f"{url}/api/runs/{run_id}", timeout=30).json()
         assert state["status"] == "completed"
+        # The gateway links runs to the Web UI make dev started (it sets KEEL_TEMPORAL_UI_URL for it).
+        timeline = httpx.get(f"{url}/api/runs/{run_id}/timeline", timeout=30).json()
+        assert timeline["run"]["temporal_url"].startswith(
+            f"http://127.0.0.1:8233/namespaces/default/workflows/{run_id}"
+        )
     finally:
         assert ctrl_c(dev) == 0
     assert processes_using(data_dir) == []
+
+
+def test_with_an_external_temporal_nothing_points_at_a_web_ui_nobody_named(
+    tmp_path: Path, temporal_server: TemporalDevServer, postgres: EmbeddedPostgres
+) -> None:
+    port, log = free_port(), tmp_path / "dev.log"
+    env = dev_env(
+        tmp_path / "data",
+        port,
+        TEMPORAL_ADDRESS=temporal_server.address,  # headless: where its UI would be, nobody knows
+        DATABASE_URL=postgres.uri,
+        # Task queues of its own and no metrics ports: nothing shared with the session's workers or a
+        # `make dev` running beside the tests.
+        KEEL_TASK_QUEUE="dev-external-agent-runs",
+        KEEL_HEAVY_TASK_QUEUE="dev-external-agent-heavy",
+        KEEL_WORKER_METRICS_PORT="0",
+        KEEL_HEAVY_WORKER_METRICS_PORT="0",
+    )
+    dev = start_dev(env, log)
+    try:
+        banner = wait_until_up(dev, log)
+        assert "Temporal Web UI  not known (set KEEL_TEMPORAL_UI_URL)" in banner
+        url = f"http://127.0.0.1:{port}"
+        for page in ("/", "/runs"):  # neither page guesses the embedded server's port either
+            assert "8233" not in httpx.get(f"{url}{page}", timeout=30).text
+    finally:
+        assert ctrl_c(dev) == 0, log.read_text()

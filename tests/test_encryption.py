@@ -13,7 +13,7 @@ from temporalio.api.common.v1 import Payload
 
 from keel.codec import CodecKeyError, EncryptionCodec, rotate_key_file, write_new_key_file
 from keel.stack import TemporalDevServer, find_temporal_bin
-from tests.conftest import Keel
+from tests.conftest import TEMPORAL_UI_URL, Keel
 from tests.ui_stream import chat, chat_body
 
 
@@ -42,12 +42,24 @@ async def test_the_codec_endpoint_round_trip(http: httpx.AsyncClient, keel: Keel
     decoded = await http.post("/codec/decode", json={"payloads": [sealed]})
     assert decoded.json()["payloads"] == [plain]
     assert (await http.post("/codec/decode", content=b"nonsense")).status_code == 400
-    # The Web UI calls it from its own origin.
-    preflight = await http.options(
-        "/codec/decode",
-        headers={"origin": "http://127.0.0.1:8233", "access-control-request-method": "POST"},
-    )
-    assert preflight.headers["access-control-allow-origin"] == "http://127.0.0.1:8233"
+
+
+async def test_the_codec_endpoint_lets_in_the_web_uis_origin_only_when_it_is_known(
+    http: httpx.AsyncClient, gateways: dict[str, str]
+) -> None:
+    async def preflight(client: httpx.AsyncClient, origin: str) -> httpx.Response:
+        headers = {"origin": origin, "access-control-request-method": "POST"}
+        return await client.options("/codec/decode", headers=headers)
+
+    # The Web UI calls the endpoint from its own origin, the one KEEL_TEMPORAL_UI_URL names.
+    async with httpx.AsyncClient(base_url=gateways["temporal-ui"], timeout=30) as with_ui:
+        allowed = await preflight(with_ui, TEMPORAL_UI_URL)
+        assert allowed.headers["access-control-allow-origin"] == TEMPORAL_UI_URL
+        other = await preflight(with_ui, "http://127.0.0.1:8233")
+        assert "access-control-allow-origin" not in other.headers
+    # With no Web UI address the gateway still starts and serves the endpoint, to no browser origin.
+    refused = await preflight(http, "http://127.0.0.1:8233")
+    assert "access-control-allow-origin" not in refused.headers
 
 
 async def test_temporal_workflow_show_reads_runs_through_the_codec_endpoint(

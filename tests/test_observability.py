@@ -18,7 +18,7 @@ from temporalio.client import Client
 
 from keel.settings import Settings
 from keel.store import RunStore
-from tests.conftest import ROOT, Keel
+from tests.conftest import ROOT, TEMPORAL_UI_URL, Keel
 from tests.test_run_records import records
 from tests.ui_stream import chat, chat_body
 
@@ -284,7 +284,7 @@ setTimeout(() => console.log(JSON.stringify({ list: element("#list").innerHTML, 
 
 
 async def test_the_run_viewer_renders_a_real_run(
-    http: httpx.AsyncClient, keel: Keel, temporal: Client, tmp_path: Path
+    http: httpx.AsyncClient, keel: Keel, temporal: Client, tmp_path: Path, gateways: dict[str, str]
 ) -> None:
     body = chat_body("calculate 12 / 4")
     stream = await chat(http, body)
@@ -313,11 +313,15 @@ async def test_the_run_viewer_renders_a_real_run(
     ).json()
     assert run_id not in [r["agent_run_id"] for r in later]
 
-    timeline = (await http.get(f"/api/runs/{run_id}/timeline")).json()
-    ui = keel.env.get("KEEL_TEMPORAL_UI_URL", "http://127.0.0.1:8233")
+    # This gateway knows no Web UI (KEEL_TEMPORAL_UI_URL unset): no address, rather than a guessed one.
+    assert (await http.get(f"/api/runs/{run_id}/timeline")).json()["run"]["temporal_url"] is None
+    # One that knows it links the run's history there; the page below renders that gateway's answer.
+    with_ui = gateways["temporal-ui"]
+    async with httpx.AsyncClient(base_url=with_ui, timeout=30) as other:
+        timeline = (await other.get(f"/api/runs/{run_id}/timeline")).json()
     assert (
         timeline["run"]["temporal_url"]
-        == f"{ui}/namespaces/default/workflows/{run_id}/{run_id_temporal}/history"
+        == f"{TEMPORAL_UI_URL}/namespaces/default/workflows/{run_id}/{run_id_temporal}/history"
     )
     items = [(i["kind"], i["name"], i["status"], i["step"]) for i in timeline["items"]]
     assert items == [
@@ -336,7 +340,7 @@ async def test_the_run_viewer_renders_a_real_run(
     script.write_text(_NODE_RENDER)
     done = await asyncio.to_thread(
         subprocess.run,
-        ["node", str(script), str(page_file), keel.gateway_url, run_id],
+        ["node", str(script), str(page_file), with_ui, run_id],
         capture_output=True,
         text=True,
         timeout=30,
