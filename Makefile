@@ -11,15 +11,23 @@ PYTEST_ARGS ?=
 # node_modules; npm runs again only when package.json or its lock is newer than this stamp.
 NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+# The Next.js example, installed and built for tests/test_nextjs_example.py: npm ci runs again only when its
+# package files are newer than the first stamp, `next build` only when its sources are newer than the second.
+NEXT_APP := examples/nextjs-chat
+NEXT_APP_INSTALLED := $(NEXT_APP)/node_modules/.installed
+NEXT_APP_BUILT := $(NEXT_APP)/.next/.keel-built
+# `[...path]` (the proxy's folder) is a glob to make: its brackets are escaped.
+NEXT_APP_SOURCES := $(shell find $(NEXT_APP)/app -type f 2>/dev/null | sed 's/[][]/\\&/g') $(NEXT_APP)/next.config.mjs
 # What `make dev` uses for its state (same default as keel.settings).
 DATA_DIR := $(or $(KEEL_DATA_DIR),.keel)
 
 .DEFAULT_GOAL := help
-.PHONY: help .venv install node-deps dev test lint fmt bench clean reset-data
+.PHONY: help .venv install node-deps nextjs-example dev test lint fmt bench clean reset-data
 
 help:
 	@echo "make dev         install if needed, then run Temporal, PostgreSQL, worker and gateway (Ctrl-C stops all)"
 	@echo "make test        install if needed, then run pytest (extra arguments: PYTEST_ARGS='-k name -x')"
+	@echo "make nextjs-example  npm ci and next build in examples/nextjs-chat (make test does it; cached)"
 	@echo "make lint        ruff check and ruff format --check"
 	@echo "make fmt         apply ruff's formatting and safe fixes"
 	@echo "make bench       run the benchmarks (bench/)"
@@ -48,12 +56,29 @@ node-deps:
 		echo "npm not found: the AI SDK client tests will be skipped"; \
 	fi
 
+$(NEXT_APP_INSTALLED): $(NEXT_APP)/package.json $(NEXT_APP)/package-lock.json
+	cd $(NEXT_APP) && npm ci --no-audit --no-fund
+	touch $@
+
+# NEXT_TELEMETRY_DISABLED: the build reports nothing anywhere; the app has no web fonts to fetch either.
+$(NEXT_APP_BUILT): $(NEXT_APP_INSTALLED) $(NEXT_APP_SOURCES)
+	cd $(NEXT_APP) && NEXT_TELEMETRY_DISABLED=1 ./node_modules/.bin/next build
+	touch $@
+
+# Without npm the example's tests skip themselves (and fail under CI=true), saying why.
+nextjs-example:
+	@if command -v npm >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory -s $(NEXT_APP_BUILT); \
+	else \
+		echo "npm not found: the Next.js example's tests will be skipped"; \
+	fi
+
 dev: $(STAMP)
 	$(PY) -m keel.dev
 
 # pytest exits 5 when it collects no tests; that stays a failure, so CI can't pass with an empty suite.
 # ruff runs first: a lint error fails the suite like a failing test does.
-test: $(STAMP) node-deps
+test: $(STAMP) node-deps nextjs-example
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -71,7 +96,8 @@ bench: $(STAMP)
 
 # Keeps $(DATA_DIR) on purpose: it holds your runs, conversations and Temporal history. See reset-data.
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info $(NODE_DIR)/node_modules
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info $(NODE_DIR)/node_modules \
+		$(NEXT_APP)/node_modules $(NEXT_APP)/.next
 	find . -path ./$(DATA_DIR) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Deletes all local state at once, without asking. Stop `make dev` first: the data dir is in use while it runs.

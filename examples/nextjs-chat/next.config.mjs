@@ -1,15 +1,11 @@
-// Keel's gateway stays where `make dev` runs it; the browser only ever talks to this app, which proxies
-// /api/* (POST /api/chat, GET /api/chat/{id}/stream, GET /api/runs/{id}, ...) to it. No CORS, no changes
-// to the gateway.
-const KEEL_URL = process.env.KEEL_URL ?? "http://127.0.0.1:8000";
+// The browser only ever talks to this app; app/api/[...path]/route.js forwards /api/* (POST /api/chat,
+// GET /api/chat/{id}/stream, GET /api/runs/{id}, ...) to Keel's gateway, reading KEEL_URL at run time.
 
 /** @type {import('next').NextConfig} */
 const nextConfig = {
-  // The proxy must not compress: a gzip'd event stream is buffered until it ends.
+  // A gzip'd event stream is held back until it ends: the proxied UI message stream must stay uncompressed.
   compress: false,
-  async rewrites() {
-    return [{ source: "/api/:path*", destination: `${KEEL_URL}/api/:path*` }];
-  },
+  poweredByHeader: false,
 };
 
 export default nextConfig;
