@@ -13,10 +13,15 @@ The model name asks for misbehaviour, optionally only for its first n requests (
 is per model name for the whole session, so give each such test a model name of its own):
 
     status<code>   answer HTTP <code> (429 with retry-after-ms; 401 echoing the key it was sent)
+    quota          the account is out of credit (OpenAI: 429 insufficient_quota; Anthropic: 400 billing_error)
     cut            stop the stream mid-answer by dropping the connection
     malformed      tool-call arguments that are not valid JSON
     empty          no text and no tool calls
-    overloaded     an `error` event mid-stream (Anthropic's overloaded_error)
+    errorfirst     an overload reported inside the stream, as its very first event (OpenAI: a chunk
+                   `{"error": {"type": "server_error", ...}}`; Anthropic: an `error` event, overloaded_error)
+    errorlate      the same overload, after the first few words of the answer
+    invalidfirst   a bad-request error inside the stream, first (invalid_request_error)
+    badchunk       after the first few words, a chunk whose data is not valid JSON, then the stream ends
 
 Any other model name just answers. Nothing here reaches the internet.
 """
@@ -44,7 +49,18 @@ from keel.contracts import Message, ToolCall, ToolSpec, Usage
 from keel.stack import free_port
 
 _PIECE = 6  # characters per streamed piece of arguments; small, so every call spans several chunks
-_BEHAVIOUR = re.compile(r"^(status(?P<status>\d{3})|cut|malformed|empty|overloaded)(x(?P<times>\d+))?$")
+_BEHAVIOUR = re.compile(
+    r"^(status(?P<status>\d{3})|quota|cut|malformed|empty|errorfirst|errorlate|invalidfirst|badchunk)"
+    r"(x(?P<times>\d+))?$"
+)
+# How many pieces of text a stream writes before `errorlate` and `badchunk` break it.
+_WORDS_BEFORE_TROUBLE = 3
+# What each in-stream error mode reports, as (type, message); Anthropic calls an overload overloaded_error.
+_STREAM_ERRORS = {
+    "errorfirst": ("server_error", "server is overloaded"),
+    "errorlate": ("server_error", "server is overloaded"),
+    "invalidfirst": ("invalid_request_error", "Invalid value for 'messages[1].content': expected a string."),
+}
 
 
 @dataclass
@@ -134,6 +150,40 @@ def _status_response(status: int, vendor: str, request: Request) -> Response:
         body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
         headers["x-request-id"] = f"req_fake_{status}"
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _quota_response(vendor: str) -> Response:
+    """An account out of credit: OpenAI says so with a 429 that no retry can fix, Anthropic with a 400."""
+    if vendor == "anthropic":
+        error = {"type": "billing_error", "message": "Your credit balance is too low to access the API."}
+        return JSONResponse({"type": "error", "error": error}, status_code=400)
+    error = {
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    }
+    return JSONResponse({"error": error}, status_code=429, headers={"retry-after": "2"})
+
+
+def _openai_stream_error(behaviour: str) -> str:
+    kind, message = _STREAM_ERRORS[behaviour]
+    error = {"message": message, "type": kind, "param": None, "code": None}
+    return f"data: {json.dumps({'error': error})}\n\n"
+
+
+def _anthropic_stream_error(behaviour: str) -> str:
+    kind, message = _STREAM_ERRORS[behaviour]
+    if kind == "server_error":
+        kind, message = "overloaded_error", "Overloaded"
+    return _sse("error", {"type": "error", "error": {"type": kind, "message": message}})
+
+
+# Chunks cut off inside their JSON, as a broken proxy might pass them on.
+_OPENAI_BAD_CHUNK = 'data: {"id": "chatcmpl-fake", "object": "chat.completion.chu\n\n'
+_ANTHROPIC_BAD_CHUNK = (
+    'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {"type": "te\n\n'
+)
 
 
 def _pieces(text: str, size: int) -> Iterator[str]:
@@ -254,6 +304,8 @@ async def _openai(request: Request) -> Response:
     behaviour, status = _behaviour(vendors, model)
     if behaviour == "status":
         return _status_response(status or 500, "openai", request)
+    if behaviour == "quota":
+        return _quota_response("openai")
     messages, tools = _openai_conversation(body)
     json_tools = (
         None if tools else _json_mode_tools(next((m.content for m in messages if m.role == "system"), ""))
@@ -287,8 +339,14 @@ async def _openai(request: Request) -> Response:
         return f"data: {json.dumps(payload)}\n\n"
 
     async def events() -> AsyncIterator[str]:
+        if behaviour in ("errorfirst", "invalidfirst"):
+            yield _openai_stream_error(behaviour)
+            return
         yield chunk({"role": "assistant", "content": ""})
-        for piece in _words(answer.text) if answer.text else ():
+        for i, piece in enumerate(_words(answer.text) if answer.text else ()):
+            if i == _WORDS_BEFORE_TROUBLE and behaviour in ("errorlate", "badchunk"):
+                yield _openai_stream_error(behaviour) if behaviour == "errorlate" else _OPENAI_BAD_CHUNK
+                return
             yield chunk({"content": piece})
         for index, call in enumerate(answer.calls):
             head = {
@@ -370,6 +428,8 @@ async def _anthropic(request: Request) -> Response:
     behaviour, status = _behaviour(vendors, model)
     if behaviour == "status":
         return _status_response(status or 500, "anthropic", request)
+    if behaviour == "quota":
+        return _quota_response("anthropic")
     messages, tools = _anthropic_conversation(body)
     answer = await _think(messages, tools)
     if behaviour == "empty":
@@ -377,6 +437,9 @@ async def _anthropic(request: Request) -> Response:
     number = len(vendors.requests)
 
     async def events() -> AsyncIterator[str]:
+        if behaviour in ("errorfirst", "invalidfirst"):
+            yield _anthropic_stream_error(behaviour)
+            return
         message = {
             "id": f"msg_fake{number}",
             "type": "message",
@@ -395,13 +458,16 @@ async def _anthropic(request: Request) -> Response:
                 {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
             )
             yield _sse("ping", {"type": "ping"})
-            for piece in _words(answer.text):
+            for i, piece in enumerate(_words(answer.text)):
+                if i == _WORDS_BEFORE_TROUBLE and behaviour in ("errorlate", "badchunk"):
+                    yield (
+                        _anthropic_stream_error(behaviour)
+                        if behaviour == "errorlate"
+                        else _ANTHROPIC_BAD_CHUNK
+                    )
+                    return
                 delta = {"type": "text_delta", "text": piece}
                 yield _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
-            if behaviour == "overloaded":
-                error = {"type": "overloaded_error", "message": "Overloaded"}
-                yield _sse("error", {"type": "error", "error": error})
-                return
             yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
             index = 1
         for call in answer.calls:

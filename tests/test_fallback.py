@@ -60,6 +60,12 @@ async def test_a_route_that_fails_for_good_hands_over_within_the_same_attempt(
     assert finish.route == "local:llama3.1:8b"
 
 
+async def test_an_account_out_of_credit_hands_over_at_once_despite_its_429(vendor_settings: Settings) -> None:
+    # OpenAI's insufficient_quota is a 429; retrying it three times would only delay the next route.
+    finish = await answer(vendor_settings, "openai:quota,anthropic:claude-haiku-4-5", attempt=1)
+    assert finish.route == "anthropic:claude-haiku-4-5"
+
+
 async def test_when_every_route_fails_for_good_the_run_hears_every_reason(vendor_settings: Settings) -> None:
     err = await failure(vendor_settings, "openai:status401,anthropic:status404", 1)
     assert err.non_retryable and err.type == "ModelRequestRejected"

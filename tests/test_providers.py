@@ -1,7 +1,8 @@
 """Each real provider through its official SDK, against a local server speaking the vendor's wire format.
 
 What is checked is what reaches the workflow: normalized chunks, and for failures the ApplicationError
-Temporal acts on (retryable or not, the delay before the next try, a message naming provider and status).
+Temporal acts on (retryable or not, the delay before the next try, a message naming the route, the
+provider and what went wrong, with a hint about the key only when the key is the problem).
 """
 
 from datetime import timedelta
@@ -19,6 +20,7 @@ from tests.fake_vendors import FakeVendors
 
 PROVIDERS = ["openai", "anthropic", "local"]
 ASSISTANT_TOOLS = [TOOLS.get(n).spec() for n in ("calculate", "current_time")]
+KEY_VARIABLE = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "local": "KEEL_LOCAL_API_KEY"}
 
 
 async def ask(settings: Settings, route: str, text: str = "calculate 2 + 3", attempt: int = 1) -> list:
@@ -28,9 +30,22 @@ async def ask(settings: Settings, route: str, text: str = "calculate 2 + 3", att
 
 
 async def failure(settings: Settings, route: str, text: str = "calculate 2 + 3") -> ApplicationError:
+    return (await broken_answer(settings, route, text))[1]
+
+
+async def broken_answer(settings: Settings, route: str, text: str) -> tuple[list, ApplicationError]:
+    """What a failing call streamed before it failed, and the failure."""
+    model, _ = resolve_model(route, settings, attempt=1)
+    messages = [Message(role="user", content=text)]
+    received: list = []
     with pytest.raises(ApplicationError) as caught:
-        await ask(settings, route, text)
-    return caught.value
+        async for chunk in model.stream(messages=messages, model="", tools=ASSISTANT_TOOLS):
+            received.append(chunk)
+    return received, caught.value
+
+
+def assert_no_key_hint(err: ApplicationError) -> None:
+    assert not any(variable in err.message for variable in KEY_VARIABLE.values()), err.message
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -90,7 +105,8 @@ async def test_429_is_left_to_temporal_with_the_retry_after_delay(
 
     assert not err.non_retryable and err.type == "ModelUnavailable"
     assert err.next_retry_delay == timedelta(milliseconds=1500)
-    assert f"{'anthropic' if provider == 'anthropic' else provider} answered HTTP 429" in err.message
+    assert err.message.startswith(f"{provider}:status429: {provider} answered HTTP 429")
+    assert_no_key_hint(err)
     # The SDK's own retries are off: one request, and Temporal decides about the next.
     assert fake_vendors.count("status429") >= 1
     before = fake_vendors.count("status429")
@@ -103,7 +119,8 @@ async def test_500_is_retryable_with_temporal_backoff(provider: str, vendor_sett
     err = await failure(vendor_settings, f"{provider}:status500")
     assert not err.non_retryable
     assert err.next_retry_delay is None  # no Retry-After: the retry policy's backoff applies
-    assert "HTTP 500" in err.message
+    assert err.message.startswith(f"{provider}:status500: {provider} answered HTTP 500")
+    assert_no_key_hint(err)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -113,7 +130,8 @@ async def test_401_fails_for_good_naming_provider_and_status_without_the_key(
     err = await failure(vendor_settings, f"{provider}:status401")
 
     assert err.non_retryable and err.type == "ModelRequestRejected"
-    assert f"{provider} answered HTTP 401" in err.message
+    assert err.message.startswith(f"{provider}:status401: {provider} answered HTTP 401")
+    assert err.message.endswith(f"(check {KEY_VARIABLE[provider]} in the worker's environment)")
     # The fake echoes the key it was sent, as OpenAI does (masked) in its 401s. (A local server gets a
     # placeholder, which is no secret.)
     if provider != "local":
@@ -126,6 +144,7 @@ async def test_context_length_errors_are_not_retried(provider: str, vendor_setti
     err = await failure(vendor_settings, f"{provider}:status400")
     assert err.non_retryable
     assert "HTTP 400" in err.message and "context window" in err.message
+    assert_no_key_hint(err)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -147,19 +166,90 @@ async def test_a_stream_cut_mid_way_is_retryable(provider: str, vendor_settings:
     assert "broke mid-answer" in err.message
 
 
-async def test_an_error_event_inside_an_anthropic_stream_is_retryable(vendor_settings: Settings) -> None:
-    err = await failure(vendor_settings, "anthropic:overloaded", "hello")
-    assert not err.non_retryable
-    assert "overloaded_error" in err.message
-
-
-async def test_a_missing_key_is_a_permanent_error_naming_the_variable(
-    vendor_settings: Settings, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_an_overload_reported_as_the_first_event_of_a_stream_is_retried(
+    provider: str, vendor_settings: Settings
 ) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY")
-    err = await failure(vendor_settings, "openai:gpt-4o-mini")
-    assert err.non_retryable
-    assert "OPENAI_API_KEY" in err.message
+    # HTTP 200, and then the stream's first event is an error (OpenAI: {"error": {"type": "server_error"}},
+    # Anthropic: an `error` event of type overloaded_error).
+    received, err = await broken_answer(vendor_settings, f"{provider}:errorfirst", "hello there")
+
+    assert received == []
+    assert not err.non_retryable and err.type == "ModelUnavailable"
+    expected = (
+        "(overloaded_error): Overloaded"
+        if provider == "anthropic"
+        else "(server_error): server is overloaded"
+    )
+    assert err.message == f"{provider}:errorfirst: {provider} reported an error in its stream {expected}"
+    assert_no_key_hint(err)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_an_overload_after_some_text_is_retried(provider: str, vendor_settings: Settings) -> None:
+    received, err = await broken_answer(vendor_settings, f"{provider}:errorlate", "hello there")
+
+    assert len(received) == 3 and all(isinstance(c, TextDelta) for c in received)
+    assert not err.non_retryable and err.type == "ModelUnavailable"
+    assert err.message.startswith(f"{provider}:errorlate: {provider} reported an error in its stream")
+    assert "overloaded" in err.message.lower()
+    assert_no_key_hint(err)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_chunk_that_is_not_json_is_a_malformed_stream_and_retried(
+    provider: str, vendor_settings: Settings
+) -> None:
+    received, err = await broken_answer(vendor_settings, f"{provider}:badchunk", "hello there")
+
+    assert len(received) == 3
+    assert not err.non_retryable and err.type == "ModelUnavailable"
+    assert err.message.startswith(
+        f"{provider}:badchunk: {provider} sent a malformed stream: an event's data is not valid JSON"
+    )
+    assert '"chat.completion.chu' in err.message or '"delta": {"type": "te' in err.message
+    assert_no_key_hint(err)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_bad_request_reported_inside_the_stream_fails_for_good(
+    provider: str, vendor_settings: Settings
+) -> None:
+    err = await failure(vendor_settings, f"{provider}:invalidfirst", "hello there")
+
+    assert err.non_retryable and err.type == "ModelRequestRejected"
+    assert err.message.startswith(
+        f"{provider}:invalidfirst: {provider} reported an error in its stream (invalid_request_error): "
+        "Invalid value for 'messages[1].content'"
+    )
+    assert_no_key_hint(err)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_an_account_out_of_credit_fails_for_good_whatever_the_status(
+    provider: str, vendor_settings: Settings
+) -> None:
+    # OpenAI answers 429 insufficient_quota (with a Retry-After!), yet no retry brings credit back.
+    err = await failure(vendor_settings, f"{provider}:quota")
+
+    assert err.non_retryable and err.next_retry_delay is None
+    status = 400 if provider == "anthropic" else 429
+    assert err.message.startswith(f"{provider}:quota: {provider} answered HTTP {status}")
+    assert "credit" in err.message or "quota" in err.message
+    assert_no_key_hint(err)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_missing_key_is_a_permanent_error_naming_the_variable(
+    provider: str, vendor_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_VARIABLE[provider])
+    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
+    err = await failure(vendor_settings, f"{provider}:a-model")
+
+    assert err.non_retryable and err.type == "ModelRequestRejected"
+    assert err.message.startswith(f"{provider}:a-model: {provider} client error: ")
+    assert err.message.endswith(f"(check {KEY_VARIABLE[provider]} in the worker's environment)")
 
 
 async def test_a_server_that_is_not_there_is_retryable(vendor_settings: Settings) -> None:

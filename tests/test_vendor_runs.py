@@ -113,6 +113,17 @@ async def test_a_429_is_retried_after_the_providers_retry_after(
     assert 1.45 <= waited < 3, waited
 
 
+async def test_an_overload_reported_inside_the_stream_is_retried_and_the_run_completes(
+    temporal: Client, store: RunStore, vendor_worker: VendorWorker
+) -> None:
+    # The first answer is HTTP 200 whose first chunk is {"error": {"type": "server_error", ...}}.
+    state, handle = await run(temporal, store, vendor_worker, "openai:errorfirstx1", "calculate 6 + 6")
+
+    assert state.status == "completed", state.detail
+    (_, attempts, _), _ = await llm_results(temporal, handle)
+    assert attempts == 2  # the same route, asked again by Temporal
+
+
 async def test_a_fallback_route_answers_when_the_first_is_refused(
     temporal: Client, store: RunStore, vendor_worker: VendorWorker
 ) -> None:

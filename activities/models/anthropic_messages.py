@@ -11,7 +11,7 @@ from typing import Any
 from anthropic import AsyncAnthropic
 
 from activities.models.base import Finish, ModelChunk, TextDelta, ToolChoice, finish_reason, tool_call
-from activities.models.errors import classify, stream_cut
+from activities.models.errors import provider_failures, stream_cut
 from keel.contracts import Message, ToolSpec, Usage
 
 _clients: dict[tuple[Any, ...], AsyncAnthropic] = {}
@@ -72,7 +72,7 @@ class AnthropicModel:
         stop_reason: str | None = None
         finished = False
         prompt_tokens = completion_tokens = 0
-        try:
+        with provider_failures(self.provider):
             client = anthropic_client(base_url=self._base_url, api_key=self._api_key, timeout=self._timeout)
             stream = await client.messages.create(**request)
             request_id = stream.response.headers.get("request-id")
@@ -100,11 +100,6 @@ class AnthropicModel:
                     prompt_tokens = max(prompt_tokens, _input_tokens(event.usage))
                 elif event.type == "message_stop":
                     finished = True
-        except Exception as err:
-            failure = classify(self.provider, err)
-            if failure is None:
-                raise
-            raise failure from None
         if not finished:
             raise stream_cut(self.provider)
         calls = [

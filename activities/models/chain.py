@@ -6,11 +6,14 @@ last route keeping whatever remains of the activity's retry policy. So a route t
 rate-limited through its N attempts hands over to the next one, and nothing has to be remembered between
 attempts. Within one attempt:
 
-- a retryable failure (429, 5xx, connection, timeout, stream cut) fails the attempt with a retryable
-  ApplicationError; its next_retry_delay is the provider's Retry-After when the next attempt stays on this
-  route, and a second when the next attempt moves on to another route;
-- a permanent failure (401, 404, context length...) moves on to the next route at once, in the same
-  attempt; when no route is left the activity fails for good with every route's reason.
+- a retryable failure (429, 5xx, an overload reported inside the stream, connection, timeout, a stream
+  cut or garbled) fails the attempt with a retryable ApplicationError; its next_retry_delay is the
+  provider's Retry-After when the next attempt stays on this route, and a second when the next attempt
+  moves on to another route;
+- a permanent failure (401, 404, context length, out of credit...) moves on to the next route at once, in
+  the same attempt; when no route is left the activity fails for good with every route's reason.
+
+Which failure is which is decided in `errors.py` alone.
 
 The route that answered goes into `Finish.route`, and the cost from its price into `Finish.usage`.
 """

@@ -14,7 +14,7 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from activities.models.base import Finish, ModelChunk, TextDelta, ToolChoice, finish_reason, tool_call
-from activities.models.errors import classify, stream_cut
+from activities.models.errors import provider_failures, stream_cut
 from keel.contracts import Message, ToolSpec, Usage
 
 _clients: dict[tuple[Any, ...], AsyncOpenAI] = {}
@@ -72,7 +72,7 @@ class OpenAIChatModel:
                 for t in tools
             ]
             request["tool_choice"] = tool_choice
-        try:
+        with provider_failures(self.provider):
             client = openai_client(base_url=self._base_url, api_key=self._api_key, timeout=self._timeout)
             stream = await client.chat.completions.create(**request)
             request_id = stream.response.headers.get("x-request-id")
@@ -94,11 +94,6 @@ class OpenAIChatModel:
                     for piece in choice.delta.tool_calls or ():
                         _add_piece(pending, piece)
                     vendor_reason = choice.finish_reason or vendor_reason
-        except Exception as err:
-            failure = classify(self.provider, err)
-            if failure is None:
-                raise
-            raise failure from None
         if vendor_reason is None:
             # No finish_reason: the connection closed cleanly in the middle of the answer.
             raise stream_cut(self.provider)
