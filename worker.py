@@ -12,10 +12,11 @@ import argparse
 import asyncio
 import logging
 import signal
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import asyncpg
+from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
@@ -24,7 +25,8 @@ from activities.records import ObservingInterceptor, RecordActivities, RunRecord
 from activities.tools import load_tool_modules
 from keel import metrics
 from keel.deltas import PostgresDeltaChannel, prune_deltas
-from keel.logs import configure_logging
+from keel.logs import configure_logging, temporal_core_logging
+from keel.reconciler import first_look_back, reconcile
 from keel.records import RecordWriter
 from keel.settings import Settings, get_settings
 from keel.stack import free_port
@@ -83,19 +85,20 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
             ],
             **common,
         )
-    pruning = None
+    housekeeping = []
     if queue == "agent" and settings.delta_retention_hours:
-        pruning = asyncio.create_task(
-            _prune_deltas_hourly(pool, timedelta(hours=settings.delta_retention_hours))
-        )
+        retention = timedelta(hours=settings.delta_retention_hours)
+        housekeeping.append(asyncio.create_task(_prune_deltas_hourly(pool, retention)))
+    if queue == "agent" and settings.reconcile_seconds:
+        housekeeping.append(asyncio.create_task(_reconcile_often(pool, client, settings.reconcile_seconds)))
     try:
         async with worker:
             log.info("worker polling task queue %r on %s", task_queue, settings.temporal_address)
             await stop.wait()
             log.info("worker shutting down")
     finally:
-        if pruning is not None:
-            pruning.cancel()
+        for task in housekeeping:
+            task.cancel()
         await records.close()
         await pool.close()
 
@@ -112,6 +115,22 @@ async def _prune_deltas_hourly(pool: asyncpg.Pool, retention: timedelta) -> None
         await asyncio.sleep(3600)
 
 
+async def _reconcile_often(pool: asyncpg.Pool, client: Client, every_s: float) -> None:
+    """Keep run records and queues true to Temporal (keel/reconciler.py): each pass looks at what closed
+    since the one before it, with an overlap, so a pass that failed is made up by the next."""
+    since = await first_look_back(pool)
+    while True:
+        started = datetime.now(UTC)
+        try:
+            done = await reconcile(pool, client, since)
+            if done.ended or done.released:
+                log.info("reconciled runs: ended %s, released %s", done.ended, done.released)
+            since = started - timedelta(seconds=2 * every_s)
+        except Exception as err:  # housekeeping: a failed pass is retried by the next one
+            log.warning("could not reconcile run records (will try again): %s", err)
+        await asyncio.sleep(every_s)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run a Keel worker.")
     parser.add_argument(
@@ -126,13 +145,17 @@ def main(argv: list[str] | None = None) -> None:
     temporal_connect_options(settings)  # a half-configured TLS or API key stops here, in one line
     tracing = configure_tracing("keel-worker" if queue == "agent" else "keel-heavy-worker")
     metrics_port = settings.worker_metrics_port if queue == "agent" else settings.heavy_worker_metrics_port
+    # The Temporal SDK's own worker metrics, on a private loopback port (/metrics serves them too), and its
+    # core's log lines in JSON like the rest.
+    sdk_metrics = f"127.0.0.1:{free_port()}" if metrics_port else None
+    telemetry = TelemetryConfig(
+        logging=temporal_core_logging(),
+        metrics=PrometheusConfig(bind_address=sdk_metrics, counters_total_suffix=True)
+        if sdk_metrics
+        else None,
+    )
+    Runtime.set_default(Runtime(telemetry=telemetry))
     if metrics_port:
-        # The Temporal SDK's own worker metrics, on a private loopback port; /metrics serves them too.
-        sdk_metrics = f"127.0.0.1:{free_port()}"
-        telemetry = TelemetryConfig(
-            metrics=PrometheusConfig(bind_address=sdk_metrics, counters_total_suffix=True)
-        )
-        Runtime.set_default(Runtime(telemetry=telemetry))
         variable = "KEEL_WORKER_METRICS_PORT" if queue == "agent" else "KEEL_HEAVY_WORKER_METRICS_PORT"
         try:
             metrics.serve_worker_metrics(

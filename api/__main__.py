@@ -1,9 +1,11 @@
 """`python -m api` serves the gateway on KEEL_HOST:KEEL_PORT (127.0.0.1:8000 by default)."""
 
 import uvicorn
+from temporalio.runtime import Runtime, TelemetryConfig
 
 from api.auth import check_startup
-from keel.logs import configure_logging
+from api.connections import request_read_deadline_protocol
+from keel.logs import configure_logging, temporal_core_logging
 from keel.settings import get_settings
 from keel.telemetry import configure_tracing
 from keel.temporal import temporal_connect_options
@@ -12,6 +14,8 @@ from keel.temporal import temporal_connect_options
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, "gateway")
+    # The Temporal client's core logs in JSON too; set before any client exists.
+    Runtime.set_default(Runtime(telemetry=TelemetryConfig(logging=temporal_core_logging())))
     check_startup(settings)  # KEEL_AUTH=none only on loopback; jwt needs a key
     temporal_connect_options(settings)  # a half-configured TLS or API key stops here, in one line
     tracing = configure_tracing("keel-gateway")
@@ -24,6 +28,9 @@ def main() -> None:
             port=settings.port,
             log_level=settings.log_level.lower(),
             log_config=None,
+            # uvicorn's parser with a deadline for reading each request: a stalled client is closed.
+            http=request_read_deadline_protocol(settings.request_read_timeout_s),
+            timeout_keep_alive=settings.keep_alive_s,  # typed int, but any seconds work
         )
     finally:
         if tracing is not None:

@@ -12,7 +12,6 @@ run from the history; when the message it replaces is the chat's active run, tha
 stream from its start, or 204 when there is none.
 """
 
-import asyncio
 import json
 import logging
 import uuid
@@ -21,12 +20,13 @@ from typing import Any
 import asyncpg
 from fastapi import APIRouter, HTTPException, Response
 from sse_starlette import EventSourceResponse
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from api.auth import CurrentUser, User, check_owner, require_chat
 from api.chat_request import BadChatRequest, ChatRequest, pending_answers, to_conversation
-from api.gateway import Gateway, GatewayDep, http_error, is_run_id
+from api.double_texting import make_room, queue_behind
+from api.gateway import Gateway, GatewayDep, is_run_id, refusal
 from api.limits import check_run_start
 from api.run_stream import StreamStart, pause_after
 from api.streams import resume_chat, stream_response
@@ -34,30 +34,24 @@ from keel import metrics, records
 from keel.contracts import (
     ANSWER_UPDATE,
     APPROVAL_UPDATE,
-    CANCEL_SIGNAL,
     EVENTS_QUERY,
-    PREVIOUS_DONE_SIGNAL,
-    QUEUE_NEXT_SIGNAL,
     TOOL_RESULT_UPDATE,
     WAITING_EVENTS,
     WORKFLOW_TYPE,
     AgentRunInput,
     ApprovalDecision,
-    CancelRequest,
     Message,
-    QueuedRun,
     RunEvent,
     RunState,
     ToolResultSubmission,
     UserAnswer,
 )
 from keel.purposes import UnknownPurpose, get_purpose
+from keel.store import RunStore
 from keel.text import one_line
 
 log = logging.getLogger("keel.api")
 router = APIRouter(tags=["chat"])
-
-INTERRUPT_WAIT_SECONDS = 30
 
 
 @router.post("/api/chat", summary="Start an agent run, or answer the waiting one, and stream it")
@@ -91,57 +85,37 @@ async def _start_run(request: ChatRequest, gw: Gateway, user: User) -> str:
         conversation = to_conversation(request)
     except (UnknownPurpose, BadChatRequest) as err:
         raise HTTPException(400, str(err)) from None
-    spec = purpose.spec(gw.settings.model, request.requested_budgets())
-    if request.stop_after_tool_calls:
-        spec.stop_after_tool_calls.update(request.stop_after_tool_calls)
+    spec = purpose.spec(gw.settings.model, request.requested_budgets(), request.stop_after_tool_calls)
     system = [Message(role="system", content=purpose.system_prompt)]
     if request.context:
         system.append(Message(role="system", content="Application context:\n" + json.dumps(request.context)))
     messages = system + conversation
-    await require_chat(gw.store.pool, request.id, user, to_start=True)
-    check_run_start(gw.settings, user)
-    regenerating = request.messageId if request.trigger == "regenerate-message" else None
-    queued_behind = await _apply_double_texting(request.id, gw, regenerating)
-
-    agent_run_id = f"run-{uuid.uuid4()}"
     summary = one_line(conversation[-1].content, 120)
+    regenerating = request.messageId if request.trigger == "regenerate-message" else None
+    agent_run_id = f"run-{uuid.uuid4()}"
+    run = AgentRunInput(
+        agent_run_id=agent_run_id,
+        purpose=spec,
+        message_count=len(messages),
+        chat_id=request.id,
+        user_id=user.id,
+        client_tools=request.client_tools(),
+        input_summary=summary,
+        heavy_task_queue=gw.settings.heavy_task_queue,
+    )
     try:
-        await gw.store.put_messages(agent_run_id, 0, messages)
-        await gw.store.record_chat_run(request.id, agent_run_id, user.id)
-        await records.run_started(
-            gw.store.pool,
-            agent_run_id=agent_run_id,
-            purpose=purpose.slug,
-            model=spec.model,
-            chat_id=request.id,
-            user_id=user.id,
-            input_summary=summary,
-        )
+        # One start at a time per chat, on every gateway: its owner, its active runs and this start are
+        # decided together, so two requests at once never both find the chat free (or unowned).
+        async with gw.store.chat_lock(request.id) as chat:
+            await require_chat(chat.pool, request.id, user, to_start=True)
+            check_run_start(gw.settings, user)
+            run.queued_behind = await make_room(request.id, gw, chat, regenerating)
+            await _record_start(chat, run, messages)
+            await _launch(gw, chat, run, f"{purpose.slug}: {summary}")
+    except asyncpg.DataError:
+        raise  # the client's own data, not an outage: answered 400 (api/limits.py)
     except (OSError, asyncpg.PostgresError) as err:
         raise HTTPException(503, f"PostgreSQL is unavailable, no run was started: {err}") from None
-    try:
-        await gw.temporal.start_workflow(
-            WORKFLOW_TYPE,
-            AgentRunInput(
-                agent_run_id=agent_run_id,
-                purpose=spec,
-                message_count=len(messages),
-                chat_id=request.id,
-                user_id=user.id,
-                client_tools=request.client_tools(),
-                queued_behind=queued_behind,
-                input_summary=summary,
-                heavy_task_queue=gw.settings.heavy_task_queue,
-            ),
-            id=agent_run_id,
-            task_queue=gw.settings.task_queue,
-            static_summary=f"{purpose.slug}: {summary}",
-            memo={"user_id": user.id} if user.id else None,
-        )
-        if queued_behind:
-            await _queue_behind(gw, queued_behind, agent_run_id)
-    except RPCError as err:
-        raise HTTPException(503, f"Temporal is unavailable, no run was started: {err.message}") from None
     metrics.RUNS_STARTED.labels(purpose.slug).inc()
     log.info(
         "started run %s (purpose %s, chat %s)",
@@ -153,55 +127,46 @@ async def _start_run(request: ChatRequest, gw: Gateway, user: User) -> str:
     return agent_run_id
 
 
-async def _apply_double_texting(chat_id: str, gw: Gateway, regenerating: str | None) -> str | None:
-    """Returns the run to queue behind, if any; raises 409 under `reject`; cancels under `interrupt`.
+async def _record_start(chat: RunStore, run: AgentRunInput, messages: list[Message]) -> None:
+    """The run's conversation, its place in the chat and its first record, before its workflow starts."""
+    await chat.put_messages(run.agent_run_id, 0, messages)
+    await chat.record_chat_run(run.chat_id or "", run.agent_run_id, run.user_id)
+    await records.run_started(
+        chat.pool,
+        agent_run_id=run.agent_run_id,
+        purpose=run.purpose.slug,
+        model=run.purpose.model,
+        chat_id=run.chat_id,
+        user_id=run.user_id,
+        input_summary=run.input_summary,
+        queued_behind=run.queued_behind,
+    )
 
-    Regenerating the active run's own answer (`regenerate-message` naming it) always interrupts it: the
-    user asked for that answer to be replaced, whatever the policy for new messages."""
-    active = await _active_run(chat_id, gw)
-    if active is None:
-        return None
-    replaced = active.agent_run_id == regenerating
-    policy = "interrupt" if replaced else gw.settings.double_texting
-    if policy == "reject":
-        raise HTTPException(
-            409,
-            f"chat {chat_id!r} already has an active run {active.agent_run_id} ({active.status.value}): "
-            f"answer it, cancel it (POST /api/runs/{active.agent_run_id}/cancel) or wait for it to finish",
+
+async def _launch(gw: Gateway, chat: RunStore, run: AgentRunInput, summary: str) -> None:
+    """Start the run's workflow (and queue it, under `enqueue`). If Temporal refuses, the run never
+    started: its record says so and the chat forgets it, so nothing is left claiming it runs."""
+    try:
+        await gw.temporal.start_workflow(
+            WORKFLOW_TYPE,
+            run,
+            id=run.agent_run_id,
+            task_queue=gw.settings.task_queue,
+            static_summary=summary,
+            memo={"user_id": run.user_id} if run.user_id else None,
         )
-    if policy == "enqueue":
-        return active.agent_run_id
-    handle = gw.run(active.agent_run_id)
-    why = "replaced: the user asked for a new answer" if replaced else "interrupted by a new message"
-    await handle.signal(CANCEL_SIGNAL, CancelRequest(reason=why))
-    try:
-        await asyncio.wait_for(handle.result(), INTERRUPT_WAIT_SECONDS)
-    except TimeoutError:
-        raise HTTPException(503, f"run {active.agent_run_id} did not stop in time; try again") from None
-    except Exception:  # it ended, one way or another: that is all that matters here
-        pass
-    return None
-
-
-async def _active_run(chat_id: str, gw: Gateway) -> RunState | None:
-    agent_run_id = await gw.store.latest_chat_run(chat_id)
-    if agent_run_id is None:
-        return None
-    try:
-        state = await gw.state(agent_run_id)
-    except HTTPException as err:
-        if err.status_code == 404:
-            return None
-        raise
-    return None if state.status.is_final else state
-
-
-async def _queue_behind(gw: Gateway, active_run_id: str, queued_run_id: str) -> None:
-    try:
-        await gw.run(active_run_id).signal(QUEUE_NEXT_SIGNAL, QueuedRun(agent_run_id=queued_run_id))
-    except RPCError:
-        # It finished in the meantime, so it will not tell the queued run: tell it ourselves.
-        await gw.run(queued_run_id).signal(PREVIOUS_DONE_SIGNAL)
+    except RPCError as err:
+        why = f"Temporal is unavailable, no run was started: {err.message}"
+        await records.run_not_started(chat.pool, run.agent_run_id, why)
+        await chat.forget_chat_run(run.agent_run_id)
+        raise HTTPException(503, why) from None
+    if run.queued_behind:
+        try:
+            await queue_behind(gw, chat, run.chat_id or "", run.queued_behind, run.agent_run_id)
+        except RPCError as err:
+            raise HTTPException(
+                503, f"run {run.agent_run_id} started but could not be queued: {err.message}"
+            ) from None
 
 
 async def _continue_run(request: ChatRequest, gw: Gateway, user: User) -> tuple[str, StreamStart]:
@@ -239,28 +204,27 @@ async def _deliver_answers(
     """Send the run the answers it still waits for. True when it turns out to have finished meanwhile (a
     cancel won the race), so its stream should go to its end; answers it has already are skipped."""
     agent_run_id = state.agent_run_id
-    handle = gw.run(agent_run_id)
     decided = {a.tool_call_id for a in state.approvals if a.decided_at}
     try:
         for decision in approvals:
             if decision.tool_call_id not in decided:
-                await _deliver(handle, APPROVAL_UPDATE, decision, agent_run_id)
+                await _deliver(gw, APPROVAL_UPDATE, decision, agent_run_id)
         for result in results:
             if state.pending_question and state.pending_question.tool_call_id == result.tool_call_id:
                 text = result.output if isinstance(result.output, str) else json.dumps(result.output)
                 answer = UserAnswer(text=result.error or text or "(no answer)")
-                await _deliver(handle, ANSWER_UPDATE, answer, agent_run_id)
+                await _deliver(gw, ANSWER_UPDATE, answer, agent_run_id)
             elif any(p.tool_call_id == result.tool_call_id for p in state.pending_tool_results):
-                await _deliver(handle, TOOL_RESULT_UPDATE, result, agent_run_id)
+                await _deliver(gw, TOOL_RESULT_UPDATE, result, agent_run_id)
     except HTTPException as err:
-        if err.status_code == 409 and (await gw.state(agent_run_id)).status.is_final:
+        if err.status_code == 409 and "has already finished" in str(err.detail):  # see `refusal`
             return True
         raise
     return False
 
 
-async def _deliver(handle: WorkflowHandle[Any, Any], update: str, arg: Any, agent_run_id: str) -> None:
+async def _deliver(gw: Gateway, update: str, arg: Any, agent_run_id: str) -> None:
     try:
-        await handle.execute_update(update, arg)
+        await gw.run(agent_run_id).execute_update(update, arg)
     except (WorkflowUpdateFailedError, RPCError) as err:
-        raise http_error(err, agent_run_id) from None
+        raise await refusal(gw, err, agent_run_id) from None

@@ -4,66 +4,231 @@ UI messages are turned into Keel `Message`s here, so nothing downstream knows ab
 """
 
 import json
-from typing import Any, Literal
+import math
+import warnings
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from jsonschema import Draft202012Validator, SchemaError
+from jsonschema.validators import validator_for
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from keel.contracts import ApprovalDecision, Budgets, ClientTool, Message, ToolCall, ToolResultSubmission
+from keel.contracts import (
+    ApprovalDecision,
+    Budgets,
+    ClientTool,
+    Message,
+    ToolCall,
+    ToolResultSubmission,
+)
 
+# The largest budgets a request may ask for. Workflow code turns them into timers and comparisons, so each
+# is finite and far from overflowing anything (`timedelta` ends at 999,999,999 days). They are checked here,
+# at the edge, not on the contract models: a workflow whose input no longer validated could never run again.
+MAX_BUDGET_STEPS = 10_000
+MAX_BUDGET_TOKENS = 100_000_000
+MAX_BUDGET_COST_USD = 10_000.0
+MAX_BUDGET_DURATION_S = 30 * 24 * 3600
 MAX_TEXT = 100_000
 MAX_CONTEXT_BYTES = 20_000
+# All client tool declarations of one request together, as JSON: they travel in the workflow's input, which
+# Temporal caps (2 MB), and are sent to the model on every step.
+MAX_TOOLS_BYTES = 100_000
+# The most steps a request may ask for (a purpose may allow more).
+MAX_REQUEST_STEPS = 100
+# stop_after_tool_calls: a count past this could never be reached in a run of MAX_REQUEST_STEPS steps.
+MAX_STOP_AFTER_CALLS = 1_000
+# Levels of objects and arrays: inside a free-form value (`context`, a message part, a tool's schema, a tool's
+# output), and in a request body as a whole. They keep every recursive step after this one (serializing,
+# jsonb, JSON Schema checks, the model's prompt) far from Python's recursion limit.
+MAX_JSON_DEPTH = 32
+MAX_BODY_DEPTH = 64
+# A body with more problems than this is reported by its first ones.
+MAX_REPORTED_PROBLEMS = 20
+
+Loc = tuple[str | int, ...]
 
 
-def has_nul(value: Any) -> bool:
-    """True when a NUL character is anywhere in the value: PostgreSQL can store none in text or jsonb."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(has_nul(v) for v in value)
-    return False
+# --- JSON that PostgreSQL, Temporal and the workflow can hold ---
 
 
-class NoNul(BaseModel):
-    """A request body that refuses NUL characters anywhere in it (422), before they reach PostgreSQL."""
+def json_problems(value: Any, loc: Loc = (), max_depth: int = MAX_BODY_DEPTH) -> list[InitErrorDetails]:
+    """What in a parsed JSON value can't go further, each with where it is: NaN and infinities (Python's JSON
+    parser accepts `NaN`, `Infinity` and `1e400`), text with NUL (PostgreSQL stores none) or a lone UTF-16
+    surrogate (`"\\ud800"` parses, but is not Unicode and can't be encoded), and nesting past `max_depth`.
 
-    @model_validator(mode="after")
-    def _no_nul(self) -> "NoNul":
-        if has_nul(self.model_dump()):
-            raise ValueError("text must not contain NUL characters (\\u0000)")
-        return self
+    Iterative, so a value nested as deep as the parser allowed is walked without recursion."""
+    problems: list[InitErrorDetails] = []
+    stack: list[tuple[Any, Loc, int]] = [(value, loc, 0)]
+    while stack and len(problems) < MAX_REPORTED_PROBLEMS:
+        item, where, depth = stack.pop()
+        if isinstance(item, str):
+            problems += _text_problems(item, where)
+        elif isinstance(item, float) and not math.isfinite(item):
+            problems.append(_problem("finite_number", _NOT_FINITE, where, _number_text(item)))
+        elif isinstance(item, dict | list):
+            if depth + 1 > max_depth:
+                problems.append(_problem("json_too_deep", _too_deep(max_depth), where, "[…]"))
+                continue
+            stack += reversed(list(_children(item, where, depth + 1)))
+            if isinstance(item, dict):
+                for key in item:
+                    problems += _text_problems(key, (*where, printable(key), "[key]"))
+    return problems[:MAX_REPORTED_PROBLEMS]
 
 
-class UIMessage(BaseModel):
+def _children(item: dict[str, Any] | list[Any], where: Loc, depth: int) -> Iterator[tuple[Any, Loc, int]]:
+    pairs = item.items() if isinstance(item, dict) else enumerate(item)
+    for key, child in pairs:
+        yield child, (*where, printable(key) if isinstance(key, str) else key), depth
+
+
+_NOT_FINITE = "Input should be a finite number: NaN and infinities are not JSON numbers"
+_NUL = "Text must not contain NUL characters (\\u0000): PostgreSQL can't store them"
+
+
+def _too_deep(limit: int) -> str:
+    return f"JSON nested deeper than {limit} levels of objects and arrays"
+
+
+def _text_problems(text: str, where: Loc) -> list[InitErrorDetails]:
+    if "\x00" in text:
+        return [_problem("string_nul", _NUL, where, printable(text))]
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        half = f"\\u{ord(text[err.start]):04x}"
+        message = f"Text must be valid Unicode: a lone UTF-16 surrogate ({half}) is not a character"
+        return [_problem("string_unicode", message, where, printable(text))]
+    return []
+
+
+def _problem(kind: str, message: str, where: Loc, shown: Any) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError(kind, message), loc=where, input=shown)
+
+
+def _number_text(number: float) -> str:
+    return "NaN" if math.isnan(number) else "Infinity" if number > 0 else "-Infinity"
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text safe to send back in an error: lone surrogates escaped, and at most `limit` characters."""
+    shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return shown if len(shown) <= limit else shown[:limit] + "…"
+
+
+def _refuse(title: str, problems: list[InitErrorDetails]) -> None:
+    if problems:
+        raise ValidationError.from_exception_data(title, problems)
+
+
+def _within_json_depth(value: Any) -> Any:
+    _refuse("JSON value", json_problems(value, max_depth=MAX_JSON_DEPTH))
+    return value
+
+
+def _values_within_json_depth(part: Any) -> Any:
+    """A message part's values (a tool call's `input`, its `output`) each as deep as a free-form value may
+    be: an output sent to `POST /api/runs/{id}/tool-results` fits in the part that later carries it."""
+    if isinstance(part, dict):
+        _refuse("message part", [p for k, v in part.items() for p in json_problems(v, (k,), MAX_JSON_DEPTH)])
+    return part
+
+
+# A free-form JSON value from the client: any shape, at most MAX_JSON_DEPTH levels deep.
+JsonValue = Annotated[Any, BeforeValidator(_within_json_depth)]
+JsonObject = Annotated[dict[str, Any], BeforeValidator(_within_json_depth)]
+UIPart = Annotated[dict[str, Any], BeforeValidator(_values_within_json_depth)]
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class Strict(BaseModel):
+    """Part of a request body: types are strict. `true` is not 1, `"5"` is not 5, `1.0` is not an integer,
+    and only `true` and `false` are booleans: where a person's decision is at stake, nothing is guessed."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class StrictBody(Strict):
+    """A request body: strict types, and JSON that every later step can hold (see `json_problems`); 422
+    naming the field otherwise, before anything else looks at it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_json(cls, data: Any) -> Any:
+        _refuse(cls.__name__, json_problems(data))
+        return data
+
+
+class UIMessage(Strict):
     model_config = ConfigDict(extra="allow")
 
     id: str = Field(max_length=200)
     role: Literal["system", "user", "assistant"]
     # Parts stay loosely typed: the AI SDK adds part types over time and unknown ones are skipped.
-    parts: list[dict[str, Any]] = Field(max_length=1_000)
+    parts: list[UIPart] = Field(max_length=1_000)
 
 
-class RequestBudgets(BaseModel):
+class RequestBudgets(Strict):
     """Limits for this run; each can only lower the purpose's own."""
 
-    max_steps: int | None = Field(None, ge=1, le=100)
-    max_tokens: int | None = Field(None, ge=1)
-    max_cost_usd: float | None = Field(None, gt=0)
-    max_duration_s: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1, le=MAX_REQUEST_STEPS)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_BUDGET_TOKENS)
+    max_cost_usd: float | None = Field(None, gt=0, le=MAX_BUDGET_COST_USD, allow_inf_nan=False)
+    max_duration_s: float | None = Field(
+        None, gt=0, le=MAX_BUDGET_DURATION_S, allow_inf_nan=False, description="At most 30 days"
+    )
 
 
-class ClientToolDeclaration(BaseModel):
+class ClientToolDeclaration(Strict):
     """A tool the frontend runs itself. `parameters` (or the AI SDK's `inputSchema`) is a JSON schema."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    name: ToolName
     description: str = Field("", max_length=2000)
-    parameters: dict[str, Any] | None = None
-    inputSchema: dict[str, Any] | None = None  # noqa: N815 (the AI SDK's spelling)
-    outputSchema: dict[str, Any] | None = None  # noqa: N815
+    parameters: JsonObject | None = None
+    inputSchema: JsonObject | None = None  # noqa: N815 (the AI SDK's spelling)
+    outputSchema: JsonObject | None = None  # noqa: N815
+
+    @field_validator("parameters", "inputSchema", "outputSchema")
+    @classmethod
+    def _json_schema(cls, schema: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        """A schema that is not JSON Schema would only fail later, inside the run: refuse it here."""
+        if schema is None:
+            return None
+        tool, field = info.data.get("name", "?"), info.field_name
+        if problem := schema_problem(schema):
+            raise ValueError(f"tool {tool!r}: {field} is not a valid JSON Schema: {problem}")
+        if field != "outputSchema" and schema.get("type", "object") not in ("object", ["object"]):
+            raise ValueError(f'tool {tool!r}: {field} must describe an object (`"type": "object"`)')
+        return schema
 
 
-class ChatRequest(NoNul):
+def schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why `schema` is not a JSON Schema, checked against the meta-schema of the dialect it names in
+    `$schema` (draft 2020-12 when it names none), as the worker will read it."""
+    dialect: type[Any] = Draft202012Validator
+    if isinstance(schema.get("$schema"), str):
+        with warnings.catch_warnings():  # an unknown dialect is read as 2020-12, like the worker does
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dialect = validator_for(schema, default=Draft202012Validator)
+    try:
+        dialect.check_schema(schema)
+    except SchemaError as err:
+        return f"at {err.json_path}: {err.message}"
+    return None
+
+
+class ChatRequest(StrictBody):
     # useChat may send fields of its own (and apps add theirs through `body`); they are ignored.
     model_config = ConfigDict(extra="allow")
 
@@ -72,28 +237,46 @@ class ChatRequest(NoNul):
     trigger: Literal["submit-message", "regenerate-message"] = "submit-message"
     messageId: str | None = Field(None, max_length=200)  # noqa: N815 (the AI SDK's spelling)
     purpose: str | None = Field(None, max_length=100, description="A purpose slug; `assistant` by default")
-    context: dict[str, Any] | None = Field(None, description="Application context shown to the model")
+    context: JsonObject | None = Field(None, description="Application context shown to the model")
     max_steps: int | None = Field(
-        None, ge=1, le=100, description="Lower the purpose's step limit for this run"
+        None, ge=1, le=MAX_REQUEST_STEPS, description="Lower the purpose's step limit for this run"
     )
     budgets: RequestBudgets | None = Field(None, description="Lower the purpose's budgets for this run")
-    stop_after_tool_calls: dict[str, int] | None = Field(
-        None,
-        description="stopWhen: end the run once a tool was called this many times, e.g. {'publish_package': 1}",
+    stop_after_tool_calls: dict[ToolName, Annotated[int, Field(ge=1, le=MAX_STOP_AFTER_CALLS)]] | None = (
+        Field(
+            None,
+            max_length=64,
+            description="stopWhen: end the run once a tool was called this many times, e.g. {'publish_package': 1}",
+        )
     )
     tools: list[ClientToolDeclaration] | None = Field(
         None, max_length=64, description="Client-side tools the frontend runs itself"
     )
 
+    @field_validator("tools")
+    @classmethod
+    def _tools_fit_a_run(
+        cls, tools: list[ClientToolDeclaration] | None
+    ) -> list[ClientToolDeclaration] | None:
+        size = len(json.dumps([t.model_dump(exclude_none=True) for t in tools or []]))
+        if size > MAX_TOOLS_BYTES:
+            raise ValueError(f"the tool declarations take {size} bytes of JSON; at most {MAX_TOOLS_BYTES}")
+        return tools
+
     def requested_budgets(self) -> Budgets | None:
-        requested = self.budgets or RequestBudgets()
-        if self.max_steps is not None:
-            requested = requested.model_copy(update={"max_steps": self.max_steps})
-        if requested == RequestBudgets():
+        """The limits this request asks for; where `max_steps` and `budgets.max_steps` both are set, the
+        lower wins, as it does against the purpose's own (`keel.purposes.tighter`)."""
+        asked = self.budgets or RequestBudgets()
+        steps = [s for s in (self.max_steps, asked.max_steps) if s is not None]
+        if not steps and asked == RequestBudgets():
             return None
-        fields = requested.model_dump()
-        # The purpose's step limit stands unless the request lowers it.
-        return Budgets(**{**fields, "max_steps": fields["max_steps"] or 1_000_000})
+        return Budgets(
+            # No step limit asked for: the largest, so the purpose's own stands.
+            max_steps=min(steps, default=MAX_BUDGET_STEPS),
+            max_tokens=asked.max_tokens,
+            max_cost_usd=asked.max_cost_usd,
+            max_duration_s=asked.max_duration_s,
+        )
 
     def client_tools(self) -> list[ClientTool]:
         return [

@@ -16,8 +16,9 @@ from temporalio.common import QueryRejectCondition
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from keel.contracts import STATE_QUERY, RunState, RunStatus
+from keel.contracts import STATE_QUERY, RunState
 from keel.deltas import DeltaChannel
+from keel.reconciler import ended_outside
 from keel.settings import Settings
 from keel.store import RunStore
 
@@ -58,11 +59,20 @@ class Gateway:
             raise http_error(err, agent_run_id) from None
 
 
-def ended_outside(status: WorkflowExecutionStatus | None) -> tuple[RunStatus, str]:
-    """How a run whose workflow closed without its loop saying so ended, in the run's own terms."""
-    name = status.name.lower() if status else "unknown"
-    final = RunStatus.completed if status == WorkflowExecutionStatus.COMPLETED else RunStatus.failed
-    return final, f"the workflow ended as {name} outside the agent loop"
+async def refusal(gw: Gateway, err: Exception, agent_run_id: str) -> HTTPException:
+    """Temporal's refusal of a decision (approval, answer, tool result) as an HTTP error. One that raced
+    the run's end (Temporal may call it "not found", or the run's validator "finished") is a 409 naming
+    how the run ended."""
+    refused = http_error(err, agent_run_id)
+    if refused.status_code not in (404, 409):
+        return refused
+    try:
+        state = await gw.state(agent_run_id)
+    except HTTPException:
+        return refused
+    if not state.status.is_final:
+        return refused
+    return HTTPException(409, f"run {agent_run_id!r} has already finished ({state.status.value})")
 
 
 def _ended_outside(state: RunState, status: WorkflowExecutionStatus | None) -> RunState:

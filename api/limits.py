@@ -1,5 +1,7 @@
 """Input limits: request bodies over KEEL_MAX_BODY_BYTES are refused (413) before anything parses them,
-and run starts are rate-limited per user (KEEL_RATE_LIMIT per minute, 429 with Retry-After).
+run starts are rate-limited per user (KEEL_RATE_LIMIT per minute, 429 with Retry-After), and a body that
+fails validation is a 422 that can always be sent back, whatever it held (the limits on the bodies
+themselves are in api/chat_request.py).
 
 The rate limit is a token bucket per user in each gateway process: a user may start KEEL_RATE_LIMIT runs
 at once, then one more each 60/KEEL_RATE_LIMIT seconds. Behind several gateways each keeps its own buckets.
@@ -12,10 +14,13 @@ from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import User
+from api.chat_request import MAX_BODY_DEPTH, printable
 from keel.settings import Settings
 
 
@@ -129,6 +134,29 @@ def check_run_start(settings: Settings, user: User) -> None:
         )
 
 
+async def invalid_request(request: Request, err: Exception) -> JSONResponse:
+    """FastAPI's 422 (`detail`: each error's `loc`, `msg` and `input`), made safe to send. The input echoed
+    back may hold what JSON can't carry, NaN or a lone surrogate, which made the default handler's answer a
+    500; here such values are shown as text, and inputs nested too deep to show are cut short."""
+    assert isinstance(err, RequestValidationError)
+    return JSONResponse({"detail": sendable(jsonable_encoder(err.errors()))}, status_code=422)
+
+
+def sendable(value: Any, depth: int = 0) -> Any:
+    """`value` with non-finite numbers and lone surrogates as text, and nothing below MAX_BODY_DEPTH levels."""
+    if isinstance(value, str):
+        return printable(value, limit=10_000)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if depth >= MAX_BODY_DEPTH and isinstance(value, dict | list):
+        return "…"
+    if isinstance(value, dict):
+        return {printable(str(k)): sendable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [sendable(v, depth + 1) for v in value]
+    return value
+
+
 async def unstorable_value(request: Request, err: Exception) -> JSONResponse:
     """A parameter PostgreSQL can't take (a NUL character, say) is the caller's mistake: 400, not 500."""
     return JSONResponse({"detail": f"a value can't be used: {type(err).__name__}"}, status_code=400)
@@ -137,6 +165,7 @@ async def unstorable_value(request: Request, err: Exception) -> JSONResponse:
 def install(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # 413 before anything parses a body
     app.add_exception_handler(asyncpg.DataError, unstorable_value)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     document_errors(app)
 
 

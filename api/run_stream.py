@@ -41,7 +41,6 @@ from typing import Any, Literal, TypeVar
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
-from api.gateway import ended_outside
 from keel.contracts import (
     ASK_USER_TOOL,
     EVENTS_QUERY,
@@ -61,6 +60,7 @@ from keel.contracts import (
     ToolResultReady,
 )
 from keel.deltas import RESYNC, VIEWER_QUEUE, Delta, DeltaBatch, DeltaChannel
+from keel.reconciler import ended_outside
 from keel.store import RunStore
 
 T = TypeVar("T")

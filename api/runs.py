@@ -5,13 +5,14 @@ same with `temporal workflow signal`."""
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+from pydantic_core import PydanticCustomError
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from api.auth import CurrentUser, User, check_owner, require_run
-from api.chat_request import NoNul
-from api.gateway import Gateway, GatewayDep, http_error
+from api.chat_request import JsonValue, StrictBody
+from api.gateway import Gateway, GatewayDep, http_error, refusal
 from api.streams import last_event_id, resumed_response
 from keel.contracts import (
     ANSWER_UPDATE,
@@ -29,21 +30,32 @@ from keel.contracts import (
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 
-class ApprovalBody(NoNul):
-    approved: bool
+class ApprovalBody(StrictBody):
+    approved: bool = Field(description="`true` approves, `false` denies: a JSON boolean, nothing else")
     reason: str | None = Field(None, max_length=2000)
 
+    @field_validator("approved", mode="wrap")
+    @classmethod
+    def _true_or_false(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> bool:
+        """Say plainly what a decision must be: a tool must not run because "yes" or 1 looked like one."""
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError(
+                "bool_type", "Input should be a valid boolean: true or false, not text, a number or null"
+            ) from None
 
-class AnswerBody(NoNul):
+
+class AnswerBody(StrictBody):
     text: str = Field(min_length=1, max_length=100_000)
 
 
-class ToolResultBody(NoNul):
-    output: Any = None
+class ToolResultBody(StrictBody):
+    output: JsonValue = Field(None, description="Any JSON value, nested at most 32 levels deep")
     error: str | None = Field(None, max_length=100_000, description="Set when the client's tool failed")
 
 
-class CancelBody(NoNul):
+class CancelBody(StrictBody):
     reason: str | None = Field(None, max_length=2000)
 
 
@@ -128,4 +140,4 @@ async def _update(
     try:
         return await gw.run(agent_run_id).execute_update(name, arg, result_type=result_type)
     except (WorkflowUpdateFailedError, RPCError) as err:
-        raise http_error(err, agent_run_id) from None
+        raise await refusal(gw, err, agent_run_id) from None

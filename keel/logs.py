@@ -13,7 +13,10 @@ import logging
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from temporalio.runtime import LoggingConfig
 
 RUN_FIELDS = ("agent_run_id", "purpose", "phase", "step", "tool", "attempt")
 
@@ -91,3 +94,15 @@ def configure_logging(level: str, service: str) -> None:
 
     workflow.logger.workflow_info_on_message = False
     activity.logger.activity_info_on_message = False
+
+
+def temporal_core_logging() -> "LoggingConfig":
+    """The Temporal SDK core's own log lines (its Rust part: "Activity not found on completion", poller
+    errors...) handed to the `temporalio.core` logger, so they come out as JSON lines like every other line
+    instead of as the core's own coloured text on stderr. Give it to the process's `Runtime`."""
+    from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryFilter
+
+    forwarding = LogForwardingConfig(logger=logging.getLogger("temporalio.core"))
+    return LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"), forwarding=forwarding
+    )

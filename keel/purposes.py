@@ -5,6 +5,7 @@ takes a `PurposeSpec` snapshot into the workflow input and stores the system pro
 first message, so a run keeps the purpose it started with.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from keel.contracts import ASK_USER_TOOL, Budgets, PurposeSpec
@@ -26,8 +27,14 @@ class Purpose:
     allow_questions: bool = True
     stop_after_tool_calls: dict[str, int] = field(default_factory=dict)
 
-    def spec(self, default_model: str, budgets: Budgets | None = None) -> PurposeSpec:
-        """The snapshot a run starts with; `budgets` may only lower the purpose's own limits."""
+    def spec(
+        self,
+        default_model: str,
+        budgets: Budgets | None = None,
+        stop_after_tool_calls: Mapping[str, int] | None = None,
+    ) -> PurposeSpec:
+        """The snapshot a run starts with. A request's `budgets` and `stop_after_tool_calls` may only lower
+        the purpose's own limits, never raise them."""
         return PurposeSpec(
             slug=self.slug,
             model=self.model or default_model,
@@ -36,7 +43,7 @@ class Purpose:
             budgets=tighter(self.budgets, budgets) if budgets else self.budgets,
             approval_timeout_s=self.approval_timeout_s,
             allow_questions=self.allow_questions,
-            stop_after_tool_calls=dict(self.stop_after_tool_calls),
+            stop_after_tool_calls=fewer_calls(self.stop_after_tool_calls, stop_after_tool_calls or {}),
         )
 
 
@@ -52,6 +59,14 @@ def tighter(limits: Budgets, requested: Budgets) -> Budgets:
         max_cost_usd=pick(limits.max_cost_usd, requested.max_cost_usd),
         max_duration_s=pick(limits.max_duration_s, requested.max_duration_s),
     )
+
+
+def fewer_calls(own: Mapping[str, int], requested: Mapping[str, int]) -> dict[str, int]:
+    """stopWhen counts of both: for a tool in both, the lower count (the run stops at whichever comes first)."""
+    return {
+        name: min(own.get(name, times), requested.get(name, times))
+        for name, times in {**own, **requested}.items()
+    }
 
 
 PURPOSES: dict[str, Purpose] = {

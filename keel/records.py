@@ -103,6 +103,7 @@ _RANKS: dict[str, dict[str, int]] = {
 FINAL_TOOL_STATUSES = ("ok", "error", "denied", "expired", "not_run", "cancelled")
 # Run statuses after which nothing changes any more (RunStatus.is_final).
 FINAL_RUN_STATUSES = ("completed", "failed", "cancelled", "step_limit", "budget_exceeded", "needs_input")
+ACTIVE_RUN_STATUSES = ("running", "waiting_for_approval", "waiting_for_input", "waiting_for_tool_result")
 
 # Snapshots of tool arguments and results are for reading, not replaying: big ones are cut.
 SNAPSHOT_LIMIT = 8_000
@@ -518,6 +519,7 @@ _RUN_COLUMNS = (
     "completion_tokens",
     "cost_usd",
     "unpriced_calls",
+    "queued_behind",
 )
 _RUN_MERGE = {
     "status": "CASE WHEN EXCLUDED.status_version >= agent_runs.status_version"
@@ -547,9 +549,11 @@ async def run_started(
     chat_id: str | None,
     user_id: str | None,
     input_summary: str,
+    queued_behind: str | None = None,
 ) -> None:
     """The gateway's first record of a run, written with its conversation, before the workflow starts."""
     values = {
+        "queued_behind": queued_behind,
         "id": agent_run_id,
         "chat_id": chat_id,
         "user_id": user_id,
@@ -562,6 +566,35 @@ async def run_started(
         "started_at": datetime.now(UTC),
     }
     await pool.execute(_UPSERT_RUN, *[values.get(c) for c in _RUN_COLUMNS])
+
+
+# A status written because the workflow can write none any more (it never started, or was closed outside
+# its loop): no note the workflow sent earlier, still on its way, may overwrite it.
+CLOSED_FROM_OUTSIDE_VERSION = 2**31 - 1
+
+
+async def run_not_started(pool: asyncpg.Pool, agent_run_id: str, why: str) -> None:
+    """The run's workflow never started (Temporal refused it): its record says so, instead of `running`."""
+    await close_from_outside(pool, agent_run_id, "failed", why, "NotStarted")
+
+
+async def close_from_outside(
+    pool: asyncpg.Pool, agent_run_id: str, status: str, detail: str, error_type: str
+) -> bool:
+    """End a run's record for a workflow that will write no more. True if the record still said the run
+    was going (it is now ended); a record already final is left as it is."""
+    ended = await pool.fetchval(
+        "UPDATE agent_runs SET status = $2, status_version = $5, detail = $3, error_message = $3,"
+        " error_type = $4, finished_at = COALESCE(finished_at, now()), updated_at = now()"
+        " WHERE id = $1 AND status = ANY($6::text[]) RETURNING id",
+        agent_run_id,
+        status,
+        detail,
+        error_type,
+        CLOSED_FROM_OUTSIDE_VERSION,
+        list(ACTIVE_RUN_STATUSES),
+    )
+    return ended is not None
 
 
 async def write_run_note(
@@ -703,9 +736,6 @@ async def approval_backlog(pool: asyncpg.Pool) -> tuple[int, float]:
         " FROM tool_runs WHERE status = 'waiting_for_approval'"
     )
     return int(row["pending"]), float(row["oldest"])
-
-
-ACTIVE_RUN_STATUSES = ("running", "waiting_for_approval", "waiting_for_input", "waiting_for_tool_result")
 
 
 async def active_runs(pool: asyncpg.Pool) -> dict[str, int]:

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     stream_batch_ms: float = Field(0.0, ge=0, le=1000, validation_alias="KEEL_STREAM_BATCH_MS")
     # Token deltas of runs finished longer ago than this are deleted by the agent workers (0: kept forever).
     delta_retention_hours: float = Field(24.0, ge=0, validation_alias="KEEL_DELTA_RETENTION_HOURS")
+    # How often the agent workers make run records and queues agree with Temporal (keel/reconciler.py):
+    # a run terminated or timed out outside its loop is recorded as ended, and its queue goes on, within
+    # this (0: never).
+    reconcile_seconds: float = Field(30.0, ge=0, le=3600, validation_alias="KEEL_RECONCILE_SECONDS")
     # Authentication (api/auth.py): `none`, or `jwt` and/or `api-key`, comma-separated. `none` is refused
     # unless the gateway listens on loopback. Secrets are SecretStr, so they never print.
     auth: str = Field("none", validation_alias="KEEL_AUTH")
@@ -94,6 +98,14 @@ class Settings(BaseSettings):
     # Input limits and run starts per user per minute (0: no limit), per gateway process.
     max_body_bytes: int = Field(2_000_000, ge=1024, validation_alias="KEEL_MAX_BODY_BYTES")
     rate_limit: float = Field(60.0, ge=0, validation_alias="KEEL_RATE_LIMIT")
+    # Slow clients (api/connections.py): a request, headers and body, must arrive whole this many seconds
+    # after its first byte, or it is answered 408 and its connection closed; an idle connection between two
+    # requests is closed after the keep-alive seconds (uvicorn's own; behind a load balancer, set it above
+    # the balancer's idle timeout).
+    request_read_timeout_s: float = Field(
+        20.0, gt=0, le=300, validation_alias="KEEL_REQUEST_READ_TIMEOUT_SECONDS"
+    )
+    keep_alive_s: float = Field(5.0, gt=0, le=3600, validation_alias="KEEL_KEEP_ALIVE_SECONDS")
 
     @field_validator(
         "temporal_tls",

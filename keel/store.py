@@ -4,13 +4,16 @@ Used by the activities (which write) and the gateway (which writes a run's input
 stream). Workflow code never imports this module.
 """
 
+import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
 import asyncpg
 
-from keel.contracts import Message
+from keel.contracts import Message, RunStatus
 
 # Any fixed number works; it only has to be the same in every Keel process.
 _MIGRATION_LOCK_ID = 0x6B65656C
@@ -71,15 +74,36 @@ class RunStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._chat_locks: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def chat_lock(self, chat_id: str) -> AsyncIterator["RunStore"]:
+        """Hold the chat's lock, across every Keel process: who owns the chat, whether a run of it is
+        active, and starting the next one are decided by one request at a time, so two can never both find
+        the chat free. Yields a store on the lock's own connection (the section needs no second one, so a
+        busy pool can't deadlock it). The lock goes with the connection if the process dies."""
+        # Requests of this process wait in turn here, holding no connection while they wait.
+        local = self._chat_locks.setdefault(chat_id, asyncio.Lock())
+        try:
+            async with local, self.pool.acquire() as conn:
+                await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", _chat_key(chat_id))
+                try:
+                    yield RunStore(conn)  # type: ignore[arg-type]  # a connection runs the same queries
+                finally:
+                    await conn.execute(
+                        "SELECT pg_advisory_unlock(hashtextextended($1, 0))", _chat_key(chat_id)
+                    )
+        finally:
+            if not local.locked() and self._chat_locks.get(chat_id) is local:
+                del self._chat_locks[chat_id]
 
     async def put_messages(self, agent_run_id: str, first_seq: int, messages: list[Message]) -> None:
         rows = [(agent_run_id, first_seq + i, _body(m)) for i, m in enumerate(messages)]
-        async with self.pool.acquire() as conn:
-            await conn.executemany(
-                "INSERT INTO run_messages (agent_run_id, seq, body) VALUES ($1, $2, $3)"
-                " ON CONFLICT (agent_run_id, seq) DO UPDATE SET body = EXCLUDED.body, updated_at = now()",
-                rows,
-            )
+        await self.pool.executemany(
+            "INSERT INTO run_messages (agent_run_id, seq, body) VALUES ($1, $2, $3)"
+            " ON CONFLICT (agent_run_id, seq) DO UPDATE SET body = EXCLUDED.body, updated_at = now()",
+            rows,
+        )
 
     async def put_message(self, agent_run_id: str, seq: int, message: Message) -> None:
         await self.put_messages(agent_run_id, seq, [message])
@@ -121,6 +145,28 @@ class RunStore:
         return await self.pool.fetchval(
             "SELECT agent_run_id FROM chat_runs WHERE chat_id = $1 ORDER BY started_at DESC LIMIT 1", chat_id
         )
+
+    async def unfinished_chat_runs(self, chat_id: str, limit: int = 20) -> list[str]:
+        """The chat's runs its records do not show as finished, newest first: those that may be active
+        (runs from before run records have no row, and count too)."""
+        rows = await self.pool.fetch(
+            "SELECT c.agent_run_id FROM chat_runs c LEFT JOIN agent_runs r ON r.id = c.agent_run_id"
+            " WHERE c.chat_id = $1 AND (r.status IS NULL OR r.status = ANY($2::text[]))"
+            " ORDER BY c.started_at DESC LIMIT $3",
+            chat_id,
+            [s.value for s in RunStatus if not s.is_final],
+            limit,
+        )
+        return [r["agent_run_id"] for r in rows]
+
+    async def forget_chat_run(self, agent_run_id: str) -> None:
+        """A run that never started: out of its chat, its conversation gone."""
+        await self.pool.execute("DELETE FROM chat_runs WHERE agent_run_id = $1", agent_run_id)
+        await self.pool.execute("DELETE FROM run_messages WHERE agent_run_id = $1", agent_run_id)
+
+
+def _chat_key(chat_id: str) -> str:
+    return f"keel-chat:{chat_id}"
 
 
 def _body(message: Message) -> dict[str, Any]:

@@ -166,6 +166,8 @@ def keel(
         "KEEL_WORKER_METRICS_PORT": str(free_port()),
         "KEEL_HEAVY_WORKER_METRICS_PORT": str(free_port()),
         "KEEL_CODEC_KEY_FILE": str(base / "codec-keys.json"),
+        # The reconciler (keel/reconciler.py) every second instead of every 30, so tests need not wait.
+        "KEEL_RECONCILE_SECONDS": "1",
         # No Web UI (the test Temporal is headless), whatever the shell says: empty is unset.
         "KEEL_TEMPORAL_UI_URL": "",
     }

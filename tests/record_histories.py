@@ -94,6 +94,39 @@ async def step_limit(http: httpx.AsyncClient) -> str:
     return run_id
 
 
+async def _waiting_and_queued(http: httpx.AsyncClient) -> tuple[str, str, str, asyncio.Task[httpx.Response]]:
+    """A run waiting for its approval and one queued behind it in the same chat (the gateway enqueues)."""
+    body = chat_body("plan, write and publish a lesson on stacks", purpose="learnpack-lesson-writer")
+    response = await http.post("/api/chat", json=body)
+    response.raise_for_status()
+    first = response.headers["x-agent-run-id"]
+    call = next(str(c["toolCallId"]) for c in parse(response).of_type("tool-approval-request"))
+    follow_up = chat_body("calculate 2 + 2", body["id"])
+    follow_up["messages"][0]["id"] = "m2"
+    queued = asyncio.create_task(http.post("/api/chat", json=follow_up))
+    for _ in range(200):
+        runs = (await http.get("/api/runs", params={"chat_id": body["id"]})).json()
+        if len(runs) == 2:
+            return first, call, runs[0]["agent_run_id"], queued
+        await asyncio.sleep(0.05)
+    raise AssertionError("the second run was never queued")
+
+
+async def cancelled_while_queued(http: httpx.AsyncClient) -> str:
+    first, call, second, queued = await _waiting_and_queued(http)
+    (await http.post(f"/api/runs/{second}/cancel", json={"reason": "not this one"})).raise_for_status()
+    await queued
+    (await http.post(f"/api/runs/{first}/approvals/{call}", json={"approved": False})).raise_for_status()
+    return second
+
+
+async def released_its_queue(http: httpx.AsyncClient) -> str:
+    first, call, _, queued = await _waiting_and_queued(http)
+    (await http.post(f"/api/runs/{first}/approvals/{call}", json={"approved": False})).raise_for_status()
+    await queued
+    return first
+
+
 SCENARIOS: dict[str, Scenario] = {
     "inline-tool": inline_tool,
     "approved-publish": approved_publish,
@@ -102,6 +135,8 @@ SCENARIOS: dict[str, Scenario] = {
     "cancelled-during-a-tool": cancelled_during_a_tool,
     "step-limit": step_limit,
     "continued-as-new": continued_as_new,
+    "cancelled-while-queued": cancelled_while_queued,
+    "released-its-queue": released_its_queue,
 }
 
 
@@ -122,6 +157,8 @@ def record(out: Path) -> None:
         "KEEL_PORT": str(port),
         "KEEL_MODEL": "scripted",
         "KEEL_WORKER_METRICS_PORT": "0",
+        # A second message on a busy chat queues, for the queue scenarios; the others use a chat each.
+        "KEEL_DOUBLE_TEXTING": "enqueue",
     }
     processes = [
         _spawn([sys.executable, "worker.py"], env, work / "worker.log"),

@@ -1,7 +1,8 @@
 """The chat page end to end in headless Chromium (Debian's `chromium`, driven by Playwright's Python package):
 streamed text, tool cards, approving and denying `publish_package`, answering the agent, cancelling a run,
-reloading mid-stream, a message sent while a run waits for a person, and where the Temporal Web UI link
-leads. One browser for the module; each test gets a fresh context (fresh sessionStorage).
+reloading mid-stream, a message sent while a run waits for a person, where the Temporal Web UI link
+leads, and, with authentication on, a wrong token said so and the run viewer opened from the page keeping
+the token given here. One browser for the module; each test gets a fresh context (fresh sessionStorage).
 
 Without Chromium or Playwright the tests skip, saying why; under CI (`CI=true`) that is a failure instead.
 """
@@ -9,15 +10,18 @@ Without Chromium or Playwright the tests skip, saying why; under CI (`CI=true`) 
 import contextlib
 import json
 import re
+import time
+import uuid
 from typing import Any
 
 import httpx
+import jwt
 
-from tests.conftest import ROOT, TEMPORAL_UI_URL, Keel, wait_for_status
+from tests.conftest import AUTH_JWT_SECRET, ROOT, TEMPORAL_UI_URL, Keel, wait_for_status
 
 # The dev extras install Playwright; without it the `browser` fixture skips these tests, saying why.
 with contextlib.suppress(ImportError):
-    from playwright.async_api import Page, expect
+    from playwright.async_api import Dialog, Page, expect
 
 ARTIFACTS = ROOT / "test-artifacts"
 PREFIX = "[scripted offline model: no LLM was called]"
@@ -369,3 +373,64 @@ async def test_under_enqueue_a_message_waits_its_turn_and_approve_still_answers_
     await expect(status_of(second)).to_have_attribute("data-status", "completed")
     await expect(second.locator(".text").last).to_contain_text(PREFIX)  # it ran, after the first
     await expect(page.locator("#waiting")).to_be_hidden()
+
+
+def a_jwt_for_a_new_user() -> str:
+    """A JWT the `auth` gateway accepts, for a user with no runs yet."""
+    claims = {"sub": f"reader-{uuid.uuid4().hex[:8]}", "exp": int(time.time()) + 3600}
+    return jwt.encode(claims, AUTH_JWT_SECRET, algorithm="HS256")
+
+
+async def test_a_wrong_token_is_said_so_and_the_next_one_fills_the_purpose_picker(
+    page: "Page", gateways: dict[str, str]
+) -> None:
+    answers = ["not-a-token", a_jwt_for_a_new_user()]
+
+    async def answer(dialog: "Dialog") -> None:
+        await dialog.accept(answers.pop(0))
+
+    page.on("dialog", answer)
+    await page.goto(gateways["auth"])  # KEEL_AUTH=jwt,api-key: the page asks at once
+
+    notice = page.locator("#auth-why")
+    await expect(notice).to_have_text(
+        "The gateway did not accept that key or token (401): invalid or expired token"
+    )
+    lessons = page.locator('#purpose option[value="learnpack-lesson-writer"]')
+    await expect(lessons).to_have_count(0)
+
+    await page.get_by_role("button", name="Enter a key or token").click()
+
+    await expect(lessons).to_have_count(1)  # the requests that waited went through with the new token
+    await expect(page.locator("#auth")).to_be_hidden()
+    assert answers == []
+
+
+async def test_all_runs_opens_the_viewer_with_the_token_given_here_and_asks_nothing(
+    page: "Page", gateways: dict[str, str]
+) -> None:
+    token = a_jwt_for_a_new_user()
+    asked_on: list[str] = []
+
+    async def answer(dialog: "Dialog") -> None:
+        asked_on.append(dialog.page.url if dialog.page else "?")
+        await dialog.accept(token)
+
+    page.context.on("dialog", answer)  # every tab of this browser context
+    await page.goto(gateways["auth"])
+    await expect(page.locator('#purpose option[value="learnpack-lesson-writer"]')).to_have_count(1)
+
+    async with page.context.expect_page() as opened:
+        await page.get_by_role("link", name="All runs").click()
+    viewer = await opened.value
+
+    await expect(viewer.locator("#list")).to_have_text("No runs match.")  # the JSON answered this user
+    await expect(viewer.locator("#auth")).to_be_hidden()
+    assert asked_on == [f"{gateways['auth']}/"], "the viewer asked again"
+    assert viewer.url == f"{gateways['auth']}/runs"  # the token travelled in no URL
+
+    # A browser that gave the viewer no copy of the chat tab's storage: it reads the token from the chat tab.
+    await viewer.evaluate("sessionStorage.clear()")
+    await viewer.reload()
+    await expect(viewer.locator("#list")).to_have_text("No runs match.")
+    assert asked_on == [f"{gateways['auth']}/"], "the viewer asked again"

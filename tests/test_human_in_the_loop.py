@@ -190,6 +190,17 @@ async def test_a_client_side_tool_result_comes_back_through_the_resubmission(htt
     assert 'get_location returned: {"city": "Lisbon"}' in rest.text
 
 
+async def test_a_client_tool_whose_schema_takes_anything_for_a_property_is_called(
+    http: httpx.AsyncClient,
+) -> None:
+    # `true` is a valid JSON Schema (anything goes); the offline model used to crash on it.
+    tool = {"name": "get_location", "inputSchema": {"type": "object", "properties": {"near": True}}}
+
+    first = await chat(http, chat_body("use get_location to find me", tools=[tool]))
+
+    assert first.tool_names == ["get_location"] and first.run_status == "waiting_for_tool_result"
+
+
 async def test_a_client_tool_result_that_breaks_its_schema_is_an_error_for_the_model(
     http: httpx.AsyncClient,
 ) -> None:

@@ -1,21 +1,24 @@
 """The Agent Run Viewer (/runs) in headless Chromium: every figure on one line at a desktop's and a phone's
 width (the panes stacked on the phone), an approval its run ended without reads as ended and stops
-counting, ids and model names in their own case, and a Temporal Web UI link only where the gateway knows
-the UI. The shared browser fixtures (tests/browser.py) skip without Chromium, or fail under CI."""
+counting, ids and model names in their own case, a Temporal Web UI link only where the gateway knows
+the UI, and, with authentication on, a missing or wrong token said in a sentence. The shared browser fixtures (tests/browser.py) skip without Chromium, or fail under CI."""
 
 import asyncio
 import contextlib
 import re
+import time
+import uuid
 from typing import Any
 
 import httpx
+import jwt
 
-from tests.conftest import TEMPORAL_UI_URL, Keel, wait_for_status
+from tests.conftest import AUTH_JWT_SECRET, TEMPORAL_UI_URL, Keel, wait_for_status
 from tests.ui_stream import chat, chat_body
 
 # The dev extras install Playwright; without it the `browser` fixture skips these tests, saying why.
 with contextlib.suppress(ImportError):
-    from playwright.async_api import Page, expect
+    from playwright.async_api import Dialog, Page, expect
 
 DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
 # The figures the viewer shows: a run's steps, durations and latencies, tokens and cost.
@@ -132,3 +135,45 @@ async def test_the_temporal_link_shows_only_where_the_gateway_knows_the_web_ui(
         expected = (await other.get(f"/api/runs/{agent_run_id}/timeline")).json()["run"]["temporal_url"]
     assert expected.startswith(f"{TEMPORAL_UI_URL}/namespaces/default/workflows/{agent_run_id}/")
     await expect(page.locator("#detail a", has_text="Temporal Web UI")).to_have_attribute("href", expected)
+
+
+def answer_prompts_with(page: "Page", answers: list[str | None]) -> None:
+    """Answer the page's prompts in turn: a text is typed in, None dismisses the prompt."""
+
+    async def answer(dialog: "Dialog") -> None:
+        given = answers.pop(0)
+        await (dialog.dismiss() if given is None else dialog.accept(given))
+
+    page.on("dialog", answer)
+
+
+async def test_a_dismissed_prompt_is_answered_with_a_sentence_not_json(
+    page: "Page", gateways: dict[str, str]
+) -> None:
+    answer_prompts_with(page, [None])
+    await page.goto(f"{gateways['auth']}/runs")  # KEEL_AUTH=jwt,api-key
+
+    await expect(page.locator("#auth-why")).to_have_text(
+        "This gateway needs an API key (keel_…) or a JWT, and none was given."
+    )
+    await expect(page.get_by_role("button", name="Enter a key or token")).to_be_visible()
+    await expect(page.locator("main")).not_to_contain_text("detail")  # no raw 401 body anywhere
+
+
+async def test_a_wrong_token_is_said_so_and_the_next_one_shows_the_runs(
+    page: "Page", gateways: dict[str, str]
+) -> None:
+    user = f"reader-{uuid.uuid4().hex[:8]}"
+    right = jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, AUTH_JWT_SECRET, algorithm="HS256")
+    answers: list[str | None] = ["not-a-token", right]
+    answer_prompts_with(page, answers)
+    await page.goto(f"{gateways['auth']}/runs")
+
+    await expect(page.locator("#auth-why")).to_have_text(
+        "The gateway did not accept that key or token (401): invalid or expired token"
+    )
+    await page.get_by_role("button", name="Enter a key or token").click()
+
+    await expect(page.locator("#list")).to_have_text("No runs match.")  # this user's runs: none yet
+    await expect(page.locator("#auth")).to_be_hidden()
+    assert answers == []

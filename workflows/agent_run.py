@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
@@ -73,6 +73,14 @@ with workflow.unsafe.imports_passed_through():
     from workflows.stop_conditions import Progress, Stop, conditions_for, first_stop, time_budget_detail
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
+
+
+# This release's workflow changes, behind one patch: a queued run can be cancelled before its turn, and hands
+# its own queue to the run ahead; telling a run that has closed no longer fails the run that tells it.
+_CANCEL_QUEUED = "keel-cancel-queued"
+# Errors the run's own data can raise in workflow code: they end the run instead of failing its workflow
+# task for ever. Anything else (a bug) still fails the task, so a fixed deploy can carry the run on.
+_BROKEN_BY_ITS_DATA = (ArithmeticError, ValueError)
 
 
 class _RunFailed(Exception):
@@ -139,11 +147,8 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         # patch per release: each costs every new run a marker and a search attribute update in history.
         self._local_activities = workflow.patched("keel-tool-placement")
         try:
-            if not self._may_start:
-                self._detail = f"queued behind {run.queued_behind}"
-                self._describe()
-                await workflow.wait_condition(lambda: self._may_start)
-                self._detail = None
+            if not self._may_start and (stop := await self._wait_for_my_turn(run)) is not None:
+                return await self._end(stop)
             while True:
                 self._step += 1
                 self._step_task = asyncio.create_task(self._take_step(self._step))
@@ -165,6 +170,25 @@ class AgentRun(WaitsForPeople, ReportsProgress):
             await self._cancel_step()
             await self._end(Stop(RunStatus.cancelled, "cancelled through Temporal"))
             raise
+        except _BROKEN_BY_ITS_DATA as err:
+            # What the run was given broke the loop (a number out of range, say). Retrying the workflow
+            # task would fail the same way for ever and leave the run wedged: it ends as failed instead.
+            why = f"the run could not go on: {type(err).__name__}: {err}"
+            self._error_type = type(err).__name__
+            await self._end(Stop(RunStatus.failed, why))
+            raise ApplicationError(why, type="AgentRunFailed", non_retryable=True) from None
+
+    async def _wait_for_my_turn(self, run: AgentRunInput) -> Stop | None:
+        """Double texting (enqueue): wait until the run ahead has finished. A cancel ends a queued run at
+        once (runs queued before this release wait for their turn first, as they did then)."""
+        self._detail = f"queued behind {run.queued_behind}"
+        self._describe()
+        if workflow.patched(_CANCEL_QUEUED):
+            await workflow.wait_condition(lambda: self._may_start or self._interrupt is not None)
+        else:
+            await workflow.wait_condition(lambda: self._may_start)
+        self._detail = None
+        return self._interrupt if not self._may_start else None
 
     # --- continue-as-new: a long run goes on in a fresh history, between two steps ---
 
@@ -224,11 +248,32 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         return state
 
     async def _release_queue(self) -> None:
-        """Tell the runs queued behind this one to start. Signals that arrive while the workflow completes
-        make Temporal retry the completion, so no queued run is missed."""
+        """Tell the runs queued behind this one that it is over. Each starts, unless this run ended before
+        its own turn (cancelled while queued): then they move up behind the run this one waited for, keeping
+        their place in the chat's queue. Signals that arrive while the workflow completes make Temporal
+        retry the completion, so no queued run is missed."""
         await workflow.wait_condition(workflow.all_handlers_finished)
+        ahead = self._run.queued_behind if not self._may_start and self._queued else None
+        if ahead is not None and not workflow.patched(_CANCEL_QUEUED):
+            ahead = None  # runs from before this release let their queue go on, as they did then
         for agent_run_id in self._queued:
-            await workflow.get_external_workflow_handle(agent_run_id).signal(PREVIOUS_DONE_SIGNAL)
+            if ahead is not None and await self._signal(
+                ahead, QUEUE_NEXT_SIGNAL, QueuedRun(agent_run_id=agent_run_id)
+            ):
+                continue
+            await self._signal(agent_run_id, PREVIOUS_DONE_SIGNAL)
+
+    async def _signal(self, agent_run_id: str, name: str, arg: BaseModel | None = None) -> bool:
+        """Signal another run of the chat; False when it has closed (Temporal refuses the signal), which
+        for a run that would be told to go on means there is nothing left to tell."""
+        handle = workflow.get_external_workflow_handle(agent_run_id)
+        try:
+            await (handle.signal(name) if arg is None else handle.signal(name, arg))
+        except FailureError:
+            if not workflow.patched(_CANCEL_QUEUED):
+                raise  # before this release a closed run failed the one telling it
+            return False
+        return True
 
     async def _until_done_or_interrupted(self, task: "asyncio.Task[Stop | None]") -> Stop | None:
         """The step's own outcome, or the interrupt (cancel signal, time budget) that cut it short."""

@@ -134,7 +134,9 @@ def _arguments(spec: ToolSpec, request: str, results: list[dict[str, Any]]) -> d
     for name, schema in properties.items():
         value = next((r[name] for r in results if name in r), None)
         if value is None:
-            value = _from_request(name, schema.get("type"), request, name in required)
+            # A property's schema may be `true` or `false` (valid JSON Schema): no type to go by.
+            kind = schema.get("type") if isinstance(schema, dict) else None
+            value = _from_request(name, kind, request, name in required)
         if value is not None:
             arguments[name] = value
         elif name in required:
