@@ -8,7 +8,8 @@ from the gateway, the run records and Temporal:
   user) or 404 (another user), never another user's run;
 - `enqueue` builds one queue in arrival order, and its runs go one at a time, each once; a queued run can be
   cancelled at once and the runs behind it keep their place; `interrupt` leaves exactly one active run;
-- one decision per tool call, and a decision that meets a run already over is a 409 saying how it ended;
+- one decision per tool call (approval, answer, client tool result), one end however many cancels, and a
+  decision that meets a run already over is a 409 saying how it ended;
 - what Temporal closes outside a run's loop (terminated) never leaves a record `running` or a queue stuck,
   nor does a start Temporal refused, nor a record whose workflow never started (keel/reconciler.py, every
   second in the tests), nor a run whose own numbers broke its loop.
@@ -227,6 +228,46 @@ async def test_one_decision_per_tool_call_however_many_arrive_at_once(http: http
     assert decided["approved"] == accepted["approved"]
 
 
+async def test_one_answer_and_one_tool_result_however_many_arrive_at_once(http: httpx.AsyncClient) -> None:
+    asked = parse(await http.post("/api/chat", json=chat_body("ask me my favourite colour")))
+    tool = {"name": "get_location", "inputSchema": {"type": "object", "properties": {}}}
+    located = parse(await http.post("/api/chat", json=chat_body("use get_location to find me", tools=[tool])))
+    question_run, tool_run = (s.response.headers["x-agent-run-id"] for s in (asked, located))
+    call = next(c["toolCallId"] for c in located.of_type("tool-input-available"))
+
+    answers, results = await asyncio.gather(
+        at_once(
+            *(http.post(f"/api/runs/{question_run}/answer", json={"text": f"colour {i}"}) for i in range(10))
+        ),
+        at_once(
+            *(
+                http.post(f"/api/runs/{tool_run}/tool-results/{call}", json={"output": {"city": f"city {i}"}})
+                for i in range(10)
+            )
+        ),
+    )
+
+    assert sorted(r.status_code for r in answers) == [200] + [409] * 9
+    assert sorted(r.status_code for r in results) == [200] + [409] * 9
+    for run in (question_run, tool_run):
+        assert (await wait_for_status(http, run, "completed"))["step"] == 2
+
+
+async def test_cancels_at_once_end_the_run_once(http: httpx.AsyncClient, store: RunStore) -> None:
+    agent_run_id, _ = await waiting_for_approval(http, f"chat-{uuid.uuid4().hex[:12]}")
+
+    responses = await at_once(
+        *(http.post(f"/api/runs/{agent_run_id}/cancel", json={"reason": f"reason {i}"}) for i in range(10))
+    )
+
+    # Accepted (202) while the run was still going, 409 once it had ended; it ends once, for one reason.
+    assert {r.status_code for r in responses} <= {202, 409} and 202 in {r.status_code for r in responses}
+    state = await wait_for_status(http, agent_run_id, "cancelled")
+    assert state["detail"] in {f"cancelled: reason {i}" for i in range(10)}
+    recorded = await until(lambda: _ended_as(store, agent_run_id, "cancelled"), "the run's record to end")
+    assert recorded["detail"] == state["detail"]
+
+
 async def test_a_decision_that_meets_a_run_already_over_is_a_409_saying_how_it_ended(
     http: httpx.AsyncClient,
 ) -> None:
@@ -274,8 +315,12 @@ async def test_a_run_terminated_outside_its_loop_ends_its_record_and_lets_its_qu
 
 
 async def _ended(store: RunStore, agent_run_id: str) -> dict[str, Any] | None:
+    return await _ended_as(store, agent_run_id, "failed")
+
+
+async def _ended_as(store: RunStore, agent_run_id: str, status: str) -> dict[str, Any] | None:
     row = await record(store, agent_run_id)
-    return row if row["status"] == "failed" else None
+    return row if row["status"] == status else None
 
 
 async def test_a_record_whose_workflow_never_started_is_ended(store: RunStore) -> None:
