@@ -12,13 +12,16 @@ COPY workflows ./workflows
 COPY activities ./activities
 COPY api ./api
 COPY worker.py ./
+# The example agents, served when KEEL_APP names no app. Your own: `pip install` your package in an image
+# built FROM this one and set KEEL_APP.
+COPY examples/keel_examples ./examples/keel_examples
 # No [embedded] extra: in containers Temporal and PostgreSQL are their own services.
 RUN pip install .
 # Bytecode for the code that runs from /app, written once here: Temporal's workflow sandbox imports
 # workflows/agent_run.py afresh for every new run, and with no .pyc (PYTHONDONTWRITEBYTECODE, a read-only
 # /app) it would compile it every time: 7% of a worker's CPU in a py-spy profile, and sequential runs per
 # second nearly doubled without it (bench/harness.py).
-RUN python -m compileall -q keel workflows activities api worker.py
+RUN python -m compileall -q keel workflows activities api worker.py examples/keel_examples
 # A fixed uid, so files mounted into the container (an mTLS key, a codec key file) can be made readable
 # to it: chown 10001 on the host.
 RUN useradd --system --uid 10001 --home-dir /app keel \

@@ -22,8 +22,8 @@ from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
 from activities.records import ObservingInterceptor, RecordActivities, RunRecorder
-from activities.tools import load_tool_modules
 from keel import metrics
+from keel.app import load_app_or_exit
 from keel.deltas import PostgresDeltaChannel, prune_deltas
 from keel.logs import configure_logging, temporal_core_logging
 from keel.reconciler import first_look_back, reconcile
@@ -41,7 +41,7 @@ Queue = Literal["agent", "heavy"]
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "agent") -> None:
-    load_tool_modules(settings.tool_module_names)
+    app = load_app_or_exit(settings)
     client = with_tracing(await connect_temporal(settings))
     pool = await create_pool(settings.require_database_url())
     # Run records of activity attempts; kept on disk in the data dir while PostgreSQL is away.
@@ -52,6 +52,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
     activities = AgentActivities(
         store=RunStore(pool),
         data_dir=settings.data_dir.resolve(),
+        app=app,
         records=RunRecorder(records),
         deltas=PostgresDeltaChannel(pool, batch_window=settings.stream_batch_ms / 1000),
     )

@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 from activities.heartbeat import heartbeating
 from activities.models import Finish, TextDelta, UnknownModelRoute, resolve_model
 from activities.records import RunRecorder, until_stored
-from activities.tools import TOOLS, ToolContext, ToolError
+from keel.app import App
 from keel.contracts import (
     CALL_LLM,
     RUN_TOOL,
@@ -33,12 +33,15 @@ from keel.contracts import (
 )
 from keel.deltas import NO_DELTAS, DeltaChannel, DeltaWriter
 from keel.store import RunStore
+from keel.tools import ToolContext, ToolError
 
 
 @dataclass
 class AgentActivities:
     store: RunStore
     data_dir: Path
+    # The app this worker serves (KEEL_APP): its tools, by name.
+    app: App
     # Where live token deltas go (keel/deltas.py); never through workflow history.
     deltas: DeltaChannel = NO_DELTAS
     # Run records of each attempt: llm_calls and tool_runs rows, metrics, spans (activities/records.py).
@@ -47,14 +50,16 @@ class AgentActivities:
     @activity.defn(name=CALL_LLM)
     async def call_llm(self, step: LlmStepInput) -> LlmStepResult:
         try:
-            model, model_name = resolve_model(step.model)
+            model, model_name = resolve_model(step.model, triggers=self.app.triggers())
         except UnknownModelRoute as err:
             raise ApplicationError(str(err), type="UnknownModelRoute", non_retryable=True) from None
         conversation = await until_stored(lambda: self.store.conversation(step.agent_run_id, step.reply_seq))
-        server_tools = set(step.tools)
+        # A tool this deployment no longer has (the run started with an earlier one) is not offered; if the
+        # model calls it anyway, it hears that there is no such tool.
+        server_tools = {name for name in step.tools if name in self.app.tools}
         # Server-side tools win a name clash with a tool the client declared.
         client_tools = [t for t in step.client_tools if t.name not in server_tools]
-        tools = [TOOLS.get(name).spec() for name in step.tools] + client_tools
+        tools = [self.app.tools[name].spec() for name in step.tools if name in server_tools] + client_tools
 
         text: list[str] = []
         calls: list[ToolCall] = []
@@ -96,7 +101,7 @@ class AgentActivities:
             usage=finish.usage,
             model=finish.route or step.model,
             request_id=finish.request_id,
-            policies={c.id: _policy(c, server_tools, {t.name for t in client_tools}) for c in calls},
+            policies={c.id: self._policy(c, server_tools, {t.name for t in client_tools}) for c in calls},
         )
 
     @activity.defn(name=RUN_TOOL)
@@ -116,7 +121,7 @@ class AgentActivities:
                     # The model's arguments could not be parsed; it hears why and may try again.
                     raise ToolError(f"{call.name} was not run: {call.arguments_error}")
                 async with heartbeating():
-                    value = await TOOLS.get(call.name).invoke(call.arguments, ctx)
+                    value = await self.app.tool(call.name).invoke(call.arguments, ctx)
                 content, is_error = _result_text(value), False
             except ToolError as err:
                 content, is_error = str(err), True
@@ -131,6 +136,17 @@ class AgentActivities:
         )
         await until_stored(lambda: self.store.put_message(task.agent_run_id, task.result_seq, result))
         return ToolOutcome(tool_call_id=call.id, result_seq=task.result_seq, is_error=is_error)
+
+    def _policy(self, call: ToolCall, server_tools: set[str], client_tools: set[str]) -> ToolPolicy:
+        if call.arguments_error:
+            return ToolPolicy()  # nothing to approve: run_tool answers a broken call with an error, unrun
+        if call.name in server_tools:
+            return self.app.tools[call.name].policy(call.arguments)
+        if call.name in client_tools:
+            return ToolPolicy(handled_by="client")
+        # Not offered to this run (a model may name any tool, in json mode especially): never run it, not
+        # even a tool of another agent, since that would skip its approval.
+        return ToolPolicy(handled_by="nobody")
 
     @activity.defn(name=SAVE_MESSAGE)
     async def save_message(self, task: SaveMessageInput) -> ToolOutcome:
@@ -149,18 +165,6 @@ class AgentActivities:
         return ToolOutcome(
             tool_call_id=message.tool_call_id or "", result_seq=task.seq, is_error=message.is_error
         )
-
-
-def _policy(call: ToolCall, server_tools: set[str], client_tools: set[str]) -> ToolPolicy:
-    if call.arguments_error:
-        return ToolPolicy()  # nothing to approve: run_tool answers a broken call with an error, unrun
-    if call.name in server_tools:
-        return TOOLS.get(call.name).policy(call.arguments)
-    if call.name in client_tools:
-        return ToolPolicy(handled_by="client")
-    # Not offered to this run (a model may name any tool, in json mode especially): never run it, not even
-    # a registered tool of another purpose, since that would skip its approval.
-    return ToolPolicy(handled_by="nobody")
 
 
 def _schema_problem(content: str, schema: dict[str, Any]) -> str | None:

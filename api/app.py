@@ -13,9 +13,9 @@ from api import chat, limits, observe, runs
 from api.auth import Authenticator, CurrentUser, admin_dependency, current_user
 from api.codec import codec_app
 from api.gateway import Gateway, GatewayDep
+from keel.app import load_app_or_exit
 from keel.codec import EncryptionCodec
 from keel.deltas import PostgresDeltaChannel
-from keel.purposes import PURPOSES
 from keel.settings import Settings, get_settings
 from keel.store import RunStore, create_pool
 from keel.telemetry import with_tracing
@@ -26,13 +26,16 @@ _STATIC = Path(__file__).parent / "static"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    agents = load_app_or_exit(settings)  # a bad app stops the gateway here, in one line
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         temporal = with_tracing(await connect_temporal(settings))
         pool = await create_pool(settings.require_database_url())
         deltas = PostgresDeltaChannel(pool, listen_dsn=settings.require_database_url())
-        app.state.gateway = Gateway(settings=settings, temporal=temporal, store=RunStore(pool), deltas=deltas)
+        app.state.gateway = Gateway(
+            settings=settings, temporal=temporal, store=RunStore(pool), deltas=deltas, app=agents
+        )
         try:
             yield
         finally:
@@ -80,11 +83,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"status": "ok" if healthy else "unavailable", **results}, 200 if healthy else 503
         )
 
-    @app.get("/api/purposes", summary="The purposes a run can be started with")
+    @app.get("/api/purposes", summary="The agents a run can be started with (a request's `purpose`)")
     async def purposes(_: CurrentUser) -> list[dict[str, Any]]:
         return [
-            {"slug": p.slug, "title": p.title, "tools": list(p.tools), "step_limit": p.budgets.max_steps}
-            for p in PURPOSES.values()
+            {
+                "slug": a.name,
+                "title": a.title or a.name,
+                "tools": [t.name for t in a.tools],
+                "step_limit": a.max_steps,
+            }
+            for a in agents.agents.values()
         ]
 
     return app

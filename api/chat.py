@@ -31,6 +31,8 @@ from api.limits import check_run_start
 from api.run_stream import StreamStart, pause_after
 from api.streams import resume_chat, stream_response
 from keel import metrics, records
+from keel.agent import RunContext
+from keel.app import UnknownAgent
 from keel.contracts import (
     ANSWER_UPDATE,
     APPROVAL_UPDATE,
@@ -46,7 +48,6 @@ from keel.contracts import (
     ToolResultSubmission,
     UserAnswer,
 )
-from keel.purposes import UnknownPurpose, get_purpose
 from keel.store import RunStore
 from keel.text import one_line
 
@@ -81,12 +82,18 @@ async def resume_chat_stream(chat_id: str, gw: GatewayDep, user: CurrentUser) ->
 
 async def _start_run(request: ChatRequest, gw: Gateway, user: User) -> str:
     try:
-        purpose = get_purpose(request.purpose)
+        agent = gw.app.agent(request.purpose) if request.purpose else gw.app.default_agent
         conversation = to_conversation(request)
-    except (UnknownPurpose, BadChatRequest) as err:
+    except (UnknownAgent, BadChatRequest) as err:
         raise HTTPException(400, str(err)) from None
-    spec = purpose.spec(gw.settings.model, request.requested_budgets(), request.stop_after_tool_calls)
-    system = [Message(role="system", content=purpose.system_prompt)]
+    spec = agent.spec(gw.settings.model, request.requested_budgets(), request.stop_after_tool_calls)
+    context = RunContext(context=request.context or {}, user_id=user.id, chat_id=request.id)
+    try:
+        instructions = agent.instructions_for(context)
+    except Exception as err:  # the app's own function: its failure is the deployment's, not the client's
+        log.exception("the instructions of agent %s failed", agent.name)
+        raise HTTPException(500, f"agent {agent.name!r} could not write its instructions: {err}") from None
+    system = [Message(role="system", content=instructions)]
     if request.context:
         system.append(Message(role="system", content="Application context:\n" + json.dumps(request.context)))
     messages = system + conversation
@@ -99,7 +106,7 @@ async def _start_run(request: ChatRequest, gw: Gateway, user: User) -> str:
         message_count=len(messages),
         chat_id=request.id,
         user_id=user.id,
-        client_tools=request.client_tools(),
+        client_tools=[*agent.client_tools, *request.client_tools()],
         input_summary=summary,
         heavy_task_queue=gw.settings.heavy_task_queue,
     )
@@ -111,18 +118,18 @@ async def _start_run(request: ChatRequest, gw: Gateway, user: User) -> str:
             check_run_start(gw.settings, user)
             run.queued_behind = await make_room(request.id, gw, chat, regenerating)
             await _record_start(chat, run, messages)
-            await _launch(gw, chat, run, f"{purpose.slug}: {summary}")
+            await _launch(gw, chat, run, f"{agent.name}: {summary}")
     except asyncpg.DataError:
         raise  # the client's own data, not an outage: answered 400 (api/limits.py)
     except (OSError, asyncpg.PostgresError) as err:
         raise HTTPException(503, f"PostgreSQL is unavailable, no run was started: {err}") from None
-    metrics.RUNS_STARTED.labels(purpose.slug).inc()
+    metrics.RUNS_STARTED.labels(agent.name).inc()
     log.info(
         "started run %s (purpose %s, chat %s)",
         agent_run_id,
-        purpose.slug,
+        agent.name,
         request.id,
-        extra={"agent_run_id": agent_run_id, "purpose": purpose.slug},
+        extra={"agent_run_id": agent_run_id, "purpose": agent.name},
     )
     return agent_run_id
 

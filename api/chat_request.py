@@ -265,7 +265,7 @@ class ChatRequest(StrictBody):
 
     def requested_budgets(self) -> Budgets | None:
         """The limits this request asks for; where `max_steps` and `budgets.max_steps` both are set, the
-        lower wins, as it does against the purpose's own (`keel.purposes.tighter`)."""
+        lower wins, as it does against the purpose's own (`keel.agent.tighter`)."""
         asked = self.budgets or RequestBudgets()
         steps = [s for s in (self.max_steps, asked.max_steps) if s is not None]
         if not steps and asked == RequestBudgets():

@@ -16,6 +16,7 @@ from temporalio.common import QueryRejectCondition
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from keel.app import App
 from keel.contracts import STATE_QUERY, RunState
 from keel.deltas import DeltaChannel
 from keel.reconciler import ended_outside
@@ -36,6 +37,8 @@ class Gateway:
     store: RunStore
     # Live token deltas from the LLM activities (keel/deltas.py).
     deltas: DeltaChannel
+    # The agents this gateway serves (KEEL_APP).
+    app: App
 
     def run(self, agent_run_id: str) -> WorkflowHandle[Any, Any]:
         """A handle on an existing run; malformed ids are 404 like unknown ones, so ids leak nothing."""

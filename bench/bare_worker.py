@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
 from bench.bare import BARE_TASK_QUEUE, BareAgentLoop
+from keel.app import load_app
 from keel.deltas import PostgresDeltaChannel
 from keel.settings import get_settings
 from keel.store import RunStore, create_pool
@@ -33,7 +34,10 @@ async def serve() -> None:
     )
     pool = await create_pool(settings.require_database_url())
     activities = AgentActivities(
-        store=RunStore(pool), data_dir=settings.data_dir.resolve(), deltas=PostgresDeltaChannel(pool)
+        store=RunStore(pool),
+        data_dir=settings.data_dir.resolve(),
+        deltas=PostgresDeltaChannel(pool),
+        app=load_app(settings.app),
     )
     worker = Worker(
         client,

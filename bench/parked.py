@@ -29,8 +29,9 @@ import httpx
 from bench.measure import cpu_seconds, find_pid, listening_pid, rss_mb
 from bench.report import Figure, Section, percentile
 from keel import records
+from keel.agent import RunContext
+from keel.app import load_app
 from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Message
-from keel.purposes import get_purpose
 from keel.store import RunStore
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class Approval:
 
 async def start_runs(h: "Harness", client: "Client", store: RunStore, count: int) -> list[str]:
     """Start `count` runs that will each park waiting for approval; returns their ids."""
-    purpose = get_purpose(PURPOSE)
+    purpose = load_app().agent(PURPOSE)
     spec = purpose.spec(h.env["KEEL_MODEL"])
     task_queue = h.env["KEEL_TASK_QUEUE"]
     slots = asyncio.Semaphore(START_PARALLEL)
@@ -70,7 +71,10 @@ async def start_runs(h: "Harness", client: "Client", store: RunStore, count: int
     async def one(i: int) -> str:
         agent_run_id = f"run-{uuid.uuid4()}"
         text = f"publish a lesson on bench-{batch}-{i}"
-        messages = [Message(role="system", content=purpose.system_prompt), Message(role="user", content=text)]
+        messages = [
+            Message(role="system", content=purpose.instructions_for(RunContext({}, None, None))),
+            Message(role="user", content=text),
+        ]
         async with slots:
             await store.put_messages(agent_run_id, 0, messages)
             await records.run_started(

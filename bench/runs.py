@@ -21,6 +21,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.agent import AgentActivities
 from bench.bare import BARE_TASK_QUEUE, BARE_WORKFLOW, BareInput
 from bench.harness import HEAVY_TASK_QUEUE, TASK_QUEUE, Harness
+from keel.app import load_app
 from keel.contracts import (
     WORKFLOW_TYPE,
     AgentRunInput,
@@ -202,4 +203,6 @@ def workers(h: Harness, *, keel: bool = True, bare: bool = True, heavy: bool = F
 
 def in_process_activities(store: RunStore, h: Harness) -> AgentActivities:
     """Keel's activities in this process, publishing deltas like the worker's (no run records)."""
-    return AgentActivities(store=store, data_dir=h.workdir / "data", deltas=PostgresDeltaChannel(store.pool))
+    return AgentActivities(
+        store=store, data_dir=h.workdir / "data", deltas=PostgresDeltaChannel(store.pool), app=load_app()
+    )

@@ -47,15 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keel", description="Durable AI agents on Temporal.")
     parser.add_argument("--url", help="the gateway (default http://127.0.0.1:$KEEL_PORT)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+    app_help = "your app: package.module or package.module:AGENTS (sets KEEL_APP; default: the examples)"
+    dev = commands.add_parser(
         "dev", help="run Temporal, PostgreSQL, the worker and the gateway (what `make dev` runs)"
     )
     worker = commands.add_parser("worker", help="run a worker (--queue heavy: a heavy-tool worker)")
     worker.add_argument("--queue", choices=("agent", "heavy"), default="agent")
-    commands.add_parser("api", help="run the gateway")
+    api = commands.add_parser("api", help="run the gateway")
+    check = commands.add_parser("check", help="load the app and say what is wrong with it, starting nothing")
+    for serving in (dev, worker, api, check):
+        serving.add_argument("--app", help=app_help)
     run = commands.add_parser("run", help="send a message and stream the answer")
     run.add_argument("message")
-    run.add_argument("--purpose", help="a purpose slug (default: assistant)")
+    run.add_argument("--purpose", help="the agent to run (default: assistant, or the app's first)")
     run.add_argument("--yes", action="store_true", help="approve every tool call without asking")
     runs = commands.add_parser("runs", help="a table of recent runs")
     runs.add_argument("--status")
@@ -79,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     key_commands.add_parser("list", help="every key's prefix, user, role and state (never the key)")
     args = parser.parse_args(argv)
 
+    if getattr(args, "app", None):
+        # The processes read it from the environment, as `keel dev` hands it to the ones it starts.
+        os.environ["KEEL_APP"] = args.app
+    if args.command == "check":
+        return _check(Out(sys.stdout))
     # The processes are imported lazily: the client commands need none of their dependencies.
     if args.command == "dev":
         from keel.dev import main as dev
@@ -126,6 +135,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         client.close()
+
+
+def _check(out: Out) -> int:
+    """`keel check`: load the app as the gateway and the workers do, and say what it serves or what is wrong."""
+    from keel.app import AppError, load_app
+    from keel.settings import get_settings
+
+    try:
+        app = load_app(get_settings().app)
+    except AppError as err:
+        out.line(f"keel: {err}", RED)
+        return 1
+    for agent in app.agents.values():
+        tools = ", ".join(t.name for t in agent.tools) or "no tools"
+        out.line(f"{agent.name}: {agent.model or 'KEEL_MODEL'}; {tools}")
+    out.line(f"{app.source}: {len(app.agents)} agent(s), ready to serve", GREEN)
+    return 0
 
 
 def _run(client: ChatClient, out: Out, text: str, purpose: str | None, *, approve_all: bool) -> int:

@@ -134,7 +134,8 @@ class Budgets(BaseModel):
 
 
 class PurposeSpec(BaseModel):
-    """A snapshot of a purpose taken when the run starts, so editing a purpose never changes a live run."""
+    """A snapshot of the run's agent (keel/agent.py) taken when the run starts, so a redeployed agent never
+    changes a live run. `slug` is the agent's name."""
 
     slug: str
     model: str
@@ -147,6 +148,8 @@ class PurposeSpec(BaseModel):
     allow_questions: bool = True
     # stopWhen: end the run once a tool has been called this many times (like the AI SDK's hasToolCall).
     stop_after_tool_calls: dict[str, int] = Field(default_factory=dict)
+    # The agent's own stop_when predicates, by name (`module:qualname`), found in the app the worker loaded.
+    stop_when: list[str] = Field(default_factory=list)
 
 
 class AgentRunInput(BaseModel):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from keel.app import App, AppError, load_app
 from keel.codec import write_new_key_file
 from keel.settings import Settings, get_settings
 from keel.stack import EmbeddedPostgres, TemporalDevServer, port_is_free
@@ -162,6 +163,7 @@ def _banner(
     temporal: TemporalDevServer | None,
     db: EmbeddedPostgres | None,
     key_file: Path,
+    app: App,
 ) -> str:
     if temporal is not None:
         temporal_line = f"{temporal.address} (embedded, state in {data_dir / 'temporal.db'})"
@@ -186,6 +188,7 @@ def _banner(
         f"  Temporal         {temporal_line}",
         f"  PostgreSQL       {postgres_line}",
         f"  data dir         {data_dir}",
+        f"  agents           {', '.join(app.agents)} (from {app.source}; KEEL_APP or --app names yours)",
         f"  model            {model}",
         f"  encryption       Temporal payloads sealed with AES-GCM (keys in {key_file})",
         f"  auth             {_auth_line(settings)}",
@@ -221,6 +224,11 @@ def run(
 ) -> int:
     """Supervise the stack until a signal or a crash; returns the process exit code."""
     settings = get_settings()
+    try:
+        app = load_app(settings.app)  # a bad app stops here, before anything starts, in one line
+    except AppError as err:
+        _say(str(err))
+        return 2
     # Explicitly configured services (env vars) are used as they are; only missing ones are embedded.
     embedded_temporal = "temporal_address" not in settings.model_fields_set
     embedded_db = not settings.database_url
@@ -285,7 +293,7 @@ def run(
             _check_alive(children, temporal, db)
 
         _wait_healthy(gateway_url, alive)
-        print(_banner(settings, gateway_url, data_dir, temporal, db, key_file), flush=True)
+        print(_banner(settings, gateway_url, data_dir, temporal, db, key_file, app), flush=True)
         while True:
             alive()
             time.sleep(0.5)

@@ -45,9 +45,9 @@ class Settings(BaseSettings):
     # On SIGTERM a worker stops polling and lets the activities in hand run this long before cancelling
     # them, so a deploy lets a model finish its answer instead of starting it over elsewhere.
     worker_shutdown_grace_s: float = Field(10.0, ge=0, validation_alias="KEEL_WORKER_SHUTDOWN_GRACE_SECONDS")
-    # Your own tool modules, comma-separated: the workers import them, and their @TOOLS.tool functions
-    # join the registry (a purpose lists them by name).
-    tool_modules: str = Field("", validation_alias="KEEL_TOOL_MODULES")
+    # Your app: `package.module` (every module-level keel.Agent in it) or `package.module:AGENTS` (a list of
+    # them). The gateway and both workers load it; unset, Keel serves its example agents (keel/app.py).
+    app: str | None = Field(None, validation_alias="KEEL_APP")
     model: str = Field("scripted", validation_alias="KEEL_MODEL")
     log_level: str = Field("INFO", validation_alias="KEEL_LOG_LEVEL")
     # The worker's Prometheus endpoint (http://host:port/metrics); port 0 turns it off.
@@ -130,10 +130,6 @@ class Settings(BaseSettings):
         if not modes or (modes - {"none", "jwt", "api-key"}) or ("none" in modes and len(modes) > 1):
             raise ValueError("KEEL_AUTH must be `none`, `jwt`, `api-key` or `jwt,api-key`")
         return ",".join(sorted(modes))
-
-    @property
-    def tool_module_names(self) -> list[str]:
-        return [name.strip() for name in self.tool_modules.split(",") if name.strip()]
 
     @property
     def auth_modes(self) -> frozenset[str]:

@@ -18,6 +18,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHistory
 
+from keel.agent import RunContext
+from keel.app import load_app
 from keel.codec import write_new_key_file
 from keel.settings import Settings, get_settings
 from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
@@ -28,6 +30,10 @@ from tests.fake_vendors import FakeVendors, start_fake_vendors, stop_fake_vendor
 ROOT = Path(__file__).resolve().parent.parent
 # The browser tests' fixtures (`browser`, `page`): tests/browser.py.
 pytest_plugins = ["tests.browser"]
+# The example agents Keel serves without KEEL_APP (examples/keel_examples), loaded as the workers load them.
+EXAMPLES = load_app()
+# A run's context when a test starts a workflow itself, with no request.
+NO_CONTEXT = RunContext(context={}, user_id=None, chat_id=None)
 VENDOR_TASK_QUEUE = "agent-runs-vendors"
 # The keys the fake vendors are called with. They must never show up where a person or a log could read.
 FAKE_OPENAI_KEY = "sk-test-keel-openai-secret-0123456789"

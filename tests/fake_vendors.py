@@ -44,7 +44,7 @@ from starlette.routing import Route
 from activities.models.base import Finish, TextDelta
 from activities.models.json_tools import TOOL_RESULTS_HEADER
 from activities.models.scripted import ScriptedModel
-from activities.tools import TOOLS
+from keel.app import load_app
 from keel.contracts import Message, ToolCall, ToolSpec, Usage
 from keel.stack import free_port
 
@@ -100,7 +100,7 @@ class FakeVendors:
 
 
 def _brain() -> ScriptedModel:
-    return ScriptedModel({name: TOOLS.get(name).triggers for name in TOOLS.names()})
+    return ScriptedModel(load_app().triggers())
 
 
 async def _think(messages: list[Message], tools: list[ToolSpec]) -> Answer:

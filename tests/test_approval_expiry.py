@@ -9,6 +9,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from keel_examples import lesson_writer
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -16,9 +17,9 @@ from temporalio.worker import Worker
 from activities.agent import AgentActivities
 from activities.records import RecordActivities
 from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Message, RunState, RunStatus
-from keel.purposes import get_purpose
 from keel.stack import EmbeddedPostgres
 from keel.store import RunStore, create_pool
+from tests.conftest import EXAMPLES, NO_CONTEXT
 from workflows.agent_run import AgentRun
 
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
@@ -32,14 +33,14 @@ async def store(postgres: EmbeddedPostgres) -> AsyncIterator[RunStore]:
 
 
 async def test_an_unanswered_approval_expires_and_the_model_is_told(store: RunStore, tmp_path: Path) -> None:
-    purpose = get_purpose("learnpack-lesson-writer")
+    purpose = lesson_writer
     agent_run_id = f"run-{uuid.uuid4()}"
     messages = [
-        Message(role="system", content=purpose.system_prompt),
+        Message(role="system", content=purpose.instructions_for(NO_CONTEXT)),
         Message(role="user", content="plan, write and publish a lesson on patience"),
     ]
     await store.put_messages(agent_run_id, 0, messages)
-    activities = AgentActivities(store=store, data_dir=tmp_path)
+    activities = AgentActivities(store=store, data_dir=tmp_path, app=EXAMPLES)
 
     async with (
         await WorkflowEnvironment.start_time_skipping(

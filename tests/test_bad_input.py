@@ -6,8 +6,8 @@ from typing import Any
 
 import httpx
 import pytest
+from keel_examples import assistant
 
-from keel.purposes import get_purpose
 from tests.ui_stream import chat_body, parse, user_message
 
 GOOD = chat_body("hello")
@@ -474,7 +474,7 @@ async def test_a_run_stopped_after_a_tool_call_says_so_in_its_last_message(http:
 
 
 def test_a_request_can_only_lower_a_purposes_stop_after_count() -> None:
-    purpose = replace(get_purpose("assistant"), stop_after_tool_calls={"calculate": 2, "wait": 1})
+    purpose = replace(assistant, stop_after_tool_calls={"calculate": 2, "wait": 1})
     spec = purpose.spec("scripted", stop_after_tool_calls={"calculate": 1, "wait": 3, "current_time": 4})
     assert spec.stop_after_tool_calls == {"calculate": 1, "wait": 1, "current_time": 4}
 

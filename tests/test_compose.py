@@ -218,9 +218,13 @@ def test_dockerfile_copies_every_installed_package() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     setuptools = project["tool"]["setuptools"]
     patterns = setuptools["packages"]["find"]["include"]
+    roots = setuptools["packages"]["find"].get("where", ["."])
     tops = {pattern.rstrip("*") for pattern in patterns}
+    # Each package's folder, under whichever root (`where`) holds it: keel, examples/keel_examples.
+    folders = {str(Path(root) / top) for top in tops for root in roots if (ROOT / root / top).is_dir()}
+    assert len(folders) == len(tops), f"packages not found under {roots}: {tops}"
     wanted = (
-        tops
+        folders
         | {f"{m}.py" for m in setuptools["py-modules"]}
         | {"pyproject.toml", project["project"]["readme"]}
     )

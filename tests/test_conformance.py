@@ -15,11 +15,11 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.agent import AgentActivities
 from activities.models import Finish, TextDelta, resolve_model
-from activities.tools import TOOLS
 from keel.contracts import LlmStepInput, LlmStepResult, Message, ToolCall
 from keel.routes import parse_route
 from keel.settings import Settings
 from keel.store import RunStore
+from tests.conftest import EXAMPLES
 
 SYSTEM = Message(role="system", content="You are a helpful assistant.")
 TOOL_NAMES = ["calculate", "current_time"]
@@ -75,8 +75,8 @@ class Outcome:
 async def reference(scenario: Scenario) -> Outcome:
     if scenario.model == "empty":
         return Outcome("", [], "stop")
-    model, _ = resolve_model("scripted")
-    tools = [TOOLS.get(n).spec() for n in TOOL_NAMES]
+    model, _ = resolve_model("scripted", triggers=EXAMPLES.triggers())
+    tools = [EXAMPLES.tools[n].spec() for n in TOOL_NAMES]
     chunks = [c async for c in model.stream(messages=[SYSTEM, *scenario.messages], model="", tools=tools)]
     finish = chunks[-1]
     assert isinstance(finish, Finish)
@@ -102,7 +102,7 @@ async def test_every_provider_gives_the_same_outcome(
         agent_run_id=run_id, step=1, model=route, tools=TOOL_NAMES, reply_seq=len(conversation)
     )
 
-    activities = AgentActivities(store=store, data_dir=tmp_path)
+    activities = AgentActivities(store=store, data_dir=tmp_path, app=EXAMPLES)
     result: LlmStepResult = await ActivityEnvironment().run(activities.call_llm, step)
 
     reply = (await store.conversation(run_id, step.reply_seq + 1))[-1]

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from activities.models.json_tools import TOOL_RESULTS_HEADER, parse_tool_reply, to_json_mode_messages
-from activities.tools import TOOLS
 from keel.contracts import Message, ToolCall
+from tests.conftest import EXAMPLES
 
 CALL = {"type": "tool_call", "id": "call_1", "name": "calculate", "arguments": {"expression": "2 + 3"}}
 EXPECTED = [ToolCall(id="call_1", name="calculate", arguments={"expression": "2 + 3"})]
@@ -82,7 +82,7 @@ def test_the_conversation_is_rewritten_as_plain_text_turns() -> None:
         Message(role="user", content="thanks"),
     ]
 
-    out = to_json_mode_messages(messages, [TOOLS.get("calculate").spec()])
+    out = to_json_mode_messages(messages, [EXAMPLES.tools["calculate"].spec()])
 
     assert [m.role for m in out] == ["system", "user", "assistant", "user"]
     system = out[0].content

@@ -17,12 +17,12 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.worker import Replayer
 
 from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Budgets, Message, RunEvent, RunState
-from keel.purposes import get_purpose
 from keel.settings import Settings
 from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
 from keel.store import RunStore
 from keel.temporal import connect_temporal
 from tests.conftest import Keel, _healthy, _spawn, _wait_for
+from tests.long_run_app import chapter_writer
 from tests.ui_stream import parse
 from workflows.agent_run import AgentRun
 
@@ -57,7 +57,7 @@ def long_run_stack(
         "KEEL_PORT": str(port),
         "KEEL_TASK_QUEUE": "agent-runs-long",
         "KEEL_WORKER_METRICS_PORT": str(free_port()),
-        "KEEL_TOOL_MODULES": "tests.long_run_tools",
+        "KEEL_APP": "tests.long_run_app",
     }
     worker_log, gateway_log = base / "worker.log", base / "gateway.log"
     worker = _spawn([sys.executable, "worker.py"], env, worker_log)
@@ -80,11 +80,7 @@ async def test_a_300_step_run_over_2_mb_continues_as_new_and_completes(
         Settings(**{k: v for k, v in long_run_stack.env.items() if k.isupper()})
     )
     run_id = f"run-{uuid.uuid4()}"
-    purpose = (
-        get_purpose("assistant")
-        .spec("scripted")
-        .model_copy(update={"tools": ["write_chapter"], "budgets": Budgets(max_steps=STEPS + 5)})
-    )
+    purpose = chapter_writer.spec("scripted", Budgets(max_steps=STEPS + 5))
     messages = [Message(role="user", content=f"write chapter 1, {STEPS} times")]
     await store.put_messages(run_id, 0, messages)
     await temporal.start_workflow(

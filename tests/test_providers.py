@@ -11,15 +11,14 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.models import Finish, TextDelta, resolve_model
-from activities.tools import TOOLS
 from keel.contracts import Message, ToolCall
 from keel.settings import Settings
 from keel.stack import free_port
-from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY
+from tests.conftest import EXAMPLES, FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY
 from tests.fake_vendors import FakeVendors
 
 PROVIDERS = ["openai", "anthropic", "local"]
-ASSISTANT_TOOLS = [TOOLS.get(n).spec() for n in ("calculate", "current_time")]
+ASSISTANT_TOOLS = [EXAMPLES.tools[n].spec() for n in ("calculate", "current_time")]
 KEY_VARIABLE = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "local": "KEEL_LOCAL_API_KEY"}
 
 

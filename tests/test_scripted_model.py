@@ -4,14 +4,14 @@ import json
 
 from activities.models import Finish, TextDelta, resolve_model
 from activities.models.scripted import DISCLAIMER
-from activities.tools import TOOLS
 from keel.contracts import Message, ToolCall
+from tests.conftest import EXAMPLES
 
-LESSON_TOOLS = [TOOLS.get(n).spec() for n in ("plan_syllabus", "generate_markdown", "publish_package")]
+LESSON_TOOLS = [EXAMPLES.tools[n].spec() for n in ("plan_syllabus", "generate_markdown", "publish_package")]
 
 
 async def reply(messages: list[Message], tools=LESSON_TOOLS) -> list:
-    model, name = resolve_model("scripted")
+    model, name = resolve_model("scripted", triggers=EXAMPLES.triggers())
     return [chunk async for chunk in model.stream(messages=messages, model=name, tools=tools)]
 
 
@@ -48,7 +48,7 @@ async def test_answers_in_small_chunks_once_every_wanted_tool_ran() -> None:
         Message(role="tool", tool_call_id="call_1", name="calculate", content='{"value": 4}'),
     ]
 
-    chunks = await reply(messages, tools=[TOOLS.get("calculate").spec()])
+    chunks = await reply(messages, tools=[EXAMPLES.tools["calculate"].spec()])
 
     deltas = [c.text for c in chunks if isinstance(c, TextDelta)]
     assert len(deltas) > 3
@@ -66,19 +66,19 @@ async def test_is_deterministic() -> None:
 async def test_trigger_words_match_whole_words_only() -> None:
     # "summary" must not trigger a tool whose trigger is "sum"; "timestamps" must not trigger "time".
     chunks = await reply(
-        [user("give me a summary of timestamps")], tools=[TOOLS.get(n).spec() for n in TOOLS.names()]
+        [user("give me a summary of timestamps")], tools=[EXAMPLES.tools[n].spec() for n in EXAMPLES.tools]
     )
     assert not any(isinstance(c, ToolCall) for c in chunks)
 
 
 async def test_skips_a_tool_whose_required_arguments_it_cannot_derive() -> None:
     # generate_markdown needs an outline, which only plan_syllabus provides; with nothing planned, no call.
-    chunks = await reply([user("write markdown")], tools=[TOOLS.get("generate_markdown").spec()])
+    chunks = await reply([user("write markdown")], tools=[EXAMPLES.tools["generate_markdown"].spec()])
     assert not any(isinstance(c, ToolCall) for c in chunks)
 
 
 async def test_n_times_calls_the_tool_once_a_step_n_times() -> None:
-    tools = [TOOLS.get("calculate").spec()]
+    tools = [EXAMPLES.tools["calculate"].spec()]
     messages = [user("calculate 2 + 2, 3 times")]
     for _ in range(3):
         chunks = await reply(messages, tools)

@@ -22,7 +22,7 @@ from keel import cli
 from keel.settings import get_settings
 from keel.stack import free_port
 from keel.store import RunStore
-from tests.conftest import AUTH_JWT_SECRET, ROOT, Keel
+from tests.conftest import AUTH_JWT_SECRET, EXAMPLES, ROOT, Keel
 from tests.ui_stream import assistant_message, chat_body, parse
 
 PUBLISH = "plan, write and publish a lesson on closures"
@@ -325,11 +325,9 @@ async def test_tool_arguments_outside_the_schema_go_back_to_the_model_and_never_
 
 
 def test_arguments_that_do_not_fit_ask_nobody_for_approval() -> None:
-    from activities.tools import TOOLS
-
-    assert TOOLS.get("wait").policy({"seconds": 60}).needs_approval
-    assert not TOOLS.get("wait").policy({"seconds": 900}).needs_approval  # refused unrun instead
-    assert not TOOLS.get("publish_package").policy({"title": ""}).needs_approval
+    assert EXAMPLES.tools["wait"].policy({"seconds": 60}).needs_approval
+    assert not EXAMPLES.tools["wait"].policy({"seconds": 900}).needs_approval  # refused unrun instead
+    assert not EXAMPLES.tools["publish_package"].policy({"title": ""}).needs_approval
 
 
 def test_secrets_never_reach_the_logs(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -12,16 +12,16 @@ from typing import Any
 
 import httpx
 import pytest
+from keel_examples import assistant
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from api.run_stream import RunStream, StreamStart, segment
 from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Message
 from keel.deltas import MAX_ROW_CHARS, DeltaBatch, DeltaWriter, PostgresDeltaChannel, prune_deltas
-from keel.purposes import get_purpose
 from keel.stack import EmbeddedPostgres
 from keel.store import RunStore
-from tests.conftest import VendorWorker, run_events
+from tests.conftest import NO_CONTEXT, VendorWorker, run_events
 from tests.ui_stream import UIStream, assert_well_formed, assistant_message, chat, chat_body, parse_text
 
 LESSON = "plan and write a lesson on recursion"
@@ -282,9 +282,12 @@ async def test_a_retried_llm_call_restarts_its_text_part_cleanly(
     http: httpx.AsyncClient, temporal: Client, store: RunStore, vendor_worker: VendorWorker
 ) -> None:
     # The fake vendor writes the whole answer, then drops the connection, once; Temporal retries.
-    purpose = get_purpose("assistant")
+    purpose = assistant
     run_id = f"run-{uuid.uuid4()}"
-    messages = [Message(role="system", content=purpose.system_prompt), Message(role="user", content="hello")]
+    messages = [
+        Message(role="system", content=purpose.instructions_for(NO_CONTEXT)),
+        Message(role="user", content="hello"),
+    ]
     await store.put_messages(run_id, 0, messages)
     await temporal.start_workflow(
         WORKFLOW_TYPE,

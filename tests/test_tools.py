@@ -5,12 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
+from keel_examples.packages import LEDGER, PackageRegistry
 
-from activities.agent import _policy
-from activities.tools import TOOLS, ToolContext, ToolError
-from activities.tools.packages import LEDGER, PackageRegistry
+from activities.agent import AgentActivities
 from keel.contracts import ToolCall, ToolPolicy
-from keel.purposes import PURPOSES
+from keel.tools import ToolContext, ToolError
+from tests.conftest import EXAMPLES
 
 
 def ctx(tmp_path: Path, idempotency_key: str = "run-test/tool-3") -> ToolContext:
@@ -19,13 +19,14 @@ def ctx(tmp_path: Path, idempotency_key: str = "run-test/tool-3") -> ToolContext
     )
 
 
-def test_every_purpose_names_registered_tools() -> None:
-    for purpose in PURPOSES.values():
-        assert [name for name in purpose.tools if name not in TOOLS] == [], purpose.slug
+def test_every_agent_offers_its_tools_and_ask_user() -> None:
+    for agent in EXAMPLES.agents.values():
+        assert agent.spec("scripted").tools == [*(t.name for t in agent.tools), "ask_user"], agent.name
+        assert all(EXAMPLES.tools[t.name] is t for t in agent.tools)
 
 
 def test_schema_comes_from_the_signature() -> None:
-    spec = TOOLS.get("plan_syllabus").spec()
+    spec = EXAMPLES.tools["plan_syllabus"].spec()
     assert spec.description.startswith("Plan a lesson")
     assert spec.parameters["required"] == ["topic"]
     assert spec.parameters["properties"]["sections"] == {
@@ -37,7 +38,7 @@ def test_schema_comes_from_the_signature() -> None:
         "type": "integer",
     }
     # The context parameter is Keel's, not the model's.
-    assert "ctx" not in TOOLS.get("publish_package").spec().parameters["properties"]
+    assert "ctx" not in EXAMPLES.tools["publish_package"].spec().parameters["properties"]
 
 
 @pytest.mark.parametrize(
@@ -50,14 +51,14 @@ def test_schema_comes_from_the_signature() -> None:
 )
 async def test_bad_arguments_are_tool_errors(tmp_path: Path, arguments: dict, message: str) -> None:
     with pytest.raises(ToolError, match=message):
-        await TOOLS.get("plan_syllabus").invoke(arguments, ctx(tmp_path))
+        await EXAMPLES.tools["plan_syllabus"].invoke(arguments, ctx(tmp_path))
 
 
 @pytest.mark.parametrize(
     ("expression", "value"), [("(2 + 3) * 4", 20), ("2 ^ 10", 1024), ("-7 // 2", -4), ("1.5 * 2", 3.0)]
 )
 async def test_calculate(tmp_path: Path, expression: str, value: float) -> None:
-    result = await TOOLS.get("calculate").invoke({"expression": expression}, ctx(tmp_path))
+    result = await EXAMPLES.tools["calculate"].invoke({"expression": expression}, ctx(tmp_path))
     assert result["value"] == value
 
 
@@ -66,17 +67,17 @@ async def test_calculate(tmp_path: Path, expression: str, value: float) -> None:
 )
 async def test_calculate_runs_no_code(tmp_path: Path, expression: str) -> None:
     with pytest.raises(ToolError):
-        await TOOLS.get("calculate").invoke({"expression": expression}, ctx(tmp_path))
+        await EXAMPLES.tools["calculate"].invoke({"expression": expression}, ctx(tmp_path))
 
 
 async def test_current_time_rejects_unknown_zones(tmp_path: Path) -> None:
-    assert (await TOOLS.get("current_time").invoke({"timezone": "Europe/Madrid"}, ctx(tmp_path)))["iso"]
+    assert (await EXAMPLES.tools["current_time"].invoke({"timezone": "Europe/Madrid"}, ctx(tmp_path)))["iso"]
     with pytest.raises(ToolError, match="unknown time zone"):
-        await TOOLS.get("current_time").invoke({"timezone": "Mars/Olympus"}, ctx(tmp_path))
+        await EXAMPLES.tools["current_time"].invoke({"timezone": "Mars/Olympus"}, ctx(tmp_path))
 
 
 async def test_a_retried_publish_publishes_once(tmp_path: Path) -> None:
-    publish = TOOLS.get("publish_package")
+    publish = EXAMPLES.tools["publish_package"]
     lesson = {"title": "Learn X", "markdown": "# X\n"}
     first = await publish.invoke(lesson, ctx(tmp_path))
     # The same call again (a retry, or a re-execution after a crash) carries the same key.
@@ -93,7 +94,7 @@ async def test_a_retried_publish_publishes_once(tmp_path: Path) -> None:
 
 async def test_concurrent_executions_of_one_call_publish_once(tmp_path: Path) -> None:
     # A retry may race an execution whose worker was presumed dead: the registry lets one of them publish.
-    publish = TOOLS.get("publish_package")
+    publish = EXAMPLES.tools["publish_package"]
     lesson = {"title": "Learn Y", "markdown": "# Y\n"}
     results = await asyncio.gather(*(publish.invoke(lesson, ctx(tmp_path)) for _ in range(8)))
     assert all(r == results[0] for r in results)
@@ -109,6 +110,11 @@ def test_a_ledger_line_cut_short_by_a_crash_is_not_a_publication(tmp_path: Path)
     result = registry.publish("Learn Z", "# Z\n", idempotency_key="k2", agent_run_id="run-2")
     assert result["version"] == 2
     assert [p["idempotency_key"] for p in registry.publications()] == ["k1", "k2"]
+
+
+def _policy(call: ToolCall, server_tools: set[str], client_tools: set[str]) -> ToolPolicy:
+    activities = AgentActivities(store=None, data_dir=Path("."), app=EXAMPLES)  # type: ignore[arg-type]
+    return activities._policy(call, server_tools, client_tools)
 
 
 def test_a_tool_the_run_does_not_offer_never_runs() -> None:

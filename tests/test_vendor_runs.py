@@ -10,13 +10,13 @@ import json
 import uuid
 
 import pytest
+from keel_examples import assistant
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Budgets, LlmStepResult, Message, RunState
-from keel.purposes import get_purpose
 from keel.store import RunStore
-from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, VendorWorker
+from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, NO_CONTEXT, VendorWorker
 
 pytestmark = pytest.mark.usefixtures("vendor_worker")
 
@@ -29,10 +29,13 @@ async def run(
     text: str,
     budgets: Budgets | None = None,
 ) -> tuple[RunState, WorkflowHandle]:
-    purpose = get_purpose("assistant")
+    purpose = assistant
     spec = purpose.spec(route, budgets)
     run_id = f"run-{uuid.uuid4()}"
-    messages = [Message(role="system", content=purpose.system_prompt), Message(role="user", content=text)]
+    messages = [
+        Message(role="system", content=purpose.instructions_for(NO_CONTEXT)),
+        Message(role="user", content=text),
+    ]
     await store.put_messages(run_id, 0, messages)
     handle = await temporal.start_workflow(
         WORKFLOW_TYPE,

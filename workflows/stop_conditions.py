@@ -7,19 +7,9 @@ first condition that answers wins, so a final answer in the last allowed step is
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from keel.contracts import PurposeSpec, RunStatus, Usage
-
-
-@dataclass(frozen=True)
-class Progress:
-    step: int
-    usage: Usage
-    elapsed_s: float
-    # Whether the step just taken asked for tools (False = the model gave its final answer).
-    asked_for_tools: bool
-    tool_calls: dict[str, int]
-    # The question the model asked when the purpose does not let runs wait for an answer.
-    unanswerable_question: str | None = None
+from keel.agent import Progress
+from keel.app import STOP_WHEN
+from keel.contracts import PurposeSpec, RunStatus
 
 
 @dataclass(frozen=True)
@@ -49,6 +39,25 @@ def tool_called(name: str, times: int = 1) -> StopCondition:
         if p.tool_calls.get(name, 0) < times:
             return None
         return Stop(RunStatus.completed, f"stopped after {name} was called {times} time(s)")
+
+    return check
+
+
+def agents_own(name: str) -> StopCondition:
+    """One of the agent's stop_when predicates, as this worker's app has it (keel/app.py). A predicate the
+    app no longer has (redeployed without it) stops nothing; one that raises ends the run as failed."""
+
+    def check(p: Progress) -> Stop | None:
+        predicate = STOP_WHEN.get(name)
+        if predicate is None:
+            return None
+        try:
+            reason = predicate(p)
+        except Exception as err:
+            return Stop(
+                RunStatus.failed, f"the stop_when predicate {name} raised {type(err).__name__}: {err}"
+            )
+        return None if reason is None else Stop(RunStatus.completed, str(reason))
 
     return check
 
@@ -106,6 +115,7 @@ def conditions_for(purpose: PurposeSpec) -> list[StopCondition]:
     budgets = purpose.budgets
     conditions = [final_answer(), needs_input()]
     conditions += [tool_called(name, times) for name, times in purpose.stop_after_tool_calls.items()]
+    conditions += [agents_own(name) for name in purpose.stop_when]
     conditions.append(step_count_is(budgets.max_steps))
     if budgets.max_tokens is not None:
         conditions.append(token_budget(budgets.max_tokens))

@@ -6,12 +6,12 @@ chain (`chain.py`) picks the route for the current attempt and classifies failur
 """
 
 import os
+from collections.abc import Mapping
 
 from activities.models.base import ChatModel, Finish, ModelChunk, TextDelta, ToolChoice, UnknownModelRoute
 from activities.models.chain import FallbackChain
 from activities.models.json_tools import JsonToolMode
 from activities.models.scripted import ScriptedModel
-from activities.tools import TOOLS
 from keel.routes import Route, RouteError, parse_chain
 from keel.settings import Settings, get_settings
 
@@ -28,11 +28,16 @@ __all__ = [
 
 
 def resolve_model(
-    route: str, settings: Settings | None = None, *, attempt: int | None = None
+    route: str,
+    settings: Settings | None = None,
+    *,
+    attempt: int | None = None,
+    triggers: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[ChatModel, str]:
     """The model for a route or fallback chain, and the name to show for it.
 
-    `attempt` defaults to the running activity's attempt number (1 outside an activity).
+    `attempt` defaults to the running activity's attempt number (1 outside an activity); `triggers` are the
+    tools' trigger words, which the offline scripted model goes by.
     """
     settings = settings or get_settings()
     try:
@@ -40,7 +45,10 @@ def resolve_model(
     except RouteError as err:
         raise UnknownModelRoute(str(err)) from None
     chain = FallbackChain(
-        routes, lambda r: provider_for(r, settings), prices=settings.model_prices, attempt=attempt
+        routes,
+        lambda r: provider_for(r, settings, triggers or {}),
+        prices=settings.model_prices,
+        attempt=attempt,
     )
     return chain, route
 
@@ -48,17 +56,18 @@ def resolve_model(
 SLOW_SCRIPTED_CHUNK_DELAY = 0.2
 
 
-def provider_for(route: Route, settings: Settings) -> tuple[ChatModel, str]:
+def provider_for(
+    route: Route, settings: Settings, triggers: Mapping[str, tuple[str, ...]] | None = None
+) -> tuple[ChatModel, str]:
     """One route's provider and the model name to send it. Keys come from the worker's environment.
 
     Vendor SDKs are imported on first use: together they add seconds to a worker's startup.
     """
     model: ChatModel
     if route.provider == "scripted":
-        triggers = {name: TOOLS.get(name).triggers for name in TOOLS.names()}
         # `scripted:slow` writes five chunks a second: for watching a stream, or cancelling mid-answer.
         delay = SLOW_SCRIPTED_CHUNK_DELAY if route.model == "slow" else 0.0
-        return ScriptedModel(triggers, chunk_delay=delay), route.model or "scripted"
+        return ScriptedModel(triggers or {}, chunk_delay=delay), route.model or "scripted"
     if route.provider == "openai":
         from activities.models.openai_chat import OpenAIChatModel
 

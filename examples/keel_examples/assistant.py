@@ -1,4 +1,4 @@
-"""Harmless everyday tools for the `assistant` purpose."""
+"""Harmless everyday tools for the `assistant` agent."""
 
 import ast
 import asyncio
@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field
 
-from activities.tools.registry import TOOLS, ToolError
+from keel import ToolError, tool
 
 _OPERATORS = {
     ast.Add: operator.add,
@@ -38,7 +38,7 @@ def _evaluate(node: ast.AST) -> float | int:
     raise ToolError("only numbers and + - * / // % ** and parentheses are allowed")
 
 
-@TOOLS.tool(triggers=("calculate", "compute", "arithmetic", "sum"))
+@tool(triggers=("calculate", "compute", "arithmetic", "sum"))
 def calculate(
     expression: Annotated[str, Field(description="An arithmetic expression, such as (2 + 3) * 4")],
 ) -> dict[str, float | int | str]:
@@ -57,7 +57,7 @@ def calculate(
     return {"expression": expression, "value": value}
 
 
-@TOOLS.tool(triggers=("time", "date", "today", "clock"))
+@tool(triggers=("time", "date", "today", "clock"))
 def current_time(
     timezone: Annotated[str, Field(description="An IANA time zone name, such as Europe/Madrid")] = "UTC",
 ) -> dict[str, str]:
@@ -71,9 +71,7 @@ def current_time(
 
 
 # Heavy: it holds its slot for up to five minutes, which would stall the agent worker's workflow tasks.
-@TOOLS.tool(
-    triggers=("wait", "sleep"), approval=lambda arguments: arguments.get("seconds", 0) > 10, heavy=True
-)
+@tool(triggers=("wait", "sleep"), approval=lambda arguments: arguments.get("seconds", 0) > 10, heavy=True)
 async def wait(
     seconds: Annotated[float, Field(gt=0, le=300, description="How long to wait, in seconds")],
 ) -> dict[str, float]:

@@ -4,11 +4,11 @@ from typing import Annotated
 
 from pydantic import Field
 
-from activities.tools.packages import PackageRegistry
-from activities.tools.registry import TOOLS, ToolContext, ToolError
+from keel import ToolContext, ToolError, tool
+from keel_examples.packages import PackageRegistry
 
 
-@TOOLS.tool(triggers=("plan", "syllabus", "outline"))
+@tool(triggers=("plan", "syllabus", "outline"))
 def plan_syllabus(
     topic: Annotated[str, Field(min_length=1, max_length=200, description="What the lesson teaches")],
     sections: Annotated[int, Field(ge=2, le=8, description="How many sections")] = 4,
@@ -29,7 +29,7 @@ def plan_syllabus(
     return {"topic": topic, "title": f"Learn {topic}", "outline": outline}
 
 
-@TOOLS.tool(triggers=("write", "lesson", "markdown", "generate"))
+@tool(triggers=("write", "lesson", "markdown", "generate"))
 def generate_markdown(
     title: Annotated[str, Field(min_length=1, max_length=200, description="The lesson's title")],
     outline: Annotated[list[str], Field(description="Section headings, in order")],
@@ -46,7 +46,7 @@ def generate_markdown(
     return {"title": title, "markdown": "\n".join(parts).rstrip() + "\n"}
 
 
-@TOOLS.tool(triggers=("publish",), side_effects=True, approval="always", max_calls_per_run=1)
+@tool(triggers=("publish",), side_effects=True, approval="always", max_calls_per_run=1)
 def publish_package(
     title: Annotated[str, Field(min_length=1, max_length=200, description="The lesson's title")],
     markdown: Annotated[str, Field(min_length=1, description="The lesson in Markdown")],

@@ -1,0 +1,146 @@
+"""Agents, part of Keel's public API: what a run is started with, defined in your own package.
+
+    from keel import Agent
+
+    support = Agent(
+        name="support",                    # the `purpose` a request names; in records and the Web UI
+        instructions="You are ...",        # or a function of the run's RunContext that returns them
+        model="openai:gpt-4o-mini",        # a route or a fallback chain; None: KEEL_MODEL
+        tools=[lookup_order, refund],
+        max_steps=8,
+    )
+
+Keel serves every module-level `Agent` of the app KEEL_APP names (keel/app.py). When a run starts, the
+gateway takes a snapshot of its agent (`PurposeSpec`) into the workflow's input and stores the
+instructions as the conversation's first message: a run keeps the agent it started with, whatever is
+deployed later.
+"""
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from keel.contracts import ASK_USER_TOOL, Budgets, ClientTool, PurposeSpec, Usage
+from keel.tools import Tool
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DEFAULT_STEP_LIMIT = 10
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What `instructions` may be a function of: the request that starts the run."""
+
+    # The application context the request sent (`context` in POST /api/chat), or {}.
+    context: dict[str, Any]
+    user_id: str | None
+    chat_id: str | None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a `stop_when` predicate reads after each step. Predicates run in workflow code, so they must be
+    pure functions of this: no clock, no randomness, no I/O."""
+
+    step: int
+    usage: Usage
+    elapsed_s: float
+    # Whether the step just taken asked for tools (False: the model gave its final answer).
+    asked_for_tools: bool
+    # How many times each tool has run so far in the run.
+    tool_calls: dict[str, int]
+    # The question the model asked when the agent does not let runs wait for an answer.
+    unanswerable_question: str | None = None
+
+
+# A stop_when predicate: returns why the run stops (it then ends `completed` with that as its detail), or None.
+StopWhen = Callable[[Progress], str | None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Agent:
+    """An agent Keel can run. Every field but `name` and `instructions` has a default."""
+
+    # The agent's name: the `purpose` a request names, in records, logs and the Web UI. [a-z0-9_-], ≤ 64.
+    name: str
+    # Its system prompt, or a function of the run's context that returns it (called when the run starts).
+    instructions: str | Callable[[RunContext], str]
+    # For people (the chat page's picker); the name when empty.
+    title: str = ""
+    # A model route (`openai:gpt-4o-mini`) or a fallback chain of them; None: KEEL_MODEL.
+    model: str | None = None
+    tools: Sequence[Tool] = ()
+    # Tools the frontend runs itself, offered in every run of this agent (requests may add more).
+    client_tools: Sequence[ClientTool] = ()
+    max_steps: int = DEFAULT_STEP_LIMIT
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    max_duration_s: float | None = None
+    # How long a tool call waits for a person's approval (or the user's answer) before it counts as denied.
+    approval_timeout_s: float = 3600
+    # When the model asks the user something (ask_user): wait for the answer, or end the run as needs_input.
+    allow_questions: bool = True
+    # End the run once a tool has been called this many times (like the AI SDK's hasToolCall).
+    stop_after_tool_calls: Mapping[str, int] = field(default_factory=dict)
+    # Your own stop conditions, checked after every step in workflow code (see Progress and StopWhen).
+    stop_when: Sequence[StopWhen] = ()
+
+    @property
+    def budgets(self) -> Budgets:
+        return Budgets(
+            max_steps=self.max_steps,
+            max_tokens=self.max_tokens,
+            max_cost_usd=self.max_cost_usd,
+            max_duration_s=self.max_duration_s,
+        )
+
+    def instructions_for(self, run: RunContext) -> str:
+        return self.instructions(run) if callable(self.instructions) else self.instructions
+
+    def spec(
+        self,
+        default_model: str,
+        budgets: Budgets | None = None,
+        stop_after_tool_calls: Mapping[str, int] | None = None,
+    ) -> PurposeSpec:
+        """The snapshot a run starts with. A request's `budgets` and `stop_after_tool_calls` may only lower
+        the agent's own limits, never raise them."""
+        return PurposeSpec(
+            slug=self.name,
+            model=self.model or default_model,
+            # ask_user is built in: every agent can ask, and allow_questions decides what happens.
+            tools=[*(t.name for t in self.tools), ASK_USER_TOOL],
+            budgets=tighter(self.budgets, budgets) if budgets else self.budgets,
+            approval_timeout_s=self.approval_timeout_s,
+            allow_questions=self.allow_questions,
+            stop_after_tool_calls=fewer_calls(self.stop_after_tool_calls, stop_after_tool_calls or {}),
+            stop_when=[stop_when_name(p) for p in self.stop_when],
+        )
+
+
+def stop_when_name(predicate: StopWhen) -> str:
+    """How a run's snapshot names a stop_when predicate: `module:qualified.name`."""
+    return f"{predicate.__module__}:{predicate.__qualname__}"
+
+
+def tighter(limits: Budgets, requested: Budgets) -> Budgets:
+    """Each limit is the smaller of the agent's and the request's (None = no limit)."""
+
+    def pick(a: float | None, b: float | None) -> float | None:
+        return b if a is None else a if b is None else min(a, b)
+
+    return Budgets(
+        max_steps=min(limits.max_steps, requested.max_steps),
+        max_tokens=pick(limits.max_tokens, requested.max_tokens),
+        max_cost_usd=pick(limits.max_cost_usd, requested.max_cost_usd),
+        max_duration_s=pick(limits.max_duration_s, requested.max_duration_s),
+    )
+
+
+def fewer_calls(own: Mapping[str, int], requested: Mapping[str, int]) -> dict[str, int]:
+    """stopWhen counts of both: for a tool in both, the lower count (the run stops at whichever comes first)."""
+    return {
+        name: min(own.get(name, times), requested.get(name, times))
+        for name, times in {**own, **requested}.items()
+    }

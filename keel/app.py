@@ -1,0 +1,171 @@
+"""Your app: the agents Keel serves, loaded from your own package (KEEL_APP).
+
+    KEEL_APP=support.agents              every module-level Agent of the module support.agents
+    KEEL_APP=support.agents:AGENTS       the agents in that module's list (or tuple) AGENTS
+
+Without KEEL_APP Keel serves its example agents (`keel_examples`, written with nothing but the public API).
+The gateway and both workers load the same app at startup, and refuse a bad one there, in one line naming
+the agent and the problem (`AppError`); `keel check` does the same without starting anything.
+"""
+
+import importlib
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from keel.agent import NAME, Agent, StopWhen, stop_when_name
+from keel.contracts import ASK_USER_TOOL
+from keel.routes import RouteError, parse_chain
+from keel.settings import Settings
+from keel.tools import ASK_USER, Tool, ToolError
+
+DEFAULT_APP = "keel_examples"
+
+# The stop_when predicates of the app this process loaded, by the name runs know them by. Workflow code
+# reads it (workflows/stop_conditions.py): the app is code of the worker, like the workflow itself.
+STOP_WHEN: dict[str, StopWhen] = {}
+
+
+class AppError(Exception):
+    """An app Keel can't serve; the message is one line saying which agent and what is wrong."""
+
+
+class UnknownAgent(LookupError):
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        super().__init__(f"unknown purpose {name!r}; the agents are: {', '.join(sorted(known))}")
+
+
+@dataclass(frozen=True)
+class App:
+    """The agents of one app, and every tool they use (ask_user included), by name."""
+
+    source: str
+    agents: dict[str, Agent]
+    tools: dict[str, Tool] = field(default_factory=dict)
+
+    def agent(self, name: str) -> Agent:
+        try:
+            return self.agents[name]
+        except KeyError:
+            raise UnknownAgent(name, self.agents) from None
+
+    def tool(self, name: str) -> Tool:
+        """A tool by name; one the app no longer has (a run from an earlier deploy asked for it) is a
+        ToolError, which the model hears."""
+        try:
+            return self.tools[name]
+        except KeyError:
+            raise ToolError(f"unknown tool {name!r}: this deployment has no tool of that name") from None
+
+    def triggers(self) -> dict[str, tuple[str, ...]]:
+        """Each tool's trigger words, for the offline scripted model."""
+        return {name: t.triggers for name, t in self.tools.items()}
+
+    @property
+    def default_agent(self) -> Agent:
+        """The agent a request that names none gets: `assistant` if there is one, else the first."""
+        return self.agents.get("assistant") or next(iter(self.agents.values()))
+
+
+def load_app(source: str | None = None) -> App:
+    """Import the app KEEL_APP names (the example agents by default), check it, and make its stop_when
+    predicates known to workflow code. Raises AppError, one line."""
+    source = (source or "").strip() or DEFAULT_APP
+    app = build_app(source, _agents_of(source))
+    STOP_WHEN.update({stop_when_name(p): p for agent in app.agents.values() for p in agent.stop_when})
+    return app
+
+
+def load_app_or_exit(settings: Settings) -> App:
+    """The app KEEL_APP names, for a process starting up: a bad one stops it with its one line."""
+    try:
+        return load_app(settings.app)
+    except AppError as err:
+        raise SystemExit(f"keel: {err}") from None
+
+
+def build_app(source: str, agents: Iterable[object]) -> App:
+    """Check agents and collect their tools: the rules `load_app` applies, for agents already at hand."""
+    by_name: dict[str, Agent] = {}
+    tools: dict[str, Tool] = {ASK_USER_TOOL: ASK_USER}
+    for agent in agents:
+        if not isinstance(agent, Agent):
+            raise AppError(f"{source}: {agent!r} is not a keel.Agent")
+        problem = _problem(agent, tools)
+        if problem is None and agent.name in by_name:
+            problem = "two agents have this name"
+        if problem is not None:
+            raise AppError(f"{source}: agent {agent.name!r}: {problem}")
+        by_name[agent.name] = agent
+        tools.update({t.name: t for t in agent.tools})
+    if not by_name:
+        raise AppError(f"{source}: no agents (define keel.Agent objects at module level, or name a list)")
+    return App(source=source, agents=by_name, tools=tools)
+
+
+def _agents_of(source: str) -> list[object]:
+    module_name, _, attribute = source.partition(":")
+    try:
+        module = importlib.import_module(module_name.strip())
+    except Exception as err:  # the app's own import errors, whatever they are, stop the process here
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")]
+        where = f" ({frames[-1].filename}:{frames[-1].lineno})" if len(frames) > 1 else ""
+        raise AppError(
+            f"KEEL_APP={source}: cannot import {module_name!r}: {type(err).__name__}: {err}{where}"
+        ) from None
+    if not attribute:
+        return _module_agents(module)
+    value = getattr(module, attribute.strip(), None)
+    if not isinstance(value, list | tuple):
+        raise AppError(f"KEEL_APP={source}: {attribute!r} is not a list of keel.Agent in {module_name}")
+    return list(value)
+
+
+def _module_agents(module: ModuleType) -> list[object]:
+    # In the order the module defines them, each once (an agent bound to two names is still one agent).
+    seen: dict[int, object] = {}
+    for value in vars(module).values():
+        if isinstance(value, Agent):
+            seen.setdefault(id(value), value)
+    return list(seen.values())
+
+
+def _problem(agent: Agent, known_tools: dict[str, Tool]) -> str | None:
+    """What is wrong with an agent, given the tools of the agents checked before it; None if nothing."""
+    if not isinstance(agent.name, str) or not NAME.match(agent.name):
+        return "its name must be 1 to 64 of a-z, 0-9, _ and -, starting with a letter or digit"
+    if not callable(agent.instructions) and not (isinstance(agent.instructions, str) and agent.instructions):
+        return "instructions must be a non-empty string or a function of the run's context"
+    if agent.model is not None:
+        try:
+            parse_chain(agent.model)
+        except RouteError as err:
+            return str(err)
+    if agent.max_steps < 1:
+        return f"max_steps must be at least 1, not {agent.max_steps}"
+    names: set[str] = set()
+    for tool in agent.tools:
+        if not isinstance(tool, Tool):
+            return f"{tool!r} is not a tool: decorate the function with @keel.tool"
+        if tool.name == ASK_USER_TOOL:
+            return f"a tool is named {ASK_USER_TOOL!r}, the built-in tool's name"
+        if tool.name in names:
+            return f"two of its tools are named {tool.name!r}"
+        other = known_tools.get(tool.name)
+        if other is not None and other is not tool:
+            return f"its tool {tool.name!r} is not the tool another agent has under that name"
+        names.add(tool.name)
+    for tool_name, times in agent.stop_after_tool_calls.items():
+        if tool_name not in names:
+            return f"stop_after_tool_calls names {tool_name!r}, which is not one of its tools"
+        if not isinstance(times, int) or times < 1:
+            return f"stop_after_tool_calls[{tool_name!r}] must be a whole number of at least 1"
+    for predicate in agent.stop_when:
+        if (
+            not callable(predicate)
+            or "<lambda>" in predicate.__qualname__
+            or "<locals>" in predicate.__qualname__
+        ):
+            return "each stop_when predicate must be a module-level function (runs name it to find it again)"
+    return None
