@@ -77,13 +77,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
             client,
             task_queue=task_queue,
             workflows=[AgentRun],
-            # run_tool is here for the inline tools, which run as local activities of the workflow.
-            activities=[
-                activities.call_llm,
-                activities.run_tool,
-                activities.save_message,
-                RecordActivities(pool).record_run,
-            ],
+            activities=[*activities.run_queue_activities(), RecordActivities(pool).record_run],
             **common,
         )
     housekeeping = []

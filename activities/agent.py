@@ -2,36 +2,48 @@
 
 Both read and write the run's conversation in PostgreSQL by (agent_run_id, seq), so only small references
 travel through Temporal history. Both are safe to retry: their writes are upserts of the same row.
+
+Structured output is judged here too: when the run wants it and the model gives its final answer,
+`call_llm` validates the answer (keel/output.py), stores the object with the reply and tells the workflow
+only the verdict.
 """
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import heartbeating
-from activities.models import Finish, TextDelta, UnknownModelRoute, resolve_model
+from activities.models import Finish, OutputDelta, OutputRequest, TextDelta, UnknownModelRoute, resolve_model
 from activities.records import RunRecorder, until_stored
+from keel.agent import Progress
 from keel.app import App
 from keel.contracts import (
     CALL_LLM,
+    CHECK_STOP_WHEN,
     RUN_TOOL,
     SAVE_MESSAGE,
     LlmStepInput,
     LlmStepResult,
     Message,
+    OutputSpec,
     SaveMessageInput,
+    StopWhenInput,
+    StopWhenVerdict,
     ToolCall,
     ToolInput,
     ToolOutcome,
     ToolPolicy,
 )
 from keel.deltas import NO_DELTAS, DeltaChannel, DeltaWriter
+from keel.output import check_answer, same_schema
 from keel.store import RunStore
 from keel.tools import ToolContext, ToolError
 
@@ -46,6 +58,13 @@ class AgentActivities:
     deltas: DeltaChannel = NO_DELTAS
     # Run records of each attempt: llm_calls and tool_runs rows, metrics, spans (activities/records.py).
     records: RunRecorder = field(default_factory=RunRecorder)
+
+    def run_queue_activities(self) -> list[Callable[..., Any]]:
+        """The activities a run queue's worker registers (with `record_run`): one list for every worker.
+
+        run_tool is among them for the inline tools, which run as local activities of the workflow.
+        """
+        return [self.call_llm, self.run_tool, self.save_message, self.check_stop_when]
 
     @activity.defn(name=CALL_LLM)
     async def call_llm(self, step: LlmStepInput) -> LlmStepResult:
@@ -62,18 +81,23 @@ class AgentActivities:
         tools = [self.app.tools[name].spec() for name in step.tools if name in server_tools] + client_tools
 
         text: list[str] = []
+        answer: list[str] = []  # the structured answer's pieces, part of the text too
         calls: list[ToolCall] = []
         finish: Finish | None = None
         live = DeltaWriter.for_llm_step(self.deltas, step, activity.info().attempt)
         llm_call = self.records.llm_call(step, model)
+        # Only a run that wants structured output passes it on: a provider may not know the argument.
+        wanted = {} if step.output is None else {"output": OutputRequest(step.output, now=step.force_output)}
         try:
             async with heartbeating():
                 async for chunk in llm_call.watch(
-                    model.stream(messages=conversation, model=model_name, tools=tools)
+                    model.stream(messages=conversation, model=model_name, tools=tools, **wanted)
                 ):
                     if isinstance(chunk, TextDelta):
                         text.append(chunk.text)
                         live.write(chunk.text)
+                        if isinstance(chunk, OutputDelta):
+                            answer.append(chunk.text)
                     elif isinstance(chunk, ToolCall):
                         calls.append(chunk)
                     else:
@@ -92,6 +116,12 @@ class AgentActivities:
             )
 
         reply = Message(role="assistant", content="".join(text), tool_calls=calls)
+        verdict: dict[str, Any] = {}
+        if step.output is not None and not calls:
+            # The final answer: the structured one if the provider marked it, else whatever it wrote.
+            value, problem = check_answer("".join(answer or text), step.output, self._output_type(step))
+            reply.output_json = None if value is None else json.dumps(value, ensure_ascii=False)
+            verdict = {"output_status": "invalid" if problem else "valid", "output_error": problem}
         await until_stored(lambda: self.store.put_message(step.agent_run_id, step.reply_seq, reply))
         return LlmStepResult(
             reply_seq=step.reply_seq,
@@ -102,7 +132,18 @@ class AgentActivities:
             model=finish.route or step.model,
             request_id=finish.request_id,
             policies={c.id: self._policy(c, server_tools, {t.name for t in client_tools}) for c in calls},
+            **verdict,
         )
+
+    def _output_type(self, step: LlmStepInput) -> type[BaseModel] | None:
+        """The agent's pydantic class, when this worker's app still has the agent with a class of the
+        run's schema: its own validators then judge the answer too. Otherwise the snapshot's schema alone
+        does (a redeploy changed or removed it)."""
+        agent = self.app.agents.get(step.purpose)
+        spec: OutputSpec | None = step.output
+        if agent is None or spec is None or not same_schema(agent.output_type, spec):
+            return None
+        return agent.output_type
 
     @activity.defn(name=RUN_TOOL)
     async def run_tool(self, task: ToolInput) -> ToolOutcome:
@@ -147,6 +188,31 @@ class AgentActivities:
         # Not offered to this run (a model may name any tool, in json mode especially): never run it, not
         # even a tool of another agent, since that would skip its approval.
         return ToolPolicy(handled_by="nobody")
+
+    @activity.defn(name=CHECK_STOP_WHEN)
+    async def check_stop_when(self, check: StopWhenInput) -> StopWhenVerdict:
+        """The agent's own stop_when predicates, in order: the first reason to stop. App code runs here, not
+        in the workflow, so history records the verdict and a run replays the same after a redeploy that
+        changed or dropped a predicate (one the app no longer has stops nothing)."""
+        progress = Progress(
+            step=check.step,
+            usage=check.usage,
+            elapsed_s=check.elapsed_s,
+            asked_for_tools=check.asked_for_tools,
+            tool_calls=dict(check.tool_calls),
+            unanswerable_question=check.unanswerable_question,
+        )
+        for name in check.names:
+            predicate = self.app.stop_when(name)
+            if predicate is None:
+                continue
+            try:
+                reason = predicate(progress)
+            except Exception as err:  # the app's code: its failure ends the run, saying so
+                return StopWhenVerdict(reason=f"{name} raised {type(err).__name__}: {err}", failed=True)
+            if reason is not None:
+                return StopWhenVerdict(reason=str(reason))
+        return StopWhenVerdict()
 
     @activity.defn(name=SAVE_MESSAGE)
     async def save_message(self, task: SaveMessageInput) -> ToolOutcome:

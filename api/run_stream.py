@@ -25,6 +25,8 @@ A run's end closes every tool call it left open: before `finish`, an approval ne
 `tool-output-denied` and any other open call (a tool still running, a question or a client tool without its
 answer) `tool-output-error` saying the run ended; why the run ended follows in a step of its own. No AI
 SDK client is then left holding a call, and none takes the last step for one that waits for the model.
+A run with structured output (Agent(output_type=...)) ends with its validated answer as a `data-output`
+part (`{"type": "data-output", "id": <run id>, "data": <object>}`), the last chunk before `finish`.
 
 Retries stay clean: each attempt of an LLM call writes its own text part (`text-<seq>`, then
 `text-<seq>-<attempt>`). When a retried attempt begins, the part of the abandoned one is ended and a
@@ -332,6 +334,8 @@ class RunStream:
         seqs += [
             e.partial_message_seq for e in events if isinstance(e, RunFinished) and e.partial_message_seq
         ]
+        # Structured output: the reply that holds the run's validated answer.
+        seqs += [e.output_seq for e in events if isinstance(e, RunFinished) and e.output_seq is not None]
         bodies = await self._messages(seqs) if seqs else {}
         out: list[Chunk | SegmentEnd] = []
         for event in events:
@@ -653,6 +657,10 @@ class _Translator:
         out.append(self._chunk(_run_data(self.agent_run_id, status, detail)))
         if status is RunStatus.failed:
             out.append(self._chunk({"type": "error", "errorText": detail or "the run failed"}))
+        answer = bodies.get(event.output_seq) if event.output_seq is not None else None
+        if answer is not None and answer.output is not None:
+            # Structured output: the run's validated answer, last before `finish`.
+            out.append(self._chunk({"type": "data-output", "id": self.agent_run_id, "data": answer.output}))
         out.append(self._chunk({"type": "finish", "finishReason": _FINISH_REASONS.get(status, "other")}))
         self.finished = True
         return out

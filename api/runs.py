@@ -26,6 +26,7 @@ from keel.contracts import (
     ToolResultSubmission,
     UserAnswer,
 )
+from keel.store import RunStore
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -67,9 +68,21 @@ class Accepted(BaseModel):
 # `GET /api/runs` (a chat's runs, and every run by status, purpose, user and time) is in api/viewer.py.
 
 
-@router.get("/{agent_run_id}", summary="A run's state: status, step, usage, budgets, pending approvals")
+@router.get(
+    "/{agent_run_id}",
+    summary="A run's state: status, step, usage, budgets, pending approvals, its structured output",
+)
 async def run_state(agent_run_id: str, gw: GatewayDep, user: CurrentUser) -> RunState:
-    return check_owner(user, await gw.state(agent_run_id))
+    return await with_output(gw.store, check_owner(user, await gw.state(agent_run_id)))
+
+
+async def with_output(store: RunStore, state: RunState) -> RunState:
+    """The state with its structured output (`output`): the workflow knows only where the validated
+    answer is stored, with its reply, so the object itself never passes through Temporal."""
+    if state.output_seq is None:
+        return state
+    reply = (await store.messages(state.agent_run_id, [state.output_seq])).get(state.output_seq)
+    return state.model_copy(update={"output": reply.output if reply is not None else None})
 
 
 @router.get(

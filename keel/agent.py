@@ -8,6 +8,7 @@
         model="openai:gpt-4o-mini",        # a route or a fallback chain; None: KEEL_MODEL
         tools=[lookup_order, refund],
         max_steps=8,
+        output_type=RefundDecision,        # optional: the final answer is a validated RefundDecision
     )
 
 Keel serves every module-level `Agent` of the app KEEL_APP names (keel/app.py). When a run starts, the
@@ -21,7 +22,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from keel.contracts import ASK_USER_TOOL, Budgets, ClientTool, PurposeSpec, Usage
+from keel.output import output_spec
 from keel.tools import Tool
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -40,8 +44,9 @@ class RunContext:
 
 @dataclass(frozen=True)
 class Progress:
-    """What a `stop_when` predicate reads after each step. Predicates run in workflow code, so they must be
-    pure functions of this: no clock, no randomness, no I/O."""
+    """What a `stop_when` predicate reads after each step. Predicates run in a local activity of the agent
+    worker and history keeps their verdict, so a run replays the same whatever a later deploy changes; a
+    predicate should still decide from this alone, to stop runs the same way every time."""
 
     step: int
     usage: Usage
@@ -83,8 +88,12 @@ class Agent:
     allow_questions: bool = True
     # End the run once a tool has been called this many times (like the AI SDK's hasToolCall).
     stop_after_tool_calls: Mapping[str, int] = field(default_factory=dict)
-    # Your own stop conditions, checked after every step in workflow code (see Progress and StopWhen).
+    # Your own stop conditions, module-level functions checked after every step (see Progress and StopWhen).
     stop_when: Sequence[StopWhen] = ()
+    # Structured output (keel/output.py): a pydantic model the final answer must be, validated; an answer
+    # that fails goes back to the model with the errors, at most output_retries times, then the run fails.
+    output_type: type[BaseModel] | None = None
+    output_retries: int = 2
 
     @property
     def budgets(self) -> Budgets:
@@ -116,6 +125,7 @@ class Agent:
             allow_questions=self.allow_questions,
             stop_after_tool_calls=fewer_calls(self.stop_after_tool_calls, stop_after_tool_calls or {}),
             stop_when=[stop_when_name(p) for p in self.stop_when],
+            output=None if self.output_type is None else output_spec(self.output_type, self.output_retries),
         )
 
 

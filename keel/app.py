@@ -12,19 +12,17 @@ import importlib
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 
 from keel.agent import NAME, Agent, StopWhen, stop_when_name
-from keel.contracts import ASK_USER_TOOL
+from keel.contracts import ASK_USER_TOOL, OUTPUT_TOOL
+from keel.output import output_problem
 from keel.routes import RouteError, parse_chain
 from keel.settings import Settings
 from keel.tools import ASK_USER, Tool, ToolError
 
 DEFAULT_APP = "keel_examples"
-
-# The stop_when predicates of the app this process loaded, by the name runs know them by. Workflow code
-# reads it (workflows/stop_conditions.py): the app is code of the worker, like the workflow itself.
-STOP_WHEN: dict[str, StopWhen] = {}
 
 
 class AppError(Exception):
@@ -58,6 +56,14 @@ class App:
         except KeyError:
             raise ToolError(f"unknown tool {name!r}: this deployment has no tool of that name") from None
 
+    def stop_when(self, name: str) -> StopWhen | None:
+        """An agent's stop_when predicate by the name runs know it by; None if this app no longer has it."""
+        for agent in self.agents.values():
+            for predicate in agent.stop_when:
+                if stop_when_name(predicate) == name:
+                    return predicate
+        return None
+
     def triggers(self) -> dict[str, tuple[str, ...]]:
         """Each tool's trigger words, for the offline scripted model."""
         return {name: t.triggers for name, t in self.tools.items()}
@@ -69,12 +75,10 @@ class App:
 
 
 def load_app(source: str | None = None) -> App:
-    """Import the app KEEL_APP names (the example agents by default), check it, and make its stop_when
-    predicates known to workflow code. Raises AppError, one line."""
+    """Import the app KEEL_APP names (the example agents by default) and check it. Raises AppError, one
+    line."""
     source = (source or "").strip() or DEFAULT_APP
-    app = build_app(source, _agents_of(source))
-    STOP_WHEN.update({stop_when_name(p): p for agent in app.agents.values() for p in agent.stop_when})
-    return app
+    return build_app(source, _agents_of(source))
 
 
 def load_app_or_exit(settings: Settings) -> App:
@@ -109,10 +113,12 @@ def _agents_of(source: str) -> list[object]:
     try:
         module = importlib.import_module(module_name.strip())
     except Exception as err:  # the app's own import errors, whatever they are, stop the process here
-        frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")]
-        where = f" ({frames[-1].filename}:{frames[-1].lineno})" if len(frames) > 1 else ""
+        # Where in the app it broke: the last frame that is neither Python's import machinery nor Keel.
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if _in_the_app(f.filename)]
+        where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise AppError(
-            f"KEEL_APP={source}: cannot import {module_name!r}: {type(err).__name__}: {err}{where}"
+            f"KEEL_APP={source}: cannot import {module_name!r}: {type(err).__name__}: {first_line}{where}"
         ) from None
     if not attribute:
         return _module_agents(module)
@@ -120,6 +126,14 @@ def _agents_of(source: str) -> list[object]:
     if not isinstance(value, list | tuple):
         raise AppError(f"KEEL_APP={source}: {attribute!r} is not a list of keel.Agent in {module_name}")
     return list(value)
+
+
+def _in_the_app(filename: str) -> bool:
+    path = Path(filename)
+    return not (filename.startswith("<") or path.parent.name == "importlib" or _KEEL in path.parents)
+
+
+_KEEL = Path(__file__).resolve().parent
 
 
 def _module_agents(module: ModuleType) -> list[object]:
@@ -148,8 +162,8 @@ def _problem(agent: Agent, known_tools: dict[str, Tool]) -> str | None:
     for tool in agent.tools:
         if not isinstance(tool, Tool):
             return f"{tool!r} is not a tool: decorate the function with @keel.tool"
-        if tool.name == ASK_USER_TOOL:
-            return f"a tool is named {ASK_USER_TOOL!r}, the built-in tool's name"
+        if tool.name in (ASK_USER_TOOL, OUTPUT_TOOL):
+            return f"a tool is named {tool.name!r}, a name Keel keeps for its own tool"
         if tool.name in names:
             return f"two of its tools are named {tool.name!r}"
         other = known_tools.get(tool.name)
@@ -161,6 +175,8 @@ def _problem(agent: Agent, known_tools: dict[str, Tool]) -> str | None:
             return f"stop_after_tool_calls names {tool_name!r}, which is not one of its tools"
         if not isinstance(times, int) or times < 1:
             return f"stop_after_tool_calls[{tool_name!r}] must be a whole number of at least 1"
+    if agent.output_type is not None and (problem := output_problem(agent.output_type, agent.output_retries)):
+        return problem
     for predicate in agent.stop_when:
         if (
             not callable(predicate)

@@ -1,5 +1,6 @@
 """The `keel` command: run the stack, chat with an agent from a terminal, and control runs.
 
+    keel new DIR                            a project of your own: one agent, one tool, a test
     keel dev | worker | api
     keel run "plan and write a lesson on recursion" --purpose learnpack-lesson-writer
     keel runs [--status S] [--purpose P]
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--queue", choices=("agent", "heavy"), default="agent")
     api = commands.add_parser("api", help="run the gateway")
     check = commands.add_parser("check", help="load the app and say what is wrong with it, starting nothing")
+    new = commands.add_parser("new", help="write a new project: one agent, one tool, a test, a README")
+    new.add_argument("dir", help="the project's folder (new, or empty)")
     for serving in (dev, worker, api, check):
         serving.add_argument("--app", help=app_help)
     run = commands.add_parser("run", help="send a message and stream the answer")
@@ -86,8 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "app", None):
         # The processes read it from the environment, as `keel dev` hands it to the ones it starts.
         os.environ["KEEL_APP"] = args.app
+    if args.command in ("check", "dev", "worker", "api"):
+        # Your app is imported from where you run the command, as `python -m` would (the `keel` script's
+        # own folder is what Python puts first otherwise).
+        sys.path.insert(0, os.getcwd())
     if args.command == "check":
         return _check(Out(sys.stdout))
+    if args.command == "new":
+        return _new(Path(args.dir), Out(sys.stdout))
     # The processes are imported lazily: the client commands need none of their dependencies.
     if args.command == "dev":
         from keel.dev import main as dev
@@ -154,6 +164,24 @@ def _check(out: Out) -> int:
     return 0
 
 
+def _new(folder: Path, out: Out) -> int:
+    """`keel new`: write the project, then say what to run next."""
+    from keel.scaffold import ScaffoldError, create_project
+
+    try:
+        written = create_project(folder)
+    except ScaffoldError as err:
+        Out(sys.stderr).line(f"keel: {err}", RED)
+        return 2
+    for path in written:
+        out.line(f"  wrote {path}", DIM)
+    out.line(f"{folder}: a project with one agent (support) and its tests", GREEN)
+    out.line(f"next, in {folder} (its README says more):")
+    for command in ("keel check --app agents", "pytest", "keel dev --app agents"):
+        out.line(f"  {command}")
+    return 0
+
+
 def _run(client: ChatClient, out: Out, text: str, purpose: str | None, *, approve_all: bool) -> int:
     body, message = client.start(text, purpose=purpose)
     try:
@@ -202,6 +230,10 @@ def _show(chunks: Any, message: AssistantMessage, out: Out) -> None:
             out.line(f"✗ {tools()[chunk['toolCallId']].tool_name}: denied", RED)
         elif kind == "error":
             out.line(f"error: {chunk['errorText']}", RED)
+        elif kind == "data-output":
+            # Structured output: the run's validated answer, whole and readable.
+            out.line("output:", BOLD)
+            out.line(json.dumps(chunk["data"], indent=2, ensure_ascii=False))
 
 
 def _answer_waiting(message: AssistantMessage, out: Out, approve_all: bool) -> bool:

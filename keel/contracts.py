@@ -8,6 +8,7 @@ Message bodies and tool results never travel through workflow history. Activitie
 PostgreSQL under (agent_run_id, seq) and the workflow passes those sequence numbers around instead.
 """
 
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -21,6 +22,8 @@ RUN_TOOL = "run_tool"
 SAVE_MESSAGE = "save_message"
 # Writes the workflow's own facts (status changes, approvals, the outcome) to the run records.
 RECORD_RUN = "record_run"
+# Checks the agent's own stop_when predicates (app code) after a step, so history records the verdict.
+CHECK_STOP_WHEN = "check_stop_when"
 STATE_QUERY = "state"
 EVENTS_QUERY = "events"
 # Signals: fixed names, usable from `temporal workflow signal` and the Web UI.
@@ -38,6 +41,10 @@ ANSWER_UPDATE = "submit_answer"
 TOOL_RESULT_UPDATE = "submit_tool_result"
 # The built-in tool through which a model asks the user a question; the workflow handles it itself.
 ASK_USER_TOOL = "ask_user"
+# Structured output: the synthetic tool through which a model that answers with tool calls (Anthropic)
+# gives its final answer, and how the message that sends a failed answer back to the model begins.
+OUTPUT_TOOL = "keel_final_answer"
+OUTPUT_FEEDBACK_PREFIX = "Your final answer did not validate against the required JSON schema"
 
 
 class RunStatus(StrEnum):
@@ -108,6 +115,14 @@ class Message(BaseModel):
     tool_call_id: str | None = None
     name: str | None = None
     is_error: bool = False
+    # On an assistant reply that is the run's structured answer: the object, validated (Agent.output_type),
+    # as JSON text, which keeps its class's field order (a jsonb body would not). It lives with the reply
+    # in PostgreSQL, never in Temporal history.
+    output_json: str | None = None
+
+    @property
+    def output(self) -> dict[str, Any] | None:
+        return None if self.output_json is None else json.loads(self.output_json)
 
 
 class ToolSpec(BaseModel):
@@ -133,6 +148,18 @@ class Budgets(BaseModel):
     max_duration_s: float | None = Field(None, gt=0)
 
 
+class OutputSpec(BaseModel):
+    """Structured output (Agent(output_type=...)): what the run's final answer must be, snapshotted when the
+    run starts, so a redeploy that changes the class never changes what a live run is held to."""
+
+    # The pydantic model's class name: the name the provider is given for the answer's format.
+    name: str
+    # The model's JSON schema; the answer is validated against it.
+    json_schema: dict[str, Any]
+    # How many times an answer that fails validation goes back to the model before the run fails.
+    retries: int = Field(2, ge=0)
+
+
 class PurposeSpec(BaseModel):
     """A snapshot of the run's agent (keel/agent.py) taken when the run starts, so a redeployed agent never
     changes a live run. `slug` is the agent's name."""
@@ -150,6 +177,8 @@ class PurposeSpec(BaseModel):
     stop_after_tool_calls: dict[str, int] = Field(default_factory=dict)
     # The agent's own stop_when predicates, by name (`module:qualname`), found in the app the worker loaded.
     stop_when: list[str] = Field(default_factory=list)
+    # Set when the agent's final answer must be a validated object (structured output).
+    output: OutputSpec | None = None
 
 
 class AgentRunInput(BaseModel):
@@ -182,8 +211,12 @@ class LlmStepInput(BaseModel):
     # The seq of the step's `step_started` event: live token deltas carry it, so a gateway can stream the
     # step's first words before the `events` query has told it the step began (0: unknown).
     step_event_seq: int = 0
-    # For logs and records only.
+    # The agent's name: for logs and records, and to find its output_type for structured output.
     purpose: str = ""
+    # Structured output: the run's snapshot of the answer's schema, when its agent has one.
+    output: OutputSpec | None = None
+    # The model's last answer failed validation: this step must give the structured answer, no tools.
+    force_output: bool = False
 
 
 class ToolPolicy(BaseModel):
@@ -199,6 +232,25 @@ class ToolPolicy(BaseModel):
     heavy: bool = False
 
 
+class StopWhenInput(BaseModel):
+    """The agent's own stop_when predicates (by name) and the run's progress after a step."""
+
+    names: list[str]
+    step: int
+    usage: "Usage"
+    elapsed_s: float
+    asked_for_tools: bool
+    tool_calls: dict[str, int]
+    unanswerable_question: str | None = None
+
+
+class StopWhenVerdict(BaseModel):
+    """Why the run stops (None: it goes on); `failed` when a predicate raised instead of answering."""
+
+    reason: str | None = None
+    failed: bool = False
+
+
 class LlmStepResult(BaseModel):
     reply_seq: int
     has_text: bool
@@ -212,6 +264,11 @@ class LlmStepResult(BaseModel):
     # Per tool_call_id. Approval predicates are code next to the tool, so the activity evaluates them
     # and history records the verdict, which keeps replays deterministic.
     policies: dict[str, ToolPolicy] = Field(default_factory=dict)
+    # Structured output, when the step wanted it and the model gave its final answer (no tool calls): the
+    # activity's verdict, so the workflow decides from history alone. `valid`: the object is stored with
+    # the reply (Message.output); `invalid`: `output_error` says why, for the model to hear.
+    output_status: Literal["valid", "invalid"] | None = None
+    output_error: str | None = None
 
 
 class ToolInput(BaseModel):
@@ -383,6 +440,8 @@ class RunFinished(BaseModel):
     detail: str | None = None
     # A model reply cut short by cancellation: whatever text it had written is stored here.
     partial_message_seq: int | None = None
+    # Structured output: the reply whose validated object (Message.output) is the run's answer.
+    output_seq: int | None = None
 
 
 RunEvent = Annotated[
@@ -424,6 +483,9 @@ class CarriedRun(BaseModel):
     queued: list[str]
     # How many Temporal runs came before this one.
     continued: int
+    # Structured output: answers that failed validation so far, and whether the next step must fix one.
+    output_failures: int = 0
+    fix_output: bool = False
 
 
 class BudgetsLeft(BaseModel):
@@ -453,6 +515,10 @@ class RunState(BaseModel):
     pending_question: PendingQuestion | None = None
     pending_tool_results: list[PendingToolResult] = Field(default_factory=list)
     approvals: list[ApprovalRecord] = Field(default_factory=list)
+    # Structured output: the run's validated answer. The workflow knows only where it is stored
+    # (`output_seq`, its final reply); the gateway reads the object from PostgreSQL for GET /api/runs/{id}.
+    output_seq: int | None = None
+    output: dict[str, Any] | None = None
 
 
 # --- Run records: the workflow's own facts, written by the `record_run` activity (keel/records.py) ---

@@ -98,6 +98,12 @@ def _spawn(name: str, cmd: Sequence[str], env: dict[str, str]) -> _Child:
     return _Child(name, proc)
 
 
+def _with_this_folder(python_path: str | None) -> str:
+    """PYTHONPATH for the workers and the gateway: the folder `keel dev` runs in first. They run from
+    Keel's own folder, and must import your app (`--app agents`) from yours, as `keel check` does."""
+    return os.pathsep.join([os.getcwd(), *(p for p in (python_path or "").split(os.pathsep) if p)])
+
+
 def _stop_children(children: Sequence[_Child]) -> None:
     """SIGTERM every child's group at once, wait up to STOP_TIMEOUT in total, then SIGKILL what is left."""
     for child in children:
@@ -258,7 +264,12 @@ def run(
     exit_code = 0
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, KEEL_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+        env = dict(
+            os.environ,
+            KEEL_DATA_DIR=str(data_dir),
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=_with_this_folder(os.environ.get("PYTHONPATH")),
+        )
         key_file = settings.codec_key_file or data_dir / CODEC_KEY_FILE
         if not key_file.exists():
             _say(f"generating an encryption key for Temporal payloads in {key_file}")

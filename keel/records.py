@@ -1,4 +1,5 @@
-"""Run records in PostgreSQL: `agent_runs`, `llm_calls` and `tool_runs` (keel/migrations/0003_run_records.sql).
+"""Run records in PostgreSQL: `agent_runs`, `llm_calls` and `tool_runs` (keel/migrations/0003_run_records.sql;
+a run's structured output in `agent_runs.output`, 0008).
 
 Two ways in, both idempotent:
 
@@ -520,6 +521,7 @@ _RUN_COLUMNS = (
     "cost_usd",
     "unpriced_calls",
     "queued_behind",
+    "output",
 )
 _RUN_MERGE = {
     "status": "CASE WHEN EXCLUDED.status_version >= agent_runs.status_version"
@@ -603,15 +605,17 @@ async def write_run_note(
     """Upsert a run's row and the tool rows the workflow knows about, in one transaction."""
     run_id = run["id"]
     async with pool.acquire() as conn, conn.transaction():
-        # The status before this write (its row locked until commit) and the run's answer, in one round trip.
-        previous, body = await conn.fetchrow(
+        # The status before this write (its row locked until commit) and the run's answer, in one round trip:
+        # its text, and the validated object when the agent has structured output.
+        previous, body, output = await conn.fetchrow(
             "SELECT (SELECT status FROM agent_runs WHERE id = $1 FOR UPDATE),"
-            " (SELECT body->>'content' FROM run_messages WHERE agent_run_id = $1 AND seq = $2)",
+            " (SELECT body->>'content' FROM run_messages WHERE agent_run_id = $1 AND seq = $2),"
+            " (SELECT (body->>'output_json')::jsonb FROM run_messages WHERE agent_run_id = $1 AND seq = $2)",
             run_id,
             output_seq,
         )
         if body is not None:
-            run = {**run, "output_summary": one_line(body, 200)}
+            run = {**run, "output_summary": one_line(body, 200), "output": output}
         status = await conn.fetchval(_UPSERT_RUN + " RETURNING status", *[run.get(c) for c in _RUN_COLUMNS])
         decided = []
         if tool_rows:

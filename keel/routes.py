@@ -6,6 +6,7 @@
     anthropic:claude-sonnet-4-5       Anthropic's Messages API (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL)
     local:llama3.1:8b                 any OpenAI-compatible server at KEEL_LOCAL_BASE_URL
     local:phi3?tools=json             the same, for a model without native tool calling (json tool mode)
+    test:<name>                       keel.testing's scripted model (only in the worker an AgentTest starts)
     openai:gpt-4o-mini,anthropic:claude-haiku-4-5    a fallback chain, tried in order
 
 Pure parsing, no I/O: the settings, the gateway and the activities all use it.
@@ -14,7 +15,7 @@ Pure parsing, no I/O: the settings, the gateway and the activities all use it.
 from dataclasses import dataclass
 from typing import Literal
 
-PROVIDERS = ("openai", "anthropic", "local", "scripted")
+PROVIDERS = ("openai", "anthropic", "local", "scripted", "test")
 ToolMode = Literal["native", "json"]
 
 

@@ -22,6 +22,13 @@ is per model name for the whole session, so give each such test a model name of 
     errorlate      the same overload, after the first few words of the answer
     invalidfirst   a bad-request error inside the stream, first (invalid_request_error)
     badchunk       after the first few words, a chunk whose data is not valid JSON, then the stream ends
+    badoutput      a structured answer that never validates (its first required property left out)
+    badoutputonce  the same, until the conversation holds Keel's validation errors: then a valid answer
+
+Structured output is answered the way each vendor asks for it: OpenAI's `response_format` json_schema (the
+answer as the message's content), Anthropic's forced output tool (the answer as that tool's input), and
+for local routes the schema in the system prompt (the answer as content, in a code fence as chatty models
+write it). The brain builds the object from the schema and the tool results.
 
 Any other model name just answers. Nothing here reaches the internet.
 """
@@ -41,16 +48,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from activities.models.base import Finish, TextDelta
+from activities.models.base import OUTPUT_INSTRUCTIONS, Finish, OutputDelta, OutputRequest, TextDelta
 from activities.models.json_tools import TOOL_RESULTS_HEADER
 from activities.models.scripted import ScriptedModel
 from keel.app import load_app
-from keel.contracts import Message, ToolCall, ToolSpec, Usage
+from keel.contracts import (
+    OUTPUT_FEEDBACK_PREFIX,
+    OUTPUT_TOOL,
+    Message,
+    OutputSpec,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
 from keel.stack import free_port
 
 _PIECE = 6  # characters per streamed piece of arguments; small, so every call spans several chunks
 _BEHAVIOUR = re.compile(
-    r"^(status(?P<status>\d{3})|quota|cut|malformed|empty|errorfirst|errorlate|invalidfirst|badchunk)"
+    r"^(status(?P<status>\d{3})|quota|cut|malformed|empty|errorfirst|errorlate|invalidfirst|badchunk"
+    r"|badoutputonce|badoutput)"
     r"(x(?P<times>\d+))?$"
 )
 # How many pieces of text a stream writes before `errorlate` and `badchunk` break it.
@@ -68,6 +84,8 @@ class Answer:
     text: str
     calls: list[ToolCall]
     usage: Usage
+    # The structured answer's JSON, when one was asked for and given.
+    output: str = ""
 
 
 @dataclass
@@ -103,16 +121,49 @@ def _brain() -> ScriptedModel:
     return ScriptedModel(load_app().triggers())
 
 
-async def _think(messages: list[Message], tools: list[ToolSpec]) -> Answer:
-    text, calls, usage = "", [], Usage()
-    async for chunk in _brain().stream(messages=messages, model="brain", tools=tools):
-        if isinstance(chunk, TextDelta):
+async def _think(
+    messages: list[Message], tools: list[ToolSpec], output: OutputRequest | None = None
+) -> Answer:
+    text, calls, usage, answer = "", [], Usage(), ""
+    wanted = {} if output is None else {"output": output}
+    async for chunk in _brain().stream(messages=messages, model="brain", tools=tools, **wanted):
+        if isinstance(chunk, OutputDelta):
+            answer += chunk.text
+        elif isinstance(chunk, TextDelta):
             text += chunk.text
         elif isinstance(chunk, ToolCall):
             calls.append(chunk)
         elif isinstance(chunk, Finish):
             usage = chunk.usage
-    return Answer(text, calls, usage)
+    return Answer(text, calls, usage, answer)
+
+
+# --- structured output, as the fake model sees it ---
+
+
+def _output_request(schema: dict[str, Any], now: bool) -> OutputRequest:
+    return OutputRequest(OutputSpec(name="answer", json_schema=schema), now=now)
+
+
+def _prompted_output(system: str) -> OutputRequest | None:
+    """The output Keel asked for in words (local routes, json tool mode), from the system prompt."""
+    marker = OUTPUT_INSTRUCTIONS + "\n"
+    if marker not in system:
+        return None
+    schema, _ = json.JSONDecoder().raw_decode(system, system.index(marker) + len(marker))
+    return _output_request(schema, now="Give your final answer now" in system)
+
+
+def _with_behaviour(answer: Answer, behaviour: str | None, messages: list[Message], schema: Any) -> Answer:
+    """`badoutput` spoils every structured answer; `badoutputonce` only those before Keel's feedback."""
+    fixing = any(m.role == "user" and m.content.startswith(OUTPUT_FEEDBACK_PREFIX) for m in messages)
+    if not answer.output or behaviour not in ("badoutput", "badoutputonce"):
+        return answer
+    if behaviour == "badoutputonce" and fixing:
+        return answer
+    value = json.loads(answer.output)
+    value.pop((schema.get("required") or list(value))[0], None)  # a required property left out
+    return Answer(answer.text, answer.calls, answer.usage, json.dumps(value))
 
 
 def _behaviour(vendors: FakeVendors, model: str) -> tuple[str | None, int | None]:
@@ -307,13 +358,22 @@ async def _openai(request: Request) -> Response:
     if behaviour == "quota":
         return _quota_response("openai")
     messages, tools = _openai_conversation(body)
-    json_tools = (
-        None if tools else _json_mode_tools(next((m.content for m in messages if m.role == "system"), ""))
-    )
-    if json_tools is not None:
-        answer = _as_json_mode(await _think(_from_json_mode(messages), json_tools), behaviour)
+    system = next((m.content for m in messages if m.role == "system"), "")
+    json_tools = None if tools else _json_mode_tools(system)
+    response_format = (body.get("response_format") or {}).get("json_schema")
+    if response_format is not None:
+        output = _output_request(response_format["schema"], now=body.get("tool_choice") == "none")
     else:
-        answer = await _think(messages, tools)
+        output = _prompted_output(system)
+    if json_tools is not None:
+        answer = _as_json_mode(await _think(_from_json_mode(messages), json_tools, output), behaviour)
+    else:
+        answer = await _think(messages, tools, output)
+    if output is not None:
+        answer = _with_behaviour(answer, behaviour, messages, output.spec.json_schema)
+        # Asked in words, the fake answers as chatty local models do: in a code fence.
+        content = answer.output if response_format is not None else f"```json\n{answer.output}\n```"
+        answer = Answer(content if answer.output else answer.text, answer.calls, answer.usage)
     if behaviour == "empty":
         answer = Answer("", [], answer.usage)
     number = len(vendors.requests)
@@ -431,10 +491,21 @@ async def _anthropic(request: Request) -> Response:
     if behaviour == "quota":
         return _quota_response("anthropic")
     messages, tools = _anthropic_conversation(body)
-    answer = await _think(messages, tools)
+    output_tool = next((t for t in tools if t.name == OUTPUT_TOOL), None)
+    output = None
+    if output_tool is not None:
+        tools = [t for t in tools if t.name != OUTPUT_TOOL]
+        output = _output_request(output_tool.parameters, now=body["tool_choice"]["type"] == "tool")
+    answer = await _think(messages, tools, output)
+    if output is not None:
+        answer = _with_behaviour(answer, behaviour, messages, output.spec.json_schema)
     if behaviour == "empty":
         answer = Answer("", [], answer.usage)
     number = len(vendors.requests)
+    # The structured answer is the forced tool's input, as the Messages API gives it.
+    calls = answer.calls
+    if answer.output:
+        calls = [*calls, ToolCall(id=f"toolu_fake{number}", name=OUTPUT_TOOL, arguments={})]
 
     async def events() -> AsyncIterator[str]:
         if behaviour in ("errorfirst", "invalidfirst"):
@@ -470,12 +541,12 @@ async def _anthropic(request: Request) -> Response:
                 yield _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
             yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
             index = 1
-        for call in answer.calls:
+        for call in calls:
             block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
             yield _sse(
                 "content_block_start", {"type": "content_block_start", "index": index, "content_block": block}
             )
-            arguments = json.dumps(call.arguments)
+            arguments = answer.output if call.name == OUTPUT_TOOL else json.dumps(call.arguments)
             if behaviour == "malformed":
                 arguments = arguments[:-1] + ', "unterminated'
             for i, piece in enumerate(["", *_pieces(arguments, _PIECE)]):  # the real API starts with ""
@@ -489,7 +560,7 @@ async def _anthropic(request: Request) -> Response:
             index += 1
         if behaviour == "cut":
             raise ConnectionAbortedError("fake vendor drops the connection mid-stream")
-        stop = "tool_use" if answer.calls else "end_turn"
+        stop = "tool_use" if calls else "end_turn"
         yield _sse(
             "message_delta",
             {

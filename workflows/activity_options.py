@@ -80,3 +80,9 @@ RECORD_RUN_OPTIONS: dict[str, Any] = {
 CALL_LLM_ATTEMPTS_PER_ROUTE = 3
 # A provider's Retry-After is honoured up to this; a longer one is a sign to wait with normal backoff.
 MAX_RETRY_AFTER = timedelta(minutes=2)
+
+# The agent's own stop_when predicates (app code, pure by contract): quick, local to the agent worker.
+CHECK_STOP_WHEN_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=10),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
+}

@@ -9,6 +9,11 @@ answer and client-side tools wait for the frontend's result (workflows/people.py
 
 Progress is kept as numbered `RunEvent`s, served by the `events` query; `state` gives the summary
 (workflows/reporting.py keeps the events, the run records and the current details).
+
+Structured output (an agent with `output_type`): `call_llm` judges the final answer and history records
+its verdict; an answer that failed goes back to the model with what is wrong, as the next user message,
+at most `retries` times, and then the run fails saying why. Runs without an output schema never take that
+path, so no patch guards it: their histories replay exactly as before.
 """
 
 import asyncio
@@ -25,7 +30,9 @@ with workflow.unsafe.imports_passed_through():
     from keel.contracts import (
         CALL_LLM,
         CANCEL_SIGNAL,
+        CHECK_STOP_WHEN,
         EVENTS_QUERY,
+        OUTPUT_FEEDBACK_PREFIX,
         PREVIOUS_DONE_SIGNAL,
         QUEUE_NEXT_SIGNAL,
         RUN_TOOL,
@@ -51,6 +58,8 @@ with workflow.unsafe.imports_passed_through():
         SaveMessageInput,
         StepFinished,
         StepStarted,
+        StopWhenInput,
+        StopWhenVerdict,
         TextProduced,
         ToolCall,
         ToolCallRequested,
@@ -64,6 +73,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.activity_options import (
         CALL_LLM_OPTIONS,
+        CHECK_STOP_WHEN_OPTIONS,
         RUN_TOOL_HEAVY_OPTIONS,
         RUN_TOOL_INLINE_OPTIONS,
         SAVE_MESSAGE_OPTIONS,
@@ -134,12 +144,16 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         self._local_activity_turn = asyncio.Lock()
         # Temporal suggests continue-as-new when the history nears its limits; the run does it between steps.
         self._new_history_suggested = False
+        # Structured output: answers that failed validation, whether the next step must fix one, and where
+        # the valid answer is stored (its object lives with that reply in PostgreSQL, not in history).
+        self._output_failures = 0
+        self._fix_output = False
+        self._answer_seq: int | None = None
         if run.carried is not None:
             self._resume(run.carried)
 
     @workflow.run
     async def run(self, run: AgentRunInput) -> RunState:
-        conditions = conditions_for(self._purpose)
         # Runs started before run records existed replay without them.
         self._recording = workflow.patched("keel-run-records")
         # Runs started before tools were split into inline and heavy keep running every tool as a regular
@@ -154,7 +168,9 @@ class AgentRun(WaitsForPeople, ReportsProgress):
                 self._step_task = asyncio.create_task(self._take_step(self._step))
                 stop = await self._until_done_or_interrupted(self._step_task)
                 if stop is None:
-                    stop = first_stop(conditions, self._progress())
+                    progress = self._progress()
+                    verdict = await self._agents_own_verdict(progress)
+                    stop = first_stop(conditions_for(self._purpose, verdict), progress)
                 if stop is not None:
                     return await self._end(stop)
                 if self._new_history_suggested:
@@ -177,6 +193,34 @@ class AgentRun(WaitsForPeople, ReportsProgress):
             self._error_type = type(err).__name__
             await self._end(Stop(RunStatus.failed, why))
             raise ApplicationError(why, type="AgentRunFailed", non_retryable=True) from None
+
+    async def _agents_own_verdict(self, progress: Progress) -> Stop | None:
+        """What the agent's own stop_when predicates say after this step. They are app code, so they run in
+        a local activity and history keeps their answer; agents without any skip it (no history at all)."""
+        if not self._purpose.stop_when:
+            return None
+        verdict = await self._execute(
+            CHECK_STOP_WHEN,
+            StopWhenInput(
+                names=self._purpose.stop_when,
+                step=progress.step,
+                usage=progress.usage,
+                elapsed_s=progress.elapsed_s,
+                asked_for_tools=progress.asked_for_tools,
+                tool_calls=progress.tool_calls,
+                unanswerable_question=progress.unanswerable_question,
+            ),
+            StopWhenVerdict,
+            summary="stop_when",
+            options=CHECK_STOP_WHEN_OPTIONS,
+            failure="the agent's stop_when predicates could not be checked",
+            local=self._local_activities,
+        )
+        if verdict.reason is None:
+            return None
+        if verdict.failed:
+            return Stop(RunStatus.failed, f"the stop_when predicate {verdict.reason}")
+        return Stop(RunStatus.completed, verdict.reason)
 
     async def _wait_for_my_turn(self, run: AgentRunInput) -> Stop | None:
         """Double texting (enqueue): wait until the run ahead has finished. A cancel ends a queued run at
@@ -224,6 +268,8 @@ class AgentRun(WaitsForPeople, ReportsProgress):
             asked_for_tools=self._asked_for_tools,
             queued=self._queued,
             continued=self._continued + 1,
+            output_failures=self._output_failures,
+            fix_output=self._fix_output,
         )
 
     def _resume(self, carried: CarriedRun) -> None:
@@ -239,6 +285,8 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         self._asked_for_tools = carried.asked_for_tools
         self._queued = list(carried.queued)
         self._continued = carried.continued
+        self._output_failures = carried.output_failures
+        self._fix_output = carried.fix_output
         self._may_start = True
 
     async def _end(self, stop: Stop) -> RunState:
@@ -310,9 +358,51 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         await asyncio.gather(
             *(self._act(step, call, reply.policies.get(call.id, ToolPolicy())) for call in reply.tool_calls)
         )
+        stop = await self._judged_answer(reply) if reply.output_status is not None else None
         self._emit(StepFinished, step=step)
-        self._asked_for_tools = bool(reply.tool_calls)
+        self._asked_for_tools = bool(reply.tool_calls) or self._fix_output
+        return stop
+
+    async def _judged_answer(self, reply: LlmStepResult) -> Stop | None:
+        """A final answer that had to be a structured object, as call_llm judged it: the run's answer, or
+        sent back to the model with what is wrong (the run then owes another answer, as after a tool call),
+        or, past the agent's retries, the run's failure."""
+        spec = self._purpose.output
+        if reply.output_status == "valid" or spec is None:
+            self._answer_seq, self._fix_output = reply.reply_seq, False
+            return None
+        self._output_failures += 1
+        why = reply.output_error or "the answer is not valid"
+        tries = f"{self._output_failures} attempt(s)"
+        if self._output_failures > spec.retries:
+            return self._answer_failed(
+                f"the final answer did not validate as {spec.name} after {tries}: {why}"
+            )
+        if self._step >= self._purpose.budgets.max_steps:
+            return self._answer_failed(
+                f"the final answer did not validate as {spec.name} ({tries}) and the step limit leaves no "
+                f"step to fix it: {why}"
+            )
+        feedback = Message(
+            role="user",
+            content=f"{OUTPUT_FEEDBACK_PREFIX} ({spec.name}): {why}\nReply again with only the corrected "
+            "final answer: one JSON object that matches the schema.",
+        )
+        await self._execute(
+            SAVE_MESSAGE,
+            SaveMessageInput(agent_run_id=self._run.agent_run_id, seq=self._take_seq(), message=feedback),
+            ToolOutcome,
+            summary=f"output feedback {self._output_failures}",
+            options=SAVE_MESSAGE_OPTIONS,
+            failure="could not store the output's validation errors",
+        )
+        self._fix_output = True
         return None
+
+    def _answer_failed(self, detail: str) -> Stop:
+        self._error_type = "OutputValidationFailed"
+        self._fix_output = False
+        return Stop(RunStatus.failed, detail)
 
     async def _think(self, step: int) -> LlmStepResult:
         self._thinking_seq = self._take_seq()
@@ -328,6 +418,8 @@ class AgentRun(WaitsForPeople, ReportsProgress):
                 reply_seq=self._thinking_seq,
                 step_event_seq=len(self._events),
                 purpose=self._purpose.slug,
+                output=self._purpose.output,
+                force_output=self._fix_output,
             ),
             LlmStepResult,
             summary=f"LLM call {step} · {self._purpose.model}",
@@ -479,6 +571,7 @@ class AgentRun(WaitsForPeople, ReportsProgress):
             pending_question=self._question,
             pending_tool_results=list(self._client_calls.values()),
             approvals=list(self._approvals.values()),
+            output_seq=self._answer_seq,
         )
 
     @workflow.query(name=EVENTS_QUERY)
@@ -583,5 +676,11 @@ class AgentRun(WaitsForPeople, ReportsProgress):
                 self._note_tool_id(self._question.tool_call_id, "cancelled", finished_at=now)
             for pending in self._client_calls.values():
                 self._note_tool_id(pending.tool_call_id, "cancelled", finished_at=now)
-            self._emit(RunFinished, status=stop.status, detail=stop.detail, partial_message_seq=partial)
+            self._emit(
+                RunFinished,
+                status=stop.status,
+                detail=stop.detail,
+                partial_message_seq=partial,
+                output_seq=self._answer_seq,
+            )
         return self.state()

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from keel.agent import Progress
-from keel.app import STOP_WHEN
 from keel.contracts import PurposeSpec, RunStatus
 
 
@@ -43,23 +42,10 @@ def tool_called(name: str, times: int = 1) -> StopCondition:
     return check
 
 
-def agents_own(name: str) -> StopCondition:
-    """One of the agent's stop_when predicates, as this worker's app has it (keel/app.py). A predicate the
-    app no longer has (redeployed without it) stops nothing; one that raises ends the run as failed."""
-
-    def check(p: Progress) -> Stop | None:
-        predicate = STOP_WHEN.get(name)
-        if predicate is None:
-            return None
-        try:
-            reason = predicate(p)
-        except Exception as err:
-            return Stop(
-                RunStatus.failed, f"the stop_when predicate {name} raised {type(err).__name__}: {err}"
-            )
-        return None if reason is None else Stop(RunStatus.completed, str(reason))
-
-    return check
+def agents_own(verdict: Stop | None) -> StopCondition:
+    """The agent's own stop_when predicates' verdict for this step: app code, so it was reached in an
+    activity (`check_stop_when`) and history holds it."""
+    return lambda p: verdict
 
 
 def step_count_is(limit: int) -> StopCondition:
@@ -111,11 +97,11 @@ def time_budget_detail(limit_s: float) -> str:
     return f"the time budget of {limit_s:g} s is used up"
 
 
-def conditions_for(purpose: PurposeSpec) -> list[StopCondition]:
+def conditions_for(purpose: PurposeSpec, agents_verdict: Stop | None = None) -> list[StopCondition]:
     budgets = purpose.budgets
     conditions = [final_answer(), needs_input()]
     conditions += [tool_called(name, times) for name, times in purpose.stop_after_tool_calls.items()]
-    conditions += [agents_own(name) for name in purpose.stop_when]
+    conditions.append(agents_own(agents_verdict))
     conditions.append(step_count_is(budgets.max_steps))
     if budgets.max_tokens is not None:
         conditions.append(token_budget(budgets.max_tokens))

@@ -8,7 +8,16 @@ chain (`chain.py`) picks the route for the current attempt and classifies failur
 import os
 from collections.abc import Mapping
 
-from activities.models.base import ChatModel, Finish, ModelChunk, TextDelta, ToolChoice, UnknownModelRoute
+from activities.models.base import (
+    ChatModel,
+    Finish,
+    ModelChunk,
+    OutputDelta,
+    OutputRequest,
+    TextDelta,
+    ToolChoice,
+    UnknownModelRoute,
+)
 from activities.models.chain import FallbackChain
 from activities.models.json_tools import JsonToolMode
 from activities.models.scripted import ScriptedModel
@@ -19,6 +28,8 @@ __all__ = [
     "ChatModel",
     "Finish",
     "ModelChunk",
+    "OutputDelta",
+    "OutputRequest",
     "TextDelta",
     "ToolChoice",
     "UnknownModelRoute",
@@ -68,6 +79,11 @@ def provider_for(
         # `scripted:slow` writes five chunks a second: for watching a stream, or cancelling mid-answer.
         delay = SLOW_SCRIPTED_CHUNK_DELAY if route.model == "slow" else 0.0
         return ScriptedModel(triggers or {}, chunk_delay=delay), route.model or "scripted"
+    if route.provider == "test":
+        # keel.testing's model: a script registered in this process by the test run it serves.
+        from keel.testing import model_for_route
+
+        return model_for_route(route.model), route.model
     if route.provider == "openai":
         from activities.models.openai_chat import OpenAIChatModel
 

@@ -1,18 +1,34 @@
 """Anthropic's Messages API through the official `anthropic` SDK, streaming (`anthropic:<model>` routes).
 
 ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL are read by the SDK from the worker's environment.
+
+Structured output goes through a forced tool: a synthetic tool (OUTPUT_TOOL) whose input schema is the
+answer's. While the agent's tools may still be needed, tool_choice `any` makes the model either call one of
+them or give its answer through that tool (never plain text); an answer that failed validation is fixed
+with tool_choice naming the output tool. Its input streams out as the answer's text (`OutputDelta`) and
+the call itself never reaches the workflow, so it can't be taken for one of the agent's tools.
 """
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from anthropic import AsyncAnthropic
 
-from activities.models.base import Finish, ModelChunk, TextDelta, ToolChoice, finish_reason, tool_call
+from activities.models.base import (
+    Finish,
+    ModelChunk,
+    OutputDelta,
+    OutputRequest,
+    TextDelta,
+    ToolChoice,
+    finish_reason,
+    tool_call,
+)
 from activities.models.errors import provider_failures, stream_cut
-from keel.contracts import Message, ToolSpec, Usage
+from keel.contracts import OUTPUT_TOOL, Message, ToolSpec, Usage
 
 _clients: dict[tuple[Any, ...], AsyncAnthropic] = {}
 _TOOL_CHOICE = {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}}
@@ -53,6 +69,7 @@ class AnthropicModel:
         model: str,
         tools: list[ToolSpec],
         tool_choice: ToolChoice = "auto",
+        output: OutputRequest | None = None,
     ) -> AsyncIterator[ModelChunk]:
         system, turns = to_anthropic_messages(messages)
         request: dict[str, Any] = {
@@ -68,7 +85,13 @@ class AnthropicModel:
                 {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
             ]
             request["tool_choice"] = _TOOL_CHOICE[tool_choice]
+        if output is not None:
+            request["tools"] = [*request.get("tools", []), output_tool(output)]
+            answer_now = output.now or not tools
+            request["tool_choice"] = {"type": "tool", "name": OUTPUT_TOOL} if answer_now else {"type": "any"}
         tool_uses: dict[int, _ToolUse] = {}
+        # The output tool's calls: the structured answer, streamed as text as it comes.
+        answers: dict[int, _ToolUse] = {}
         stop_reason: str | None = None
         finished = False
         prompt_tokens = completion_tokens = 0
@@ -83,7 +106,9 @@ class AnthropicModel:
                     completion_tokens = event.message.usage.output_tokens or 0
                 elif event.type == "content_block_start":
                     block = event.content_block
-                    if block.type == "tool_use":
+                    if block.type == "tool_use" and block.name == OUTPUT_TOOL and output is not None:
+                        answers[event.index] = _ToolUse(block.id, block.name, dict(block.input or {}))
+                    elif block.type == "tool_use":
                         tool_uses[event.index] = _ToolUse(block.id, block.name, dict(block.input or {}))
                     elif block.type == "text" and block.text:
                         yield TextDelta(block.text)
@@ -91,6 +116,10 @@ class AnthropicModel:
                     delta = event.delta
                     if delta.type == "text_delta" and delta.text:
                         yield TextDelta(delta.text)
+                    elif delta.type == "input_json_delta" and event.index in answers:
+                        answers[event.index].json.append(delta.partial_json)
+                        if delta.partial_json:
+                            yield OutputDelta(delta.partial_json)
                     elif delta.type == "input_json_delta" and event.index in tool_uses:
                         tool_uses[event.index].json.append(delta.partial_json)
                 elif event.type == "message_delta":
@@ -102,6 +131,9 @@ class AnthropicModel:
                     finished = True
         if not finished:
             raise stream_cut(self.provider)
+        for use in answers.values():
+            if not "".join(use.json):  # the input came whole in the block's start, not in pieces
+                yield OutputDelta(json.dumps(use.initial_input, ensure_ascii=False))
         calls = [
             tool_call(use.id, use.name, "".join(use.json) if use.json else use.initial_input)
             for _, use in sorted(tool_uses.items())
@@ -110,6 +142,19 @@ class AnthropicModel:
             yield call
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         yield Finish(finish_reason(stop_reason, bool(calls)), usage, request_id)
+
+
+def output_tool(output: OutputRequest) -> dict[str, Any]:
+    """The synthetic tool through which the model gives its structured answer."""
+    spec = output.spec
+    return {
+        "name": OUTPUT_TOOL,
+        "description": (
+            f"Give your final answer, a {spec.name}, as this tool's input. Call it once, when you need no "
+            "other tool any more."
+        ),
+        "input_schema": spec.json_schema,
+    }
 
 
 def _input_tokens(usage: Any) -> int:

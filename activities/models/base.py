@@ -2,6 +2,10 @@
 
 A provider turns Keel's `Message`s and `ToolSpec`s into its vendor's request and the vendor's stream back
 into `TextDelta`, `ToolCall` and a final `Finish`. Nothing vendor-specific leaves the provider.
+
+Structured output: a provider asked for it (`output=OutputRequest`) asks its vendor for an answer of the
+schema's shape its own way, and streams that answer as `OutputDelta`s, whichever way the vendor sent it
+(content constrained by a response format, a synthetic tool's input, prompted JSON).
 """
 
 import json
@@ -9,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from keel.contracts import Message, ToolCall, ToolSpec, Usage
+from keel.contracts import Message, OutputSpec, ToolCall, ToolSpec, Usage
 from keel.text import clip
 
 ToolChoice = Literal["auto", "none", "required"]
@@ -18,6 +22,21 @@ ToolChoice = Literal["auto", "none", "required"]
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+
+
+@dataclass(frozen=True)
+class OutputDelta(TextDelta):
+    """A piece of the structured answer's JSON. It is text too: it streams live and is stored as the
+    reply's content like any other text."""
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """Structured output wanted from this call: the run's snapshot of the answer's schema."""
+
+    spec: OutputSpec
+    # The model's last answer failed validation: it must answer now, without tools.
+    now: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,7 +53,10 @@ ModelChunk = TextDelta | ToolCall | Finish
 
 
 class ChatModel(Protocol):
-    """A model provider. `stream` yields text deltas and tool calls, and ends with exactly one Finish."""
+    """A model provider. `stream` yields text deltas and tool calls, and ends with exactly one Finish.
+
+    `output` is passed only when the run wants structured output, so a provider without support for it
+    still serves every other run."""
 
     provider: str
 
@@ -45,11 +67,36 @@ class ChatModel(Protocol):
         model: str,
         tools: list[ToolSpec],
         tool_choice: ToolChoice = "auto",
+        output: OutputRequest | None = None,
     ) -> AsyncIterator[ModelChunk]: ...
 
 
 class UnknownModelRoute(ValueError):
     pass
+
+
+# How prompted structured output begins (local servers, json tool mode): the schema follows it.
+OUTPUT_INSTRUCTIONS = "Your final answer must be one JSON object that matches this JSON Schema:"
+
+
+def output_instructions(output: OutputRequest) -> str:
+    """Structured output asked for in words, for models whose API has no way to ask for it."""
+    text = (
+        f"{OUTPUT_INSTRUCTIONS}\n{json.dumps(output.spec.json_schema, ensure_ascii=False)}\n"
+        "When you give your final answer, reply with that JSON object alone: no other words around it."
+    )
+    return text + (" Give your final answer now, without calling any tool." if output.now else "")
+
+
+def with_output_instructions(messages: list[Message], output: OutputRequest) -> list[Message]:
+    """The conversation with the output instructions added to its first system message (many local chat
+    templates accept one system message only, and only first)."""
+    instructions = output_instructions(output)
+    first = next((i for i, m in enumerate(messages) if m.role == "system"), None)
+    if first is None:
+        return [Message(role="system", content=instructions), *messages]
+    merged = messages[first].model_copy(update={"content": f"{messages[first].content}\n\n{instructions}"})
+    return [*messages[:first], merged, *messages[first + 1 :]]
 
 
 def parse_arguments(raw: str | dict[str, Any] | None) -> tuple[dict[str, Any], str | None]:

@@ -25,7 +25,7 @@ from datetime import timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.models.base import ChatModel, Finish, ModelChunk, ToolChoice
+from activities.models.base import ChatModel, Finish, ModelChunk, OutputRequest, ToolChoice
 from activities.models.errors import ModelCallFailed
 from activities.models.pricing import Price, with_cost
 from keel.contracts import Message, ToolSpec
@@ -70,7 +70,10 @@ class FallbackChain:
         model: str,
         tools: list[ToolSpec],
         tool_choice: ToolChoice = "auto",
+        output: OutputRequest | None = None,
     ) -> AsyncIterator[ModelChunk]:
+        # Only a run that wants structured output passes it on: a provider may not know the argument.
+        wanted = {"output": output} if output is not None else {}
         attempt = self._attempt or (activity.info().attempt if activity.in_activity() else 1)
         first = route_index(attempt, len(self.routes), self._per_route)
         refusals: list[str] = []
@@ -81,7 +84,7 @@ class FallbackChain:
             started = False
             try:
                 async for chunk in provider.stream(
-                    messages=messages, model=model_name, tools=tools, tool_choice=tool_choice
+                    messages=messages, model=model_name, tools=tools, tool_choice=tool_choice, **wanted
                 ):
                     if isinstance(chunk, Finish):
                         usage = with_cost(chunk.usage, route, self._prices)

@@ -8,6 +8,9 @@ conversation as the same JSON, since such models know no `tool` role.
 A reply that plainly tries to call a tool but is not valid JSON becomes a call carrying `arguments_error`:
 `run_tool` answers it with an error result, the model sees what was wrong and can try again, and the
 run's step limit bounds how often. It never fails the run.
+
+Structured output is asked for in the same system prompt (the schema, and "reply with that object alone");
+a reply with no tool call is then the answer, streamed on as `OutputDelta` and validated by the caller.
 """
 
 import json
@@ -15,7 +18,17 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from activities.models.base import ChatModel, Finish, ModelChunk, TextDelta, ToolChoice, parse_arguments
+from activities.models.base import (
+    ChatModel,
+    Finish,
+    ModelChunk,
+    OutputDelta,
+    OutputRequest,
+    TextDelta,
+    ToolChoice,
+    output_instructions,
+    parse_arguments,
+)
 from keel.contracts import Message, ToolCall, ToolSpec
 from keel.text import clip
 
@@ -40,9 +53,11 @@ class JsonToolMode:
         model: str,
         tools: list[ToolSpec],
         tool_choice: ToolChoice = "auto",
+        output: OutputRequest | None = None,
     ) -> AsyncIterator[ModelChunk]:
-        offered = tools if tool_choice != "none" else []
-        prompt = to_json_mode_messages(messages, offered)
+        no_tools = tool_choice == "none" or (output is not None and output.now)
+        offered = [] if no_tools else tools
+        prompt = to_json_mode_messages(messages, offered, output)
         text: list[str] = []
         finish: Finish | None = None
         # Buffered: until the answer is complete there is no telling prose from a tool call.
@@ -56,7 +71,7 @@ class JsonToolMode:
         used_ids = {c.id for m in messages for c in m.tool_calls}
         prose, calls = parse_tool_reply("".join(text), used_ids) if offered else ("".join(text), [])
         if prose:
-            yield TextDelta(prose)
+            yield OutputDelta(prose) if output is not None and not calls else TextDelta(prose)
         for call in calls:
             yield call
         yield Finish("tool_calls" if calls else finish.reason, finish.usage, finish.request_id)
@@ -88,7 +103,9 @@ def instructions(tools: list[ToolSpec]) -> str:
     )
 
 
-def to_json_mode_messages(messages: list[Message], tools: list[ToolSpec]) -> list[Message]:
+def to_json_mode_messages(
+    messages: list[Message], tools: list[ToolSpec], output: OutputRequest | None = None
+) -> list[Message]:
     """The conversation as plain system/user/assistant text, with consecutive roles merged.
 
     Merging matters: many local models' chat templates refuse two user messages in a row.
@@ -104,6 +121,7 @@ def to_json_mode_messages(messages: list[Message], tools: list[ToolSpec]) -> lis
     # One system message: many chat templates accept no other, and only as the first message.
     system = [m.content for m in messages if m.role == "system" and m.content]
     system += [instructions(tools)] if tools else []
+    system += [output_instructions(output)] if output is not None else []
     if system:
         add("system", "\n\n".join(system))
     for m in messages:

@@ -2,9 +2,15 @@
 
 Serves two kinds of routes: `openai:<model>` (OPENAI_API_KEY, OPENAI_BASE_URL) and `local:<model>`, any
 OpenAI-compatible server (vLLM, Ollama, llama.cpp's server) at KEEL_LOCAL_BASE_URL, which needs no key.
+
+Structured output: OpenAI gets `response_format` with the answer's JSON schema (strict when the schema can
+be made strict). A local server gets the schema in the system prompt instead: servers differ in which
+response formats they take and in whether a constrained format still lets the model call tools, while
+words work everywhere and the answer is validated either way.
 """
 
 import asyncio
+import copy
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -13,9 +19,19 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
-from activities.models.base import Finish, ModelChunk, TextDelta, ToolChoice, finish_reason, tool_call
+from activities.models.base import (
+    Finish,
+    ModelChunk,
+    OutputDelta,
+    OutputRequest,
+    TextDelta,
+    ToolChoice,
+    finish_reason,
+    tool_call,
+    with_output_instructions,
+)
 from activities.models.errors import provider_failures, stream_cut
-from keel.contracts import Message, ToolSpec, Usage
+from keel.contracts import Message, OutputSpec, ToolSpec, Usage
 
 _clients: dict[tuple[Any, ...], AsyncOpenAI] = {}
 
@@ -55,7 +71,11 @@ class OpenAIChatModel:
         model: str,
         tools: list[ToolSpec],
         tool_choice: ToolChoice = "auto",
+        output: OutputRequest | None = None,
     ) -> AsyncIterator[ModelChunk]:
+        prompted = self.provider == "local"
+        if output is not None and prompted:
+            messages = with_output_instructions(messages, output)
         request: dict[str, Any] = {
             "model": model,
             "messages": to_openai_messages(messages),
@@ -71,7 +91,13 @@ class OpenAIChatModel:
                 }
                 for t in tools
             ]
-            request["tool_choice"] = tool_choice
+            # An answer that failed validation is fixed without tools (still listed: the conversation
+            # names them).
+            request["tool_choice"] = "none" if output is not None and output.now else tool_choice
+        if output is not None and not prompted:
+            request["response_format"] = response_format(output.spec)
+        # With structured output wanted, whatever the model writes is (a piece of) its answer.
+        text_chunk = OutputDelta if output is not None else TextDelta
         with provider_failures(self.provider):
             client = openai_client(base_url=self._base_url, api_key=self._api_key, timeout=self._timeout)
             stream = await client.chat.completions.create(**request)
@@ -90,7 +116,10 @@ class OpenAIChatModel:
                     if choice.index != 0:
                         continue
                     if choice.delta.content:
-                        yield TextDelta(choice.delta.content)
+                        yield text_chunk(choice.delta.content)
+                    if refusal := getattr(choice.delta, "refusal", None):
+                        # A model that declines a structured answer says why in words instead.
+                        yield TextDelta(refusal)
                     for piece in choice.delta.tool_calls or ():
                         _add_piece(pending, piece)
                     vendor_reason = choice.finish_reason or vendor_reason
@@ -104,6 +133,82 @@ class OpenAIChatModel:
         for call in calls:
             yield call
         yield Finish(finish_reason(vendor_reason, bool(calls)), usage, request_id)
+
+
+def response_format(spec: OutputSpec) -> dict[str, Any]:
+    """OpenAI's `response_format` for a structured answer: strict (the model can only write a matching
+    object) when the schema allows it, else the schema as guidance, the answer being validated anyway."""
+    strict = strict_schema(spec.json_schema)
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": spec.name,
+            "schema": strict or spec.json_schema,
+            "strict": strict is not None,
+        },
+    }
+
+
+# What OpenAI's strict mode accepts in a schema; a schema using anything else is sent without `strict`.
+_STRICT_KEYWORDS = {
+    "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "$ref",
+    "$defs", "description", "title", "default", "pattern", "format", "minimum", "maximum",
+    "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minItems", "maxItems",
+}  # fmt: skip
+
+
+class _NotStrict(Exception):
+    pass
+
+
+def strict_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema in the form strict mode demands, or None when it has no such form.
+
+    Strict mode wants every object closed (`additionalProperties: false`) and every property required:
+    an object that allows extra keys (a `dict[str, X]` field) can't be strict, while an optional field
+    stays what it was for validation (which uses the original schema): the model just always sends it,
+    null where pydantic made it nullable. Defaults mean nothing then and go; a `$ref` with words next
+    to it (a field's description) is inlined, which strict mode also wants."""
+    try:
+        return _strict(copy.deepcopy(schema), schema)
+    except _NotStrict:
+        return None
+
+
+def _strict(node: Any, root: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(node, dict) or set(node) - _STRICT_KEYWORDS:
+        raise _NotStrict
+    if "$ref" in node and len(node) > 1:
+        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        return _strict({**copy.deepcopy(_resolve(root, node["$ref"])), **siblings}, root)
+    node.pop("default", None)
+    if isinstance(node.get("$defs"), dict):
+        node["$defs"] = {name: _strict(d, root) for name, d in node["$defs"].items()}
+    if node.get("type") == "object" or "properties" in node:
+        if node.get("additionalProperties", False) is not False:
+            raise _NotStrict
+        properties = node.get("properties", {})
+        node["properties"] = {name: _strict(p, root) for name, p in properties.items()}
+        node["required"] = list(properties)
+        node["additionalProperties"] = False
+    if "items" in node:
+        node["items"] = _strict(node["items"], root)
+    if "anyOf" in node:
+        if not isinstance(node["anyOf"], list):
+            raise _NotStrict
+        node["anyOf"] = [_strict(v, root) for v in node["anyOf"]]
+    return node
+
+
+def _resolve(root: dict[str, Any], ref: Any) -> Any:
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        raise _NotStrict
+    node: Any = root
+    for key in ref[2:].split("/"):
+        if not isinstance(node, dict) or key not in node:
+            raise _NotStrict
+        node = node[key]
+    return node
 
 
 def _add_piece(pending: dict[int, _PendingCall], piece: Any) -> None:

@@ -6,17 +6,25 @@ when the message says "in parallel" or "at the same time"; each of them N times,
 it says "N times"), fills arguments from earlier tool results (by
 parameter name) or from the message itself, and once every wanted tool has run it writes a final answer
 from the results. It streams its text in small chunks, like a real provider.
+
+Asked for structured output, it gives its final answer as a JSON object built from the answer's schema,
+deterministically: for each property, what an earlier tool result says under that name (when it fits the
+property's schema), else the simplest value the schema allows (the first enum value, the minimum, false,
+and strings that say no LLM was called).
 """
 
 import asyncio
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from activities.models.base import Finish, ModelChunk, TextDelta, ToolChoice
-from keel.contracts import Message, ToolCall, ToolSpec, Usage
+import jsonschema
+
+from activities.models.base import Finish, ModelChunk, OutputDelta, OutputRequest, TextDelta, ToolChoice
+from keel.contracts import OUTPUT_FEEDBACK_PREFIX, Message, ToolCall, ToolSpec, Usage
 from keel.text import clip
 
 DISCLAIMER = "[scripted offline model: no LLM was called]"
@@ -39,20 +47,26 @@ class ScriptedModel:
         model: str,
         tools: list[ToolSpec],
         tool_choice: ToolChoice = "auto",
+        output: OutputRequest | None = None,
     ) -> AsyncIterator[ModelChunk]:
         usage_in = sum(_estimate_tokens(m.content) for m in messages)
-        calls = [] if tool_choice == "none" else self.next_tool_calls(messages, tools)
+        no_tools = tool_choice == "none" or (output is not None and output.now)
+        calls = [] if no_tools else self.next_tool_calls(messages, tools)
         if calls:
             for call in calls:
                 yield call
             written = sum(_estimate_tokens(str(c)) for c in calls)
             yield Finish("tool_calls", Usage(prompt_tokens=usage_in, completion_tokens=written))
             return
-        text = self.answer(messages)
+        if output is None:
+            text, piece_type = self.answer(messages), TextDelta
+        else:
+            answer = example_object(output.spec.json_schema, _tool_results(messages))
+            text, piece_type = json.dumps(answer, ensure_ascii=False), OutputDelta
         words = text.split(" ")
         for i in range(0, len(words), _CHUNK_WORDS):
             piece = " ".join(words[i : i + _CHUNK_WORDS])
-            yield TextDelta(piece if i + _CHUNK_WORDS >= len(words) else piece + " ")
+            yield piece_type(piece if i + _CHUNK_WORDS >= len(words) else piece + " ")
             if self._chunk_delay:
                 await asyncio.sleep(self._chunk_delay)
         yield Finish("stop", Usage(prompt_tokens=usage_in, completion_tokens=_estimate_tokens(text)))
@@ -113,9 +127,11 @@ class ScriptedModel:
 
 
 def _latest_turn(messages: list[Message]) -> tuple[str, list[Message]] | None:
-    """The latest user message's text and the messages that came after it."""
+    """The latest user message's text and the messages that came after it. A structured answer sent back
+    for fixing is not a new request: the turn is still the user's."""
     for index in range(len(messages) - 1, -1, -1):
-        if messages[index].role == "user":
+        message = messages[index]
+        if message.role == "user" and not message.content.startswith(OUTPUT_FEEDBACK_PREFIX):
             return messages[index].content, messages[index + 1 :]
     return None
 
@@ -175,6 +191,98 @@ def _json_object(text: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+# --- structured output: an object of the schema's shape ---
+
+_STRING_FORMATS = {
+    "date": "2000-01-01",
+    "date-time": "2000-01-01T00:00:00Z",
+    "time": "00:00:00",
+    "email": "scripted@example.com",
+    "uri": "https://example.com/",
+    "uuid": "00000000-0000-0000-0000-000000000000",
+}
+
+
+def example_object(schema: dict[str, Any], results: list[dict[str, Any]]) -> Any:
+    """A value of the schema's shape, the same every time for the same tool results (newest first)."""
+    return _example(schema, schema, results, None)
+
+
+def _example(node: Any, root: dict[str, Any], results: list[dict[str, Any]], name: str | None) -> Any:
+    if not isinstance(node, dict):
+        return None  # `true`: anything goes
+    node = _inline_ref(node, root)
+    if name is not None:
+        found = next((r[name] for r in results if name in r and _fits(r[name], node, root)), None)
+        if found is not None:
+            return found
+    if "const" in node:
+        return node["const"]
+    if node.get("enum"):
+        return node["enum"][0]
+    if "default" in node:
+        return node["default"]
+    for union in ("anyOf", "oneOf"):
+        if node.get(union):
+            options = [o for o in node[union] if not (isinstance(o, dict) and o.get("type") == "null")]
+            return _example((options or node[union])[0], root, results, name)
+    if node.get("allOf"):
+        merged: dict[str, Any] = {}
+        for part in node["allOf"]:
+            merged.update(_inline_ref(part, root) if isinstance(part, dict) else {})
+        return _example(merged, root, results, name)
+    kind = node.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in node:
+        return {key: _example(sub, root, results, key) for key, sub in node.get("properties", {}).items()}
+    if kind == "array":
+        count = max(node.get("minItems", 0), min(1, node.get("maxItems", 1)))
+        return [_example(node.get("items", {}), root, results, None) for _ in range(count)]
+    if kind == "string":
+        return _example_string(node)
+    if kind in ("integer", "number"):
+        return _example_number(node, kind == "integer")
+    return False if kind == "boolean" else None
+
+
+def _inline_ref(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    if not (isinstance(ref, str) and ref.startswith("#/")):
+        return node
+    target: Any = root
+    for key in ref[2:].split("/"):
+        target = target.get(key, {}) if isinstance(target, dict) else {}
+    rest = {k: v for k, v in node.items() if k != "$ref"}
+    return _inline_ref({**target, **rest}, root) if isinstance(target, dict) else rest
+
+
+def _fits(value: Any, node: dict[str, Any], root: dict[str, Any]) -> bool:
+    schema = {**node, "$defs": root.get("$defs", {})}
+    return jsonschema.validators.validator_for(root)(schema).is_valid(value)
+
+
+def _example_string(node: dict[str, Any]) -> str:
+    text = _STRING_FORMATS.get(node.get("format", ""), DISCLAIMER)
+    text = text.ljust(node.get("minLength", 0), ".")
+    return text[: node["maxLength"]] if "maxLength" in node else text
+
+
+def _example_number(node: dict[str, Any], integer: bool) -> int | float:
+    value: float = 0
+    if "exclusiveMinimum" in node:
+        value = max(value, node["exclusiveMinimum"] + (1 if integer else 0.5))
+    if "minimum" in node:
+        value = max(value, node["minimum"])
+    if "exclusiveMaximum" in node:
+        value = min(value, node["exclusiveMaximum"] - (1 if integer else 0.5))
+    if "maximum" in node:
+        value = min(value, node["maximum"])
+    if node.get("multipleOf"):
+        value = math.ceil(value / node["multipleOf"]) * node["multipleOf"]
+    return math.ceil(value) if integer else float(value)
 
 
 def _estimate_tokens(text: str) -> int:
