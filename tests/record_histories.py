@@ -127,6 +127,16 @@ async def released_its_queue(http: httpx.AsyncClient) -> str:
     return first
 
 
+async def structured_output(http: httpx.AsyncClient) -> str:
+    run_id, _ = await _start(http, "Please track order 1234.", purpose="tracker")
+    return run_id
+
+
+async def own_stop_when(http: httpx.AsyncClient) -> str:
+    run_id, _ = await _start(http, "where is order A-17", purpose="shop-tracker")
+    return run_id
+
+
 SCENARIOS: dict[str, Scenario] = {
     "inline-tool": inline_tool,
     "approved-publish": approved_publish,
@@ -137,6 +147,8 @@ SCENARIOS: dict[str, Scenario] = {
     "continued-as-new": continued_as_new,
     "cancelled-while-queued": cancelled_while_queued,
     "released-its-queue": released_its_queue,
+    "structured-output": structured_output,
+    "own-stop-when": own_stop_when,
 }
 
 
@@ -156,6 +168,7 @@ def record(out: Path) -> None:
         "KEEL_DATA_DIR": str(work / "data"),
         "KEEL_PORT": str(port),
         "KEEL_MODEL": "scripted",
+        "KEEL_APP": "tests.apps.recorded:AGENTS",
         "KEEL_WORKER_METRICS_PORT": "0",
         # A second message on a busy chat queues, for the queue scenarios; the others use a chat each.
         "KEEL_DOUBLE_TEXTING": "enqueue",
