@@ -30,6 +30,7 @@ from keel.contracts import (
     CHECK_STOP_WHEN,
     RUN_TOOL,
     SAVE_MESSAGE,
+    ErrorType,
     LlmStepInput,
     LlmStepResult,
     Message,
@@ -71,7 +72,7 @@ class AgentActivities:
         try:
             model, model_name = resolve_model(step.model, triggers=self.app.triggers())
         except UnknownModelRoute as err:
-            raise ApplicationError(str(err), type="UnknownModelRoute", non_retryable=True) from None
+            raise ApplicationError(str(err), type=ErrorType.unknown_model_route, non_retryable=True) from None
         conversation = await until_stored(lambda: self.store.conversation(step.agent_run_id, step.reply_seq))
         # A tool this deployment no longer has (the run started with an earlier one) is not offered; if the
         # model calls it anyway, it hears that there is no such tool.
@@ -112,7 +113,7 @@ class AgentActivities:
             await live.close()  # every delta is stored before the workflow hears how this attempt ended
         if finish is None:
             raise ApplicationError(
-                f"{model.provider} ended its answer without finishing it", type="ModelStreamCut"
+                f"{model.provider} ended its answer without finishing it", type=ErrorType.model_stream_cut
             )
 
         reply = Message(role="assistant", content="".join(text), tool_calls=calls)

@@ -28,7 +28,7 @@ from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, 
 
 from activities.models import ChatModel, Finish, ModelChunk
 from keel import metrics
-from keel.contracts import RECORD_RUN, LlmStepInput, RunNote, RunStatus, ToolInput, ToolRunNote
+from keel.contracts import RECORD_RUN, ErrorType, LlmStepInput, RunNote, RunStatus, ToolInput, ToolRunNote
 from keel.logs import log_context
 from keel.records import RecordWriter, Row, is_unavailable, snapshot, write_run_note
 from keel.telemetry import tracer
@@ -133,7 +133,7 @@ class LlmCallRecord:
             if finish is not None:
                 status = "ok"
             else:
-                error = ("ModelStreamCut", "the answer ended without finishing")
+                error = (ErrorType.model_stream_cut, "the answer ended without finishing")
         except (asyncio.CancelledError, GeneratorExit):
             status = "cancelled"
             raise
@@ -364,7 +364,7 @@ class RecordActivities:
                 raise
             raise ApplicationError(
                 f"PostgreSQL refused the run record: {type(err).__name__}: {err}",
-                type="RecordRefused",
+                type=ErrorType.record_refused,
                 non_retryable=True,
             ) from err
         # Counted once per run: only the write that moved it into a final status counts it.

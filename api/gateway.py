@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from keel.app import App
-from keel.contracts import STATE_QUERY, RunState
+from keel.contracts import STATE_QUERY, ErrorType, RunState
 from keel.deltas import DeltaChannel
 from keel.reconciler import ended_outside
 from keel.settings import Settings
@@ -94,7 +94,7 @@ GatewayDep = Annotated[Gateway, Depends(_gateway)]
 def http_error(err: Exception, agent_run_id: str) -> HTTPException:
     """Temporal's answer to a query, signal or update, as the HTTP status a client can act on."""
     if isinstance(err, WorkflowUpdateFailedError) and isinstance(err.cause, ApplicationError):
-        status = {"NotFound": 404, "Conflict": 409}.get(err.cause.type or "", 400)
+        status = {ErrorType.not_found: 404, ErrorType.conflict: 409}.get(err.cause.type or "", 400)
         return HTTPException(status, err.cause.message)
     if isinstance(err, RPCError):
         if err.status == RPCStatusCode.NOT_FOUND:

@@ -47,6 +47,30 @@ OUTPUT_TOOL = "keel_final_answer"
 OUTPUT_FEEDBACK_PREFIX = "Your final answer did not validate against the required JSON schema"
 
 
+class ErrorType(StrEnum):
+    """`ApplicationError.type` of the failures Keel raises across a Temporal boundary, in one place: the
+    workflow raises them, activities raise them, the gateway maps them to HTTP statuses, and the Temporal CLI
+    and Web UI show them. StrEnum, so each is the plain string Temporal carries."""
+
+    # An update or signal the run refuses: nothing of that name is waiting (404), or it was already decided
+    # or the run has ended (409).
+    not_found = "NotFound"
+    conflict = "Conflict"
+    # The run itself failed; its message says why.
+    agent_run_failed = "AgentRunFailed"
+    # Model calls (activities/models/): a route no provider serves, a request the provider refuses, every
+    # route of a chain unavailable, an answer cut off mid-stream.
+    unknown_model_route = "UnknownModelRoute"
+    model_request_rejected = "ModelRequestRejected"
+    model_unavailable = "ModelUnavailable"
+    model_stream_cut = "ModelStreamCut"
+    # The run records refused a note (activities/records.py).
+    record_refused = "RecordRefused"
+    # keel.testing: a scripted test model ran out of script or was scripted wrongly.
+    test_script_exhausted = "TestScriptExhausted"
+    test_script_error = "TestScriptError"
+
+
 class RunStatus(StrEnum):
     running = "running"
     waiting_for_approval = "waiting_for_approval"

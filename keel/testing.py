@@ -81,6 +81,7 @@ from keel.contracts import (
     ApprovalDecided,
     ApprovalDecision,
     CancelRequest,
+    ErrorType,
     Message,
     PurposeSpec,
     QuestionAsked,
@@ -196,7 +197,7 @@ class TestModel:
             raise ApplicationError(
                 f"the test script has {len(self.script)} step(s) and the model was asked for step {index + 1}:"
                 " end the script with an answer (a string)",
-                type="TestScriptExhausted",
+                type=ErrorType.test_script_exhausted,
                 non_retryable=True,
             )
         step = self.script[index]
@@ -206,7 +207,7 @@ class TestModel:
             # The test's own mistake: retrying the model call can't fix it, so the run fails at once.
             raise ApplicationError(
                 f"script step {index + 1} failed: {type(err).__name__}: {err}",
-                type="TestScriptError",
+                type=ErrorType.test_script_error,
                 non_retryable=True,
             ) from None
         if isinstance(move, BaseModel):
@@ -250,7 +251,7 @@ def model_for_route(name: str) -> TestModel:
         raise ApplicationError(
             f"no test model {name!r}: the model route test:{name} is keel.testing's, served only by the"
             " worker an AgentTest starts",
-            type="UnknownModelRoute",
+            type=ErrorType.unknown_model_route,
             non_retryable=True,
         ) from None
 

@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         BudgetsLeft,
         CancelRequest,
         CarriedRun,
+        ErrorType,
         LlmStepInput,
         LlmStepResult,
         Message,
@@ -179,7 +180,9 @@ class AgentRun(WaitsForPeople, ReportsProgress):
             await self._flush_records()
             await self._release_queue()
             # Failing the workflow makes the run show as Failed in the Temporal Web UI as well.
-            raise ApplicationError(str(failure), type="AgentRunFailed", non_retryable=True) from None
+            raise ApplicationError(
+                str(failure), type=ErrorType.agent_run_failed, non_retryable=True
+            ) from None
         except asyncio.CancelledError:
             # Temporal's own cancellation (Web UI button, `temporal workflow cancel`): stop the step in
             # flight, record the outcome, and let the workflow end as Canceled.
@@ -192,7 +195,7 @@ class AgentRun(WaitsForPeople, ReportsProgress):
             why = f"the run could not go on: {type(err).__name__}: {err}"
             self._error_type = type(err).__name__
             await self._end(Stop(RunStatus.failed, why))
-            raise ApplicationError(why, type="AgentRunFailed", non_retryable=True) from None
+            raise ApplicationError(why, type=ErrorType.agent_run_failed, non_retryable=True) from None
 
     async def _agents_own_verdict(self, progress: Progress) -> Stop | None:
         """What the agent's own stop_when predicates say after this step. They are app code, so they run in

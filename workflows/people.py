@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalRecord,
         ApprovalRequested,
         ClientToolRequested,
+        ErrorType,
         PendingQuestion,
         PendingToolResult,
         PurposeSpec,
@@ -169,14 +170,14 @@ class WaitsForPeople:
         # make, and the run would never close (it waits for its handlers). Signals then simply do nothing.
         if self._final is None:
             return None
-        return "Conflict", f"the run has finished ({self._final.value})"
+        return ErrorType.conflict, f"the run has finished ({self._final.value})"
 
     def _approval_problem(self, decision: ApprovalDecision) -> tuple[str, str] | None:
         record = self._approvals.get(decision.tool_call_id)
         if record is None:
-            return "NotFound", f"no approval was requested for tool call {decision.tool_call_id!r}"
+            return ErrorType.not_found, f"no approval was requested for tool call {decision.tool_call_id!r}"
         if record.decided_at is not None or decision.tool_call_id in self._decisions:
-            return "Conflict", f"tool call {decision.tool_call_id!r} was already decided"
+            return ErrorType.conflict, f"tool call {decision.tool_call_id!r} was already decided"
         return None
 
     @workflow.signal(name=ANSWER_SIGNAL)
@@ -193,7 +194,7 @@ class WaitsForPeople:
         if problem := self._ended_problem():
             raise ApplicationError(problem[1], type=problem[0])
         if self._question is None or self._answer is not None:
-            raise ApplicationError("the run is not waiting for an answer", type="Conflict")
+            raise ApplicationError("the run is not waiting for an answer", type=ErrorType.conflict)
 
     @workflow.signal(name=TOOL_RESULT_SIGNAL)
     def tool_result_signal(self, result: ToolResultSubmission) -> None:
@@ -211,9 +212,12 @@ class WaitsForPeople:
 
     def _tool_result_problem(self, result: ToolResultSubmission) -> tuple[str, str] | None:
         if result.tool_call_id in self._client_results:
-            return "Conflict", f"tool call {result.tool_call_id!r} already has a result"
+            return ErrorType.conflict, f"tool call {result.tool_call_id!r} already has a result"
         if result.tool_call_id not in self._client_calls:
-            return "NotFound", f"the run is not waiting for a result of tool call {result.tool_call_id!r}"
+            return (
+                ErrorType.not_found,
+                f"the run is not waiting for a result of tool call {result.tool_call_id!r}",
+            )
         return None
 
 

@@ -28,7 +28,7 @@ from temporalio.exceptions import ApplicationError
 from activities.models.base import ChatModel, Finish, ModelChunk, OutputRequest, ToolChoice
 from activities.models.errors import ModelCallFailed
 from activities.models.pricing import Price, with_cost
-from keel.contracts import Message, ToolSpec
+from keel.contracts import ErrorType, Message, ToolSpec
 from keel.routes import Route
 from workflows.activity_options import CALL_LLM_ATTEMPTS_PER_ROUTE, MAX_RETRY_AFTER
 
@@ -103,7 +103,7 @@ class FallbackChain:
                     )
         raise ApplicationError(
             "; ".join(refusals) if len(refusals) == 1 else "every route failed: " + "; ".join(refusals),
-            type="ModelRequestRejected",
+            type=ErrorType.model_request_rejected,
             non_retryable=True,
         )
 
@@ -123,6 +123,6 @@ class FallbackChain:
         )
         return ApplicationError(
             f"{route}: {failure.message}{handover}",
-            type="ModelUnavailable",
+            type=ErrorType.model_unavailable,
             next_retry_delay=delay,
         )
