@@ -12,10 +12,7 @@ No token, key or secret is ever put in a log line or an error message.
 """
 
 import asyncio
-import hashlib
-import hmac
 import ipaddress
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,10 +22,10 @@ import jwt
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from keel.api_keys import API_KEY_PREFIX, key_holder
 from keel.contracts import RunState
 from keel.settings import Settings
 
-API_KEY_PREFIX = "keel_"
 ADMIN_ROLE = "admin"
 _MIN_HS256_SECRET = 32
 
@@ -151,23 +148,10 @@ class Authenticator:
         return User(id=sub, admin=admin, via="jwt")
 
     async def _api_key(self, pool: asyncpg.Pool, key: str) -> User:
-        prefix = api_key_prefix(key)
-        row = None
-        if prefix is not None:
-            row = await pool.fetchrow(
-                "SELECT key_sha256, user_id, admin FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL",
-                prefix,
-            )
-        if row is None or not hmac.compare_digest(row["key_sha256"], _sha256(key)):
+        holder = await key_holder(pool, key)
+        if holder is None:
             raise unauthorized("invalid or revoked API key")
-        # When a key was last used tells an operator which keys are safe to revoke; once a minute is
-        # precise enough and keeps a busy key from writing on every request.
-        await pool.execute(
-            "UPDATE api_keys SET last_used_at = now() WHERE prefix = $1"
-            " AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-            prefix,
-        )
-        return User(id=row["user_id"], admin=row["admin"], via="api-key")
+        return User(id=holder.user_id, admin=holder.admin, via="api-key")
 
 
 # --- FastAPI dependencies ---
@@ -239,49 +223,3 @@ async def require_chat(pool: asyncpg.Pool, chat_id: str, user: User, *, to_start
     )
     if rows and rows[0]["user_id"] != user.id:  # the chat's first run names its owner
         raise HTTPException(404, f"no chat {chat_id!r}")
-
-
-# --- API keys (issued and revoked with `keel api-key`) ---
-
-
-def _sha256(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def api_key_prefix(key: str) -> str | None:
-    """`keel_<12 hex>` of a key `keel_<12 hex>_<secret>`: the part that finds its row, not a secret."""
-    size = len(API_KEY_PREFIX) + 12
-    head, sep, secret = key[:size], key[size : size + 1], key[size + 1 :]
-    if not head.startswith(API_KEY_PREFIX) or sep != "_" or not secret:
-        return None
-    return head
-
-
-async def create_api_key(pool: asyncpg.Pool, user_id: str, *, admin: bool = False) -> str:
-    """Issue a key for `user_id`; returns it. Only its SHA-256 is stored, so it can't be shown again."""
-    prefix = API_KEY_PREFIX + secrets.token_hex(6)
-    key = f"{prefix}_{secrets.token_urlsafe(32)}"
-    await pool.execute(
-        "INSERT INTO api_keys (prefix, key_sha256, user_id, admin) VALUES ($1, $2, $3, $4)",
-        prefix,
-        _sha256(key),
-        user_id,
-        admin,
-    )
-    return key
-
-
-async def revoke_api_key(pool: asyncpg.Pool, prefix: str) -> bool:
-    """Revoke by prefix (or by the whole key); False when no live key has it."""
-    prefix = api_key_prefix(prefix) or prefix
-    status = await pool.execute(
-        "UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL", prefix
-    )
-    return status.endswith(" 1")
-
-
-async def list_api_keys(pool: asyncpg.Pool) -> list[dict[str, Any]]:
-    rows = await pool.fetch(
-        "SELECT prefix, user_id, admin, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at"
-    )
-    return [dict(r) for r in rows]

@@ -1,6 +1,9 @@
 """What `POST /api/chat` accepts: the body the AI SDK's `useChat` sends, plus Keel's own fields.
 
 UI messages are turned into Keel `Message`s here, so nothing downstream knows about the AI SDK's shapes.
+Their parts are read as the typed parts of keel/ui_protocol/messages.py. A part that fits none (a type
+newer than Keel, or a field of the wrong kind) stays the JSON object it is and is skipped, as unknown parts
+always were; only a text part must fit, as the message's text is read from it (400 otherwise).
 """
 
 import json
@@ -18,10 +21,11 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError, PydanticKnownError
 
 from keel.contracts import (
     ApprovalDecision,
@@ -31,6 +35,7 @@ from keel.contracts import (
     ToolCall,
     ToolResultSubmission,
 )
+from keel.ui_protocol import TextUIPart, ToolUIPart, UIMessagePart
 
 # The largest budgets a request may ask for. Workflow code turns them into timers and comparisons, so each
 # is finite and far from overflowing anything (`timedelta` ends at 999,999,999 days). They are checked here,
@@ -137,18 +142,27 @@ def _within_json_depth(value: Any) -> Any:
     return value
 
 
-def _values_within_json_depth(part: Any) -> Any:
-    """A message part's values (a tool call's `input`, its `output`) each as deep as a free-form value may
-    be: an output sent to `POST /api/runs/{id}/tool-results` fits in the part that later carries it."""
-    if isinstance(part, dict):
-        _refuse("message part", [p for k, v in part.items() for p in json_problems(v, (k,), MAX_JSON_DEPTH)])
+def _part_object(part: Any) -> Any:
+    """A message part is a JSON object whose values (a tool call's `input`, its `output`) are each as deep
+    as a free-form value may be: an output sent to `POST /api/runs/{id}/tool-results` fits in the part
+    that later carries it."""
+    if not isinstance(part, dict):
+        raise PydanticKnownError("dict_type")
+    _refuse("message part", [p for k, v in part.items() for p in json_problems(v, (k,), MAX_JSON_DEPTH)])
     return part
 
 
 # A free-form JSON value from the client: any shape, at most MAX_JSON_DEPTH levels deep.
 JsonValue = Annotated[Any, BeforeValidator(_within_json_depth)]
 JsonObject = Annotated[dict[str, Any], BeforeValidator(_within_json_depth)]
-UIPart = Annotated[dict[str, Any], BeforeValidator(_values_within_json_depth)]
+# A message part: typed where it fits its type (left to right: the typed union first), else the JSON object.
+# Any object is taken, so that is what the OpenAPI schema says, as it always has.
+UIPart = Annotated[
+    UIMessagePart | dict[str, Any],
+    Field(union_mode="left_to_right"),
+    BeforeValidator(_part_object),
+    WithJsonSchema({"type": "object", "additionalProperties": True}),
+]
 ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
@@ -170,12 +184,14 @@ class StrictBody(Strict):
         return data
 
 
+# A message of the chat's history: the AI SDK's UIMessage (keel.ui_protocol.UIMessage) within Keel's bounds,
+# its parts typed where they fit (see the module's docs). (Not a docstring, which would become its
+# description in the OpenAPI schema.)
 class UIMessage(Strict):
     model_config = ConfigDict(extra="allow")
 
     id: str = Field(max_length=200)
     role: Literal["system", "user", "assistant"]
-    # Parts stay loosely typed: the AI SDK adds part types over time and unknown ones are skipped.
     parts: list[UIPart] = Field(max_length=1_000)
 
 
@@ -318,35 +334,35 @@ def to_conversation(request: ChatRequest) -> list[Message]:
 def _text(ui: UIMessage) -> str:
     texts = []
     for part in ui.parts:
-        if part.get("type") == "text":
-            if not isinstance(part.get("text"), str):
-                raise BadChatRequest(f"message {ui.id}: a text part needs a string `text`")
-            texts.append(part["text"])
+        if isinstance(part, TextUIPart):
+            texts.append(part.text)
+        elif isinstance(part, dict) and part.get("type") == "text":
+            raise BadChatRequest(f"message {ui.id}: a text part needs a string `text`")
     return "\n".join(texts)
+
+
+def _tool_parts(ui: UIMessage) -> list[ToolUIPart]:
+    """The message's calls of tools the server declared (`tool-<name>`; not the client's dynamic tools)."""
+    return [part for part in ui.parts if isinstance(part, ToolUIPart)]
 
 
 def _assistant_messages(ui: UIMessage) -> list[Message]:
     """An assistant UI message becomes its text and tool calls, followed by the tool results it shows."""
     calls: list[ToolCall] = []
     results: list[Message] = []
-    for part in ui.parts:
-        kind = part.get("type", "")
-        if not (isinstance(kind, str) and kind.startswith("tool-") and part.get("toolCallId")):
-            continue
-        state = part.get("state")
-        if state not in ("output-available", "output-error"):
+    for part in _tool_parts(ui):
+        if not part.tool_call_id or part.state not in ("output-available", "output-error"):
             continue  # a call without a result (or only an approval) can't be replayed to a model
-        name = kind.removeprefix("tool-")
-        arguments = part.get("input") if isinstance(part.get("input"), dict) else {}
-        calls.append(ToolCall(id=str(part["toolCallId"]), name=name, arguments=arguments))
-        failed = state == "output-error"
-        output = part.get("errorText") if failed else part.get("output")
+        arguments = part.input if isinstance(part.input, dict) else {}
+        calls.append(ToolCall(id=part.tool_call_id, name=part.tool_name, arguments=arguments))
+        failed = part.state == "output-error"
+        output = part.error_text if failed else part.output
         results.append(
             Message(
                 role="tool",
                 content=output if isinstance(output, str) else json.dumps(output),
-                tool_call_id=str(part["toolCallId"]),
-                name=name,
+                tool_call_id=part.tool_call_id,
+                name=part.tool_name,
                 is_error=failed,
             )
         )
@@ -360,29 +376,16 @@ def pending_answers(ui: UIMessage) -> tuple[list[ApprovalDecision], list[ToolRes
     """What an assistant message resubmitted by the AI SDK answers: approval responses and tool results."""
     approvals: list[ApprovalDecision] = []
     results: list[ToolResultSubmission] = []
-    for part in ui.parts:
-        kind, call_id = part.get("type", ""), part.get("toolCallId")
-        if not (isinstance(kind, str) and kind.startswith("tool-") and isinstance(call_id, str)):
-            continue
-        state, approval = part.get("state"), part.get("approval")
-        if (
-            state == "approval-responded"
-            and isinstance(approval, dict)
-            and isinstance(approval.get("approved"), bool)
-        ):
-            reason = approval.get("reason")
+    for part in _tool_parts(ui):
+        call_id, approval = part.tool_call_id, part.approval
+        if part.state == "approval-responded" and approval is not None and approval.approved is not None:
             approvals.append(
                 ApprovalDecision(
-                    tool_call_id=call_id,
-                    approved=approval["approved"],
-                    reason=reason if isinstance(reason, str) else None,
-                    approver="chat",
+                    tool_call_id=call_id, approved=approval.approved, reason=approval.reason, approver="chat"
                 )
             )
-        elif state == "output-available":
-            results.append(ToolResultSubmission(tool_call_id=call_id, output=part.get("output")))
-        elif state == "output-error":
-            results.append(
-                ToolResultSubmission(tool_call_id=call_id, error=str(part.get("errorText") or "failed"))
-            )
+        elif part.state == "output-available":
+            results.append(ToolResultSubmission(tool_call_id=call_id, output=part.output))
+        elif part.state == "output-error":
+            results.append(ToolResultSubmission(tool_call_id=call_id, error=part.error_text or "failed"))
     return approvals, results

@@ -1,6 +1,9 @@
-"""What every route needs: the Temporal client, the store, the settings, and Temporal errors as HTTP ones."""
+"""What every route needs: the Temporal client, the store, the settings, whether Temporal and PostgreSQL
+answer, and Temporal errors as HTTP ones."""
 
+import asyncio
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -46,15 +49,24 @@ class Gateway:
             raise HTTPException(404, f"no run {agent_run_id!r}")
         return self.temporal.get_workflow_handle(agent_run_id)
 
+    async def health(self) -> dict[str, str]:
+        """Whether Temporal and PostgreSQL answer: "ok" for each that does, what went wrong for the others."""
+        checks = {
+            "temporal": _check(self.temporal.service_client.check_health()),
+            "postgres": _check(self.store.pool.fetchval("SELECT 1")),
+        }
+        return dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+
     async def state(self, agent_run_id: str) -> RunState:
         """The run's `state` query. A run closed from outside its loop (terminated, timed out) never said
         it ended, and its replayed state still waits or runs: it reads as ended, as its stream does."""
         handle = self.run(agent_run_id)
         try:
             try:
-                return await handle.query(
+                state: RunState = await handle.query(
                     STATE_QUERY, result_type=RunState, reject_condition=QueryRejectCondition.NOT_OPEN
                 )
+                return state
             except WorkflowQueryRejectedError as closed:
                 state = await handle.query(STATE_QUERY, result_type=RunState)
                 return state if state.status.is_final else _ended_outside(state, closed.status)
@@ -78,14 +90,27 @@ async def refusal(gw: Gateway, err: Exception, agent_run_id: str) -> HTTPExcepti
     return HTTPException(409, f"run {agent_run_id!r} has already finished ({state.status.value})")
 
 
+async def _check(probe: Awaitable[object]) -> str:
+    try:
+        await asyncio.wait_for(probe, timeout=3)
+    except Exception as err:  # a health check reports every failure instead of raising it
+        return f"unavailable: {type(err).__name__}: {err}"
+    return "ok"
+
+
 def _ended_outside(state: RunState, status: WorkflowExecutionStatus | None) -> RunState:
     final, detail = ended_outside(status)
-    nothing_waits = {"pending_approvals": [], "pending_question": None, "pending_tool_results": []}
+    nothing_waits: dict[str, Any] = {
+        "pending_approvals": [],
+        "pending_question": None,
+        "pending_tool_results": [],
+    }
     return state.model_copy(update={"status": final, "detail": detail, **nothing_waits})
 
 
 def _gateway(request: Request) -> Gateway:
-    return request.app.state.gateway
+    gateway: Gateway = request.app.state.gateway  # set by the app's lifespan (api/app.py)
+    return gateway
 
 
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
@@ -94,7 +119,8 @@ GatewayDep = Annotated[Gateway, Depends(_gateway)]
 def http_error(err: Exception, agent_run_id: str) -> HTTPException:
     """Temporal's answer to a query, signal or update, as the HTTP status a client can act on."""
     if isinstance(err, WorkflowUpdateFailedError) and isinstance(err.cause, ApplicationError):
-        status = {ErrorType.not_found: 404, ErrorType.conflict: 409}.get(err.cause.type or "", 400)
+        statuses: dict[str, int] = {ErrorType.not_found: 404, ErrorType.conflict: 409}
+        status = statuses.get(err.cause.type or "", 400)
         return HTTPException(status, err.cause.message)
     if isinstance(err, RPCError):
         if err.status == RPCStatusCode.NOT_FOUND:

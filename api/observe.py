@@ -1,6 +1,8 @@
-"""The gateway's observability: a span and a duration per request, connected SSE clients, `GET /metrics`.
+"""The gateway's observability: a span and a duration per request, connected SSE clients, `GET /metrics`
+and `GET /healthz`.
 
-`install(app)` adds all of it, and the run viewer (api/viewer.py), to the FastAPI app.
+`install(app)` adds the middleware and the answer to PostgreSQL being away; `router` has the two routes
+(public, for operators and their tools; api/app.py registers it).
 """
 
 import asyncio
@@ -9,14 +11,13 @@ import time
 from typing import Any
 
 import asyncpg
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import viewer
 from api.gateway import GatewayDep
 from keel import metrics
 from keel.logs import log_context
@@ -25,12 +26,11 @@ from keel.telemetry import tracer
 
 log = logging.getLogger("keel.api")
 _UNTRACED = {"/metrics", "/healthz"}
+router = APIRouter()
 
 
 def install(app: FastAPI) -> None:
     app.add_middleware(RequestObserver)
-    app.include_router(viewer.router)
-    app.add_api_route("/metrics", gateway_metrics, methods=["GET"], include_in_schema=False)
     # PostgreSQL out of reach is a 503 (try again), not a 500, wherever a request meets it.
     for kind in (
         OSError,
@@ -50,6 +50,7 @@ async def _unavailable(request: Request, err: Exception) -> JSONResponse:
     )
 
 
+@router.get("/metrics", include_in_schema=False)
 async def gateway_metrics(gw: GatewayDep) -> Response:
     """Prometheus text format. Gauges read from PostgreSQL keep their last value while it is away."""
     try:
@@ -61,6 +62,13 @@ async def gateway_metrics(gw: GatewayDep) -> Response:
     except Exception as err:  # a scrape must answer even when PostgreSQL does not
         log.warning("metrics from PostgreSQL are stale: %s: %s", type(err).__name__, err)
     return Response(generate_latest(metrics.GATEWAY), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz", summary="200 when Temporal and PostgreSQL both answer")
+async def healthz(gw: GatewayDep) -> JSONResponse:
+    results = await gw.health()
+    healthy = all(v == "ok" for v in results.values())
+    return JSONResponse({"status": "ok" if healthy else "unavailable", **results}, 200 if healthy else 503)
 
 
 class RequestObserver:

@@ -28,6 +28,8 @@ SDK client is then left holding a call, and none takes the last step for one tha
 A run with structured output (Agent(output_type=...)) ends with its validated answer as a `data-output`
 part (`{"type": "data-output", "id": <run id>, "data": <object>}`), the last chunk before `finish`.
 
+The chunks are the typed models of keel/ui_protocol/chunks.py; api/streams.py encodes them.
+
 Retries stay clean: each attempt of an LLM call writes its own text part (`text-<seq>`, then
 `text-<seq>-<attempt>`). When a retried attempt begins, the part of the abandoned one is ended and a
 `data-retry` part says so, naming the discarded part; the step's final text only completes the part of
@@ -36,13 +38,14 @@ the attempt that succeeded, never repeats what was streamed.
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
+from keel import ui_protocol as ui
 from keel.contracts import (
     ASK_USER_TOOL,
     EVENTS_QUERY,
@@ -213,7 +216,7 @@ class _SharedReads:
     def __init__(self) -> None:
         self._inflight: dict[tuple[Any, ...], tuple[float, asyncio.Task[Any]]] = {}
 
-    async def get(self, key: tuple[Any, ...], since: float, fetch: Callable[[], Awaitable[T]]) -> T:
+    async def get(self, key: tuple[Any, ...], since: float, fetch: Callable[[], Coroutine[Any, Any, T]]) -> T:
         entry = self._inflight.get(key)
         if entry is None or entry[0] < since:
             loop = asyncio.get_running_loop()
@@ -240,8 +243,10 @@ async def _ended_from_outside(handle: WorkflowHandle[Any, Any], seq: int) -> Run
 
 @dataclass(frozen=True)
 class Chunk:
+    """A chunk of the run's stream and its id there (the SSE event's `id:`)."""
+
     id: int
-    body: dict[str, Any]
+    body: ui.UIMessageChunk
 
 
 @dataclass(frozen=True)
@@ -287,11 +292,11 @@ class RunStream:
         self.watchers = watchers
         self._subscribed = float("inf")  # when this stream began hearing of new deltas
 
-    async def chunks(self) -> AsyncIterator[Chunk | SegmentEnd]:
+    async def chunks(self) -> AsyncGenerator[Chunk | SegmentEnd, None]:
         """The run's whole stream from its beginning, live until the run finishes."""
         translator = _Translator(self.agent_run_id)
-        for chunk in translator.opening():
-            yield chunk
+        for opening in translator.opening():
+            yield opening
         queue: asyncio.Queue[object] = asyncio.Queue(maxsize=VIEWER_QUEUE)
         # Subscribed before anything is read, so every delta is either in the log by the time it is read
         # or announced to this stream afterwards.
@@ -485,10 +490,9 @@ async def _one_message(
         if held is not None:
             yield held
             held = None
-        kind = item.body["type"]
-        if kind == "finish":
+        if isinstance(item.body, ui.FinishChunk):
             held = item
-        elif kind != "start" or not started:
+        elif not isinstance(item.body, ui.StartChunk) or not started:
             started = True
             yield item
     if held is not None:
@@ -554,7 +558,7 @@ class _Translator:
     def opening(self) -> list[Chunk]:
         """What every segment begins with: `start`, and the run's id and status."""
         return [
-            self._chunk({"type": "start", "messageId": self.agent_run_id}),
+            self._chunk(ui.StartChunk(message_id=self.agent_run_id)),
             self._chunk(_run_data(self.agent_run_id, RunStatus.running, None)),
         ]
 
@@ -574,7 +578,7 @@ class _Translator:
         match event:
             case StepStarted(step=step):
                 self.in_step, self.tools_in_step = True, False
-                out.append(self._chunk({"type": "start-step"}))
+                out.append(self._chunk(ui.StartStepChunk()))
                 self.call = _Call(step)
             case TextProduced(step=step, message_seq=seq):
                 out += self._final_text(call or _Call(step), _body(bodies, seq).content, seq)
@@ -585,38 +589,27 @@ class _Translator:
                 self.tools_in_step = True
                 out.append(
                     self._chunk(
-                        {
-                            "type": "tool-input-available",
-                            "toolCallId": tool_call.id,
-                            "toolName": tool_call.name,
-                            "input": tool_call.arguments,
-                        }
+                        ui.ToolInputAvailableChunk(
+                            tool_call_id=tool_call.id, tool_name=tool_call.name, input=tool_call.arguments
+                        )
                     )
                 )
             case ApprovalRequested(tool_call_id=call_id):
                 self._waits(call_id, "approval")
                 self.waiting.append(event)
                 out.append(
-                    self._chunk(
-                        {"type": "tool-approval-request", "approvalId": call_id, "toolCallId": call_id}
-                    )
+                    self._chunk(ui.ToolApprovalRequestChunk(approval_id=call_id, tool_call_id=call_id))
                 )
             case ToolResultReady(tool_call_id=call_id, message_seq=seq, is_error=is_error, denied=denied):
                 self.open_calls.pop(call_id, None)
                 if denied:
-                    out.append(self._chunk({"type": "tool-output-denied", "toolCallId": call_id}))
+                    out.append(self._chunk(ui.ToolOutputDeniedChunk(tool_call_id=call_id)))
                 elif is_error:
                     text = _body(bodies, seq).content
-                    out.append(
-                        self._chunk({"type": "tool-output-error", "toolCallId": call_id, "errorText": text})
-                    )
+                    out.append(self._chunk(ui.ToolOutputErrorChunk(tool_call_id=call_id, error_text=text)))
                 else:
                     output = _output(_body(bodies, seq).content)
-                    out.append(
-                        self._chunk(
-                            {"type": "tool-output-available", "toolCallId": call_id, "output": output}
-                        )
-                    )
+                    out.append(self._chunk(ui.ToolOutputAvailableChunk(tool_call_id=call_id, output=output)))
             case StepFinished():
                 out += self._end_step()
             case RunFinished():
@@ -651,17 +644,17 @@ class _Translator:
         # helpers take for a step that waits for the model, and resubmit.
         notice = f"[{status.value}] {detail}" if detail and status is not RunStatus.failed else None
         if notice or self.tools_in_step:
-            out.append(self._chunk({"type": "start-step"}))
+            out.append(self._chunk(ui.StartStepChunk()))
             out += self._text(f"notice-{event.seq}", notice) if notice else []
-            out.append(self._chunk({"type": "finish-step"}))
+            out.append(self._chunk(ui.FinishStepChunk()))
         out.append(self._chunk(_run_data(self.agent_run_id, status, detail)))
         if status is RunStatus.failed:
-            out.append(self._chunk({"type": "error", "errorText": detail or "the run failed"}))
+            out.append(self._chunk(ui.ErrorChunk(error_text=detail or "the run failed")))
         answer = bodies.get(event.output_seq) if event.output_seq is not None else None
         if answer is not None and answer.output is not None:
             # Structured output: the run's validated answer, last before `finish`.
-            out.append(self._chunk({"type": "data-output", "id": self.agent_run_id, "data": answer.output}))
-        out.append(self._chunk({"type": "finish", "finishReason": _FINISH_REASONS.get(status, "other")}))
+            out.append(self._chunk(ui.OutputDataChunk(id=self.agent_run_id, data=answer.output)))
+        out.append(self._chunk(ui.FinishChunk(finish_reason=_FINISH_REASONS.get(status, "other"))))
         self.finished = True
         return out
 
@@ -675,12 +668,10 @@ class _Translator:
         out: list[Chunk | SegmentEnd] = []
         for call_id, open_call in self.open_calls.items():
             if open_call.awaiting in ("approval", "denied"):
-                out.append(self._chunk({"type": "tool-output-denied", "toolCallId": call_id}))
+                out.append(self._chunk(ui.ToolOutputDeniedChunk(tool_call_id=call_id)))
             else:
                 text = open_call.unfinished(status, detail)
-                out.append(
-                    self._chunk({"type": "tool-output-error", "toolCallId": call_id, "errorText": text})
-                )
+                out.append(self._chunk(ui.ToolOutputErrorChunk(tool_call_id=call_id, error_text=text)))
         self.open_calls.clear()
         return out
 
@@ -704,8 +695,8 @@ class _Translator:
             if delta.text:
                 if call.part is None:
                     call.part = _part_id(delta.reply_seq, delta.attempt)
-                    out.append(self._chunk({"type": "text-start", "id": call.part}))
-                out.append(self._chunk({"type": "text-delta", "id": call.part, "delta": delta.text}))
+                    out.append(self._chunk(ui.TextStartChunk(id=call.part)))
+                out.append(self._chunk(ui.TextDeltaChunk(id=call.part, delta=delta.text)))
                 call.streamed.append(delta.text)
         return out
 
@@ -716,7 +707,7 @@ class _Translator:
             streamed = "".join(call.streamed)
             if text.startswith(streamed):
                 if rest := text[len(streamed) :]:
-                    out.append(self._chunk({"type": "text-delta", "id": call.part, "delta": rest}))
+                    out.append(self._chunk(ui.TextDeltaChunk(id=call.part, delta=rest)))
                 out += self._end_part(call)
                 return out
             # What was streamed is not how the reply begins (an attempt that could not announce itself):
@@ -731,15 +722,14 @@ class _Translator:
         if call is None or call.part is None:
             return []
         part, call.part, call.streamed = call.part, None, []
-        return [self._chunk({"type": "text-end", "id": part})]
+        return [self._chunk(ui.TextEndChunk(id=part))]
 
     def _retry(self, step: int, attempt: int | None, discarded: str | None) -> Chunk:
         return self._chunk(
-            {
-                "type": "data-retry",
-                "id": f"retry-{step}-{attempt or 'final'}",
-                "data": {"step": step, "attempt": attempt, "discardedTextId": discarded},
-            }
+            ui.RetryDataChunk(
+                id=f"retry-{step}-{attempt or 'final'}",
+                data=ui.RetryData(step=step, attempt=attempt, discarded_text_id=discarded),
+            )
         )
 
     def _pause(self) -> list[Chunk | SegmentEnd]:
@@ -753,7 +743,7 @@ class _Translator:
         return [
             *self._end_step(),
             self._chunk(_run_data(self.agent_run_id, status, None)),
-            self._chunk({"type": "finish", "finishReason": "tool-calls"}),
+            self._chunk(ui.FinishChunk(finish_reason="tool-calls")),
             SegmentEnd(group[-1].seq),
         ]
 
@@ -761,22 +751,22 @@ class _Translator:
         if not self.in_step:
             return []
         self.in_step = False
-        return [self._chunk({"type": "finish-step"})]
+        return [self._chunk(ui.FinishStepChunk())]
 
     def _text(self, part_id: str, text: str) -> list[Chunk | SegmentEnd]:
         return [
-            self._chunk({"type": "text-start", "id": part_id}),
-            self._chunk({"type": "text-delta", "id": part_id, "delta": text}),
-            self._chunk({"type": "text-end", "id": part_id}),
+            self._chunk(ui.TextStartChunk(id=part_id)),
+            self._chunk(ui.TextDeltaChunk(id=part_id, delta=text)),
+            self._chunk(ui.TextEndChunk(id=part_id)),
         ]
 
-    def _chunk(self, body: dict[str, Any]) -> Chunk:
+    def _chunk(self, body: ui.UIMessageChunk) -> Chunk:
         chunk = Chunk(self.seq * ID_SPAN + self.index, body)
         self.index += 1
         return chunk
 
 
-_FINISH_REASONS = {
+_FINISH_REASONS: dict[RunStatus, ui.FinishReason] = {
     RunStatus.completed: "stop",
     RunStatus.failed: "error",
 }
@@ -786,13 +776,11 @@ def _part_id(reply_seq: int, attempt: int) -> str:
     return f"text-{reply_seq}" if attempt <= 1 else f"text-{reply_seq}-{attempt}"
 
 
-def _run_data(agent_run_id: str, status: RunStatus, detail: str | None) -> dict[str, Any]:
+def _run_data(agent_run_id: str, status: RunStatus, detail: str | None) -> ui.RunDataChunk:
     """A `data-run` part: the run's id and status, replaced in place as it changes."""
-    return {
-        "type": "data-run",
-        "id": agent_run_id,
-        "data": {"agentRunId": agent_run_id, "status": status.value, "detail": detail},
-    }
+    return ui.RunDataChunk(
+        id=agent_run_id, data=ui.RunData(agent_run_id=agent_run_id, status=status, detail=detail)
+    )
 
 
 def _body(bodies: dict[int, Message], seq: int) -> Message:

@@ -1,32 +1,19 @@
 """Run state and run control: approve or deny a tool call, answer a question, send a client tool's result,
 cancel. Each is the workflow's update (or signal) of the same name, so the CLI and the Web UI can do the
-same with `temporal workflow signal`."""
+same with `temporal workflow signal`. The routes parse and answer; the run service (api/run_service.py) does
+the work."""
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 from pydantic_core import PydanticCustomError
-from temporalio.client import WorkflowUpdateFailedError
-from temporalio.service import RPCError
 
-from api.auth import CurrentUser, User, check_owner, require_run
+from api.auth import CurrentUser
 from api.chat_request import JsonValue, StrictBody
-from api.gateway import Gateway, GatewayDep, http_error, refusal
+from api.run_service import RunServiceDep
 from api.streams import last_event_id, resumed_response
-from keel.contracts import (
-    ANSWER_UPDATE,
-    APPROVAL_UPDATE,
-    CANCEL_SIGNAL,
-    TOOL_RESULT_UPDATE,
-    ApprovalDecision,
-    ApprovalRecord,
-    CancelRequest,
-    RunState,
-    ToolResultSubmission,
-    UserAnswer,
-)
-from keel.store import RunStore
+from keel.contracts import ApprovalRecord, RunState, ToolResultSubmission
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -40,11 +27,12 @@ class ApprovalBody(StrictBody):
     def _true_or_false(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> bool:
         """Say plainly what a decision must be: a tool must not run because "yes" or 1 looked like one."""
         try:
-            return handler(value)
+            approved: bool = handler(value)
         except ValidationError:
             raise PydanticCustomError(
                 "bool_type", "Input should be a valid boolean: true or false, not text, a number or null"
             ) from None
+        return approved
 
 
 class AnswerBody(StrictBody):
@@ -72,17 +60,8 @@ class Accepted(BaseModel):
     "/{agent_run_id}",
     summary="A run's state: status, step, usage, budgets, pending approvals, its structured output",
 )
-async def run_state(agent_run_id: str, gw: GatewayDep, user: CurrentUser) -> RunState:
-    return await with_output(gw.store, check_owner(user, await gw.state(agent_run_id)))
-
-
-async def with_output(store: RunStore, state: RunState) -> RunState:
-    """The state with its structured output (`output`): the workflow knows only where the validated
-    answer is stored, with its reply, so the object itself never passes through Temporal."""
-    if state.output_seq is None:
-        return state
-    reply = (await store.messages(state.agent_run_id, [state.output_seq])).get(state.output_seq)
-    return state.model_copy(update={"output": reply.output if reply is not None else None})
+async def run_state(agent_run_id: str, service: RunServiceDep, user: CurrentUser) -> RunState:
+    return await service.state(agent_run_id, user)
 
 
 @router.get(
@@ -93,7 +72,7 @@ async def with_output(store: RunStore, state: RunState) -> RunState:
 async def run_events(
     agent_run_id: str,
     request: Request,
-    gw: GatewayDep,
+    service: RunServiceDep,
     user: CurrentUser,
     last_event_id_param: int | None = Query(
         None,
@@ -103,54 +82,35 @@ async def run_events(
     ),
 ) -> Response:
     after = last_event_id(request, last_event_id_param)
-    state = check_owner(user, await gw.state(agent_run_id))  # unknown and foreign runs are 404
-    return await resumed_response(gw, agent_run_id, after, finished=state.status.is_final)
+    state = await service.owned_state(agent_run_id, user)  # unknown and foreign runs are 404
+    return await resumed_response(service.gw, agent_run_id, after, finished=state.status.is_final)
 
 
 @router.post("/{agent_run_id}/approvals/{tool_call_id}", summary="Approve or deny a tool call waiting for it")
 async def decide(
-    agent_run_id: str, tool_call_id: str, body: ApprovalBody, gw: GatewayDep, user: CurrentUser
+    agent_run_id: str, tool_call_id: str, body: ApprovalBody, service: RunServiceDep, user: CurrentUser
 ) -> ApprovalRecord:
-    decision = ApprovalDecision(
-        tool_call_id=tool_call_id, approved=body.approved, reason=body.reason, approver=user.name or "api"
-    )
-    return await _update(gw, agent_run_id, APPROVAL_UPDATE, decision, ApprovalRecord, user)
+    return await service.decide(agent_run_id, tool_call_id, user, approved=body.approved, reason=body.reason)
 
 
 @router.post("/{agent_run_id}/answer", summary="Answer the question the agent asked")
-async def answer(agent_run_id: str, body: AnswerBody, gw: GatewayDep, user: CurrentUser) -> Accepted:
-    await _update(gw, agent_run_id, ANSWER_UPDATE, UserAnswer(text=body.text), None, user)
+async def answer(agent_run_id: str, body: AnswerBody, service: RunServiceDep, user: CurrentUser) -> Accepted:
+    await service.answer(agent_run_id, body.text, user)
     return Accepted(agent_run_id=agent_run_id, status="answered")
 
 
 @router.post("/{agent_run_id}/tool-results/{tool_call_id}", summary="The result of a client-side tool call")
 async def tool_result(
-    agent_run_id: str, tool_call_id: str, body: ToolResultBody, gw: GatewayDep, user: CurrentUser
+    agent_run_id: str, tool_call_id: str, body: ToolResultBody, service: RunServiceDep, user: CurrentUser
 ) -> Accepted:
     submission = ToolResultSubmission(tool_call_id=tool_call_id, output=body.output, error=body.error)
-    await _update(gw, agent_run_id, TOOL_RESULT_UPDATE, submission, None, user)
+    await service.submit_tool_result(agent_run_id, submission, user)
     return Accepted(agent_run_id=agent_run_id, status="result received")
 
 
 @router.post("/{agent_run_id}/cancel", status_code=202, summary="Cancel a run; it stops what it is doing")
 async def cancel(
-    agent_run_id: str, gw: GatewayDep, user: CurrentUser, body: CancelBody | None = None
+    agent_run_id: str, service: RunServiceDep, user: CurrentUser, body: CancelBody | None = None
 ) -> Accepted:
-    state = check_owner(user, await gw.state(agent_run_id))
-    if state.status.is_final:
-        raise HTTPException(409, f"run {agent_run_id!r} has already finished ({state.status.value})")
-    try:
-        await gw.run(agent_run_id).signal(CANCEL_SIGNAL, CancelRequest(reason=body.reason if body else None))
-    except RPCError as err:
-        raise http_error(err, agent_run_id) from None
+    await service.cancel(agent_run_id, body.reason if body else None, user)
     return Accepted(agent_run_id=agent_run_id, status="cancelling")
-
-
-async def _update(
-    gw: Gateway, agent_run_id: str, name: str, arg: BaseModel, result_type: type | None, user: User
-) -> Any:
-    await require_run(gw, agent_run_id, user)
-    try:
-        return await gw.run(agent_run_id).execute_update(name, arg, result_type=result_type)
-    except (WorkflowUpdateFailedError, RPCError) as err:
-        raise await refusal(gw, err, agent_run_id) from None

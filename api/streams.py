@@ -2,15 +2,14 @@
 `POST /api/chat`, `GET /api/runs/{id}/events` (resumable with Last-Event-ID) and `GET /api/chat/{id}/stream`
 (the AI SDK's resume).
 
-Each chunk is one SSE event whose `id:` is the chunk's id in the run's stream (api/run_stream.py); the
-response ends with `data: [DONE]`, which has no id, as do keep-alive comments. A client that goes away
+Each chunk is one SSE event whose `id:` is the chunk's id in the run's stream (api/run_stream.py) and
+whose data is the chunk encoded by keel/ui_protocol (compact JSON, only the protocol's fields); the response
+ends with `data: [DONE]`, which has no id, as do keep-alive comments. A client that goes away
 costs nothing: its stream stops, and the run never notices.
 """
 
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import asyncpg
 from fastapi import HTTPException, Request, Response
@@ -28,6 +27,7 @@ from api.run_stream import (
     whole_message,
 )
 from keel.contracts import EVENTS_QUERY, RunEvent
+from keel.ui_protocol import ErrorChunk, encode
 
 log = logging.getLogger("keel.api")
 
@@ -64,13 +64,11 @@ async def sse_events(
     stream = RunStream(gw.run(agent_run_id), gw.store, gw.deltas, agent_run_id, WATCHERS)
     try:
         async for chunk in chunks(stream):
-            yield ServerSentEvent(_json(chunk.body), id=str(chunk.id), sep="\n")
+            yield ServerSentEvent(encode(chunk.body), id=str(chunk.id), sep="\n")
     except (RPCError, OSError, asyncpg.PostgresError, LookupError) as err:
         # Headers are gone already; the stream itself says what went wrong. The run goes on regardless.
         log.warning("stream of %s broke: %s", agent_run_id, err)
-        yield ServerSentEvent(
-            _json({"type": "error", "errorText": f"lost the run's progress: {err}"}), sep="\n"
-        )
+        yield ServerSentEvent(encode(ErrorChunk(error_text=f"lost the run's progress: {err}")), sep="\n")
     yield ServerSentEvent(_DONE, sep="\n")
 
 
@@ -134,8 +132,3 @@ async def _prepend(
     yield first
     async for event in rest:
         yield event
-
-
-def _json(chunk: dict[str, Any]) -> str:
-    # Compact JSON on one line, as the AI SDK's own servers write it.
-    return json.dumps(chunk, separators=(",", ":"))

@@ -1,4 +1,4 @@
-"""The Agent Run Viewer: `/runs` (a page, no build step, works offline) and the JSON it reads.
+"""The Agent Run Viewer's JSON (its page, `/runs`, is served by api/pages.py: no build step, works offline).
 
 - `GET /api/runs`: runs from `agent_runs`, newest first, filtered by status, purpose, user, chat and time.
   With `chat_id` it lists the chat's runs from `chat_runs` (runs from before run records included), as it
@@ -6,24 +6,24 @@
 - `GET /api/runs/{id}/timeline`: one run with its LLM calls and tool runs, merged into one timeline with
   latency, tokens, cost, errors and approvals, and the run's address in the Temporal Web UI (null when
   KEEL_TEMPORAL_UI_URL is not set: the pages then show no link rather than one that leads nowhere).
+
+The records are read by the run service (api/run_service.py), which also decides whose runs a user sees.
 """
 
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from api.auth import CurrentUser
-from api.gateway import Gateway, GatewayDep, is_run_id
+from api.gateway import Gateway
+from api.run_service import RunServiceDep
 from keel import records
 from keel.contracts import RunStatus
 
 router = APIRouter(tags=["run viewer"])
-_PAGE = Path(__file__).parent / "static" / "runs.html"
 
 
 class RunSummary(BaseModel):
@@ -76,14 +76,9 @@ class Timeline(BaseModel):
     items: list[TimelineItem]
 
 
-@router.get("/runs", include_in_schema=False)
-async def viewer_page() -> FileResponse:
-    return FileResponse(_PAGE)
-
-
 @router.get("/api/runs", summary="Runs, newest first: filter by status, purpose, user, chat and start time")
 async def list_runs(
-    gw: GatewayDep,
+    service: RunServiceDep,
     me: CurrentUser,
     chat_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     status: RunStatus | None = None,
@@ -93,34 +88,22 @@ async def list_runs(
     until: Annotated[datetime | None, Query(description="started before (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[RunSummary]:
-    if not me.admin:  # a user lists only their own runs
-        if user is not None and user != me.id:
-            return []
-        user = me.id
-    if chat_id is not None and not any((status, purpose, user, since, until)):
-        rows = await records.chat_runs(gw.store.pool, chat_id, limit)
-    else:
-        filters = records.RunFilter(
-            status=status.value if status else None,
-            purpose=purpose,
-            user_id=user,
-            chat_id=chat_id,
-            since=since,
-            until=until,
-            limit=limit,
-        )
-        rows = await records.list_runs(gw.store.pool, filters)
-    return [_summary(gw, row) for row in rows]
+    filters = records.RunFilter(
+        status=status.value if status else None,
+        purpose=purpose,
+        user_id=user,
+        chat_id=chat_id,
+        since=since,
+        until=until,
+        limit=limit,
+    )
+    return [_summary(service.gw, row) for row in await service.list_runs(filters, me)]
 
 
 @router.get("/api/runs/{agent_run_id}/timeline", summary="A run's LLM calls and tool runs, in order")
-async def run_timeline(agent_run_id: str, gw: GatewayDep, me: CurrentUser) -> Timeline:
-    found = await records.timeline(gw.store.pool, agent_run_id) if is_run_id(agent_run_id) else None
-    if found is None:
-        raise HTTPException(404, f"no records of run {agent_run_id!r}")
-    if not me.owns(found["run"].get("user_id")):  # the same answer as for a run with no records
-        raise HTTPException(404, f"no records of run {agent_run_id!r}")
-    run = _summary(gw, found["run"])
+async def run_timeline(agent_run_id: str, service: RunServiceDep, me: CurrentUser) -> Timeline:
+    found = await service.timeline(agent_run_id, me)
+    run = _summary(service.gw, found["run"])
     items = [_item("llm_call", r, r.get("route") or "", run.started_at) for r in found["llm_calls"]]
     items += [_item("tool_run", r, r["tool_name"], run.started_at) for r in found["tool_runs"]]
     items.sort(key=lambda i: (i.offset_ms if i.offset_ms is not None else float("inf"), i.seq, i.attempt))

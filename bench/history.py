@@ -14,6 +14,7 @@ from bench import runs
 from bench.harness import Harness
 from bench.report import Figure, Section, at_most
 from keel.contracts import Message
+from keel.run_start import new_run_id
 from keel.store import RunStore
 
 FILLER = " ".join(["lorem ipsum dolor sit amet consectetur"] * 27)  # ~1 KB, no trigger words, no digits
@@ -33,7 +34,7 @@ async def _conversation(store: RunStore, run_id: str) -> list[Message]:
 async def run(h: Harness, quick: bool) -> Section:
     turns = 10 if quick else 40
     client, store = await h.client(), await h.store()
-    chat_id = f"chat-{runs.new_run_id()}"
+    chat_id = f"chat-{new_run_id()}"
     request = Message(role="user", content=f"{runs.REQUEST}. {FILLER}")
     per_turn: list[tuple[int, float, float]] = []  # (messages read, events per step, bytes per step)
     conversation = [runs.conversation()[0]]

@@ -28,10 +28,10 @@ import httpx
 
 from bench.measure import cpu_seconds, find_pid, listening_pid, rss_mb
 from bench.report import Figure, Section, percentile
-from keel import records
 from keel.agent import RunContext
 from keel.app import load_app
-from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Message
+from keel.contracts import Message
+from keel.run_start import first_messages, record_start, run_input, start_run
 from keel.store import RunStore
 
 if TYPE_CHECKING:
@@ -69,32 +69,13 @@ async def start_runs(h: "Harness", client: "Client", store: RunStore, count: int
     batch = uuid.uuid4().hex[:6]
 
     async def one(i: int) -> str:
-        agent_run_id = f"run-{uuid.uuid4()}"
-        text = f"publish a lesson on bench-{batch}-{i}"
-        messages = [
-            Message(role="system", content=purpose.instructions_for(RunContext({}, None, None))),
-            Message(role="user", content=text),
-        ]
+        request = Message(role="user", content=f"publish a lesson on bench-{batch}-{i}")
+        messages = first_messages(purpose, RunContext({}, None, None), [request])
+        run = run_input(spec, messages)
         async with slots:
-            await store.put_messages(agent_run_id, 0, messages)
-            await records.run_started(
-                store.pool,
-                agent_run_id=agent_run_id,
-                purpose=PURPOSE,
-                model=spec.model,
-                chat_id=None,
-                user_id=None,
-                input_summary=text,
-            )
-            await client.start_workflow(
-                WORKFLOW_TYPE,
-                AgentRunInput(
-                    agent_run_id=agent_run_id, purpose=spec, message_count=len(messages), input_summary=text
-                ),
-                id=agent_run_id,
-                task_queue=task_queue,
-            )
-        return agent_run_id
+            await record_start(store, run, messages)
+            await start_run(client, run, task_queue)
+        return run.agent_run_id
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 

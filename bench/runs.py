@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -22,17 +21,9 @@ from activities.agent import AgentActivities
 from bench.bare import BARE_TASK_QUEUE, BARE_WORKFLOW, BareInput
 from bench.harness import HEAVY_TASK_QUEUE, TASK_QUEUE, Harness
 from keel.app import load_app
-from keel.contracts import (
-    WORKFLOW_TYPE,
-    AgentRunInput,
-    Budgets,
-    LlmStepInput,
-    Message,
-    PurposeSpec,
-    RunState,
-    ToolInput,
-)
+from keel.contracts import Budgets, LlmStepInput, Message, PurposeSpec, ToolInput
 from keel.deltas import PostgresDeltaChannel
+from keel.run_start import new_run_id, run_input, start_run
 from keel.store import RunStore
 
 # Two cheap tools the scripted model calls together when asked "in parallel": an agent step with one LLM
@@ -50,10 +41,6 @@ def purpose(tools: Sequence[str] = TOOLS, max_steps: int = 10) -> PurposeSpec:
 
 def conversation(text: str = REQUEST) -> list[Message]:
     return [Message(role="system", content=SYSTEM), Message(role="user", content=text)]
-
-
-def new_run_id() -> str:
-    return f"run-{uuid.uuid4()}"
 
 
 @dataclass
@@ -76,24 +63,12 @@ async def keel_run(
     chat_id: str | None = None,
 ) -> Timed:
     """One AgentRun from start to result; the clock starts once the conversation is stored."""
-    run_id = new_run_id()
     messages = list(messages or conversation())
+    run = run_input(spec or purpose(), messages, chat_id=chat_id, heavy_task_queue=HEAVY_TASK_QUEUE)
+    run_id = run.agent_run_id
     await store.put_messages(run_id, 0, messages)
     started = time.perf_counter()
-    handle = await client.start_workflow(
-        WORKFLOW_TYPE,
-        AgentRunInput(
-            agent_run_id=run_id,
-            purpose=spec or purpose(),
-            message_count=len(messages),
-            chat_id=chat_id,
-            heavy_task_queue=HEAVY_TASK_QUEUE,
-        ),
-        id=run_id,
-        task_queue=TASK_QUEUE,
-        result_type=RunState,
-    )
-    state = await handle.result()
+    state = await (await start_run(client, run, TASK_QUEUE)).result()
     elapsed = time.perf_counter() - started
     if state.status != "completed":
         raise RuntimeError(f"Keel run {run_id} ended {state.status}: {state.detail}")

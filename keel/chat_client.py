@@ -5,7 +5,6 @@ It streams `POST /api/chat`, assembles the assistant message from the chunks (li
 with approval responses or tool outputs added, posted again. The `keel run` command is built on it.
 """
 
-import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,31 +12,25 @@ from typing import Any
 
 import httpx
 
-
-@dataclass
-class ToolPart:
-    tool_call_id: str
-    tool_name: str
-    input: Any
-    state: str = "input-available"
-    output: Any = None
-    error_text: str | None = None
-    approval: dict[str, Any] | None = None
-
-    def as_ui_part(self) -> dict[str, Any]:
-        part: dict[str, Any] = {
-            "type": f"tool-{self.tool_name}",
-            "toolCallId": self.tool_call_id,
-            "state": self.state,
-            "input": self.input,
-        }
-        if self.state == "output-available":
-            part["output"] = self.output
-        if self.state == "output-error":
-            part["errorText"] = self.error_text
-        if self.approval is not None:
-            part["approval"] = self.approval
-        return part
+from keel.ui_protocol import (
+    ErrorChunk,
+    FinishChunk,
+    RunDataChunk,
+    StartChunk,
+    TextDeltaChunk,
+    TextStartChunk,
+    TextUIPart,
+    ToolApproval,
+    ToolApprovalRequestChunk,
+    ToolInputAvailableChunk,
+    ToolOutputAvailableChunk,
+    ToolOutputDeniedChunk,
+    ToolOutputErrorChunk,
+    ToolUIPart,
+    UIMessage,
+    UIMessageChunk,
+    decode,
+)
 
 
 @dataclass
@@ -45,57 +38,59 @@ class AssistantMessage:
     """The assistant message of one run, assembled across the streams that carried it."""
 
     id: str = ""
-    parts: list[dict[str, Any] | ToolPart] = field(default_factory=list)
+    parts: list[TextUIPart | ToolUIPart] = field(default_factory=list)
     status: str = "running"
     detail: str | None = None
     finish_reason: str | None = None
     errors: list[str] = field(default_factory=list)
+    # Each text part by the id its chunks name it with (a later `text-start` of the same id wins).
+    _texts: dict[str, TextUIPart] = field(default_factory=dict, repr=False)
 
-    def tools(self) -> dict[str, ToolPart]:
-        return {p.tool_call_id: p for p in self.parts if isinstance(p, ToolPart)}
+    def tools(self) -> dict[str, ToolUIPart]:
+        return {p.tool_call_id: p for p in self.parts if isinstance(p, ToolUIPart)}
 
-    def apply(self, chunk: dict[str, Any]) -> None:
-        kind = chunk.get("type")
+    def apply(self, chunk: UIMessageChunk) -> None:
         tools = self.tools()
-        if kind == "start":
-            self.id = chunk.get("messageId") or self.id
-        elif kind == "text-start":
-            self.parts.append({"type": "text", "text": "", "_id": chunk["id"]})
-        elif kind == "text-delta":
-            text = next(
-                p for p in reversed(self.parts) if isinstance(p, dict) and p.get("_id") == chunk["id"]
-            )
-            text["text"] += chunk["delta"]
-        elif kind == "tool-input-available":
-            self.parts.append(ToolPart(chunk["toolCallId"], chunk["toolName"], chunk.get("input")))
-        elif kind == "tool-approval-request":
-            part = tools[chunk["toolCallId"]]
-            part.state, part.approval = "approval-requested", {"id": chunk["approvalId"]}
-        elif kind == "tool-output-available":
-            part = tools[chunk["toolCallId"]]
-            part.state, part.output = "output-available", chunk.get("output")
-        elif kind == "tool-output-error":
-            part = tools[chunk["toolCallId"]]
-            part.state, part.error_text = "output-error", chunk.get("errorText")
-        elif kind == "tool-output-denied":
-            tools[chunk["toolCallId"]].state = "output-denied"
-        elif kind == "data-run":
-            self.status, self.detail = chunk["data"]["status"], chunk["data"].get("detail")
-        elif kind == "error":
-            self.errors.append(chunk.get("errorText", ""))
-        elif kind == "finish":
-            self.finish_reason = chunk.get("finishReason")
+        match chunk:
+            case StartChunk(message_id=message_id):
+                self.id = message_id or self.id
+            case TextStartChunk(id=text_id):
+                self._texts[text_id] = TextUIPart(text="")
+                self.parts.append(self._texts[text_id])
+            case TextDeltaChunk(id=text_id, delta=delta):
+                self._texts[text_id].text += delta
+            case ToolInputAvailableChunk():
+                self.parts.append(
+                    ToolUIPart(
+                        type=f"tool-{chunk.tool_name}",
+                        tool_call_id=chunk.tool_call_id,
+                        state="input-available",
+                        input=chunk.input,
+                    )
+                )
+            case ToolApprovalRequestChunk(tool_call_id=call_id, approval_id=approval_id):
+                part = tools[call_id]
+                part.state, part.approval = "approval-requested", ToolApproval(id=approval_id)
+            case ToolOutputAvailableChunk(tool_call_id=call_id, output=output):
+                tools[call_id].state, tools[call_id].output = "output-available", output
+            case ToolOutputErrorChunk(tool_call_id=call_id, error_text=error_text):
+                tools[call_id].state, tools[call_id].error_text = "output-error", error_text
+            case ToolOutputDeniedChunk(tool_call_id=call_id):
+                tools[call_id].state = "output-denied"
+            case RunDataChunk(data=run):
+                self.status, self.detail = run.status, run.detail
+            case ErrorChunk(error_text=error_text):
+                self.errors.append(error_text)
+            case FinishChunk(finish_reason=finish_reason):
+                self.finish_reason = finish_reason
 
     @property
     def text(self) -> str:
-        return "".join(p["text"] for p in self.parts if isinstance(p, dict) and p.get("type") == "text")
+        return "".join(p.text for p in self.parts if isinstance(p, TextUIPart))
 
     def as_ui_message(self) -> dict[str, Any]:
-        parts = [
-            p.as_ui_part() if isinstance(p, ToolPart) else {"type": "text", "text": p["text"]}
-            for p in self.parts
-        ]
-        return {"id": self.id, "role": "assistant", "parts": parts}
+        """The message as `useChat` posts it back: its text and tool parts, with the answers added to them."""
+        return UIMessage(id=self.id, role="assistant", parts=list(self.parts)).wire()
 
 
 class ChatError(Exception):
@@ -116,22 +111,17 @@ class ChatClient:
         self, text: str, *, purpose: str | None = None, chat_id: str | None = None
     ) -> tuple[dict[str, Any], AssistantMessage]:
         """A chat's first request body, and the message its stream will fill."""
+        question = UIMessage(id=f"msg-{uuid.uuid4().hex[:12]}", role="user", parts=[TextUIPart(text=text)])
         body: dict[str, Any] = {
             "id": chat_id or f"chat-{uuid.uuid4().hex[:12]}",
-            "messages": [
-                {
-                    "id": f"msg-{uuid.uuid4().hex[:12]}",
-                    "role": "user",
-                    "parts": [{"type": "text", "text": text}],
-                }
-            ],
+            "messages": [question.wire()],
             "trigger": "submit-message",
         }
         if purpose:
             body["purpose"] = purpose
         return body, AssistantMessage()
 
-    def stream(self, body: dict[str, Any], message: AssistantMessage) -> Iterator[dict[str, Any]]:
+    def stream(self, body: dict[str, Any], message: AssistantMessage) -> Iterator[UIMessageChunk]:
         """POST /api/chat; yields each chunk after applying it to `message`."""
         with self.http.stream("POST", "/api/chat", json=body) as response:
             if response.status_code != 200:
@@ -140,7 +130,7 @@ class ChatClient:
             for line in response.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                chunk = json.loads(line.removeprefix("data: "))
+                chunk = decode(line.removeprefix("data: "))
                 message.apply(chunk)
                 yield chunk
 
@@ -153,7 +143,8 @@ class ChatClient:
         response = self.http.post(path, json=payload or {})
         if response.status_code >= 400:
             raise ChatError(_detail(response))
-        return response.json()
+        answer: dict[str, Any] = response.json()
+        return answer
 
     def get(self, path: str, **params: Any) -> Any:
         response = self.http.get(path, params={k: v for k, v in params.items() if v is not None})

@@ -16,12 +16,25 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import httpx
 
 from keel.chat_client import AssistantMessage, ChatClient, ChatError
+from keel.ui_protocol import (
+    ErrorChunk,
+    OutputDataChunk,
+    TextDeltaChunk,
+    TextEndChunk,
+    ToolApproval,
+    ToolInputAvailableChunk,
+    ToolOutputAvailableChunk,
+    ToolOutputDeniedChunk,
+    ToolOutputErrorChunk,
+    UIMessageChunk,
+)
 
 
 class Out:
@@ -45,7 +58,8 @@ class Out:
 DIM, GREEN, RED, YELLOW, BOLD = "2", "32", "31", "33", "1"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `keel` command's arguments; the manual's CLI reference is generated from it (docs/hooks)."""
     parser = argparse.ArgumentParser(prog="keel", description="Durable AI agents on Temporal.")
     parser.add_argument("--url", help="the gateway (default http://127.0.0.1:$KEEL_PORT)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -54,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         "dev", help="run Temporal, PostgreSQL, the worker and the gateway (what `make dev` runs)"
     )
     worker = commands.add_parser("worker", help="run a worker (--queue heavy: a heavy-tool worker)")
-    worker.add_argument("--queue", choices=("agent", "heavy"), default="agent")
+    worker.add_argument(
+        "--queue", choices=("agent", "heavy"), default="agent", help="which worker (default: agent)"
+    )
     api = commands.add_parser("api", help="run the gateway")
     check = commands.add_parser("check", help="load the app and say what is wrong with it, starting nothing")
     new = commands.add_parser("new", help="write a new project: one agent, one tool, a test, a README")
@@ -62,30 +78,34 @@ def main(argv: list[str] | None = None) -> int:
     for serving in (dev, worker, api, check):
         serving.add_argument("--app", help=app_help)
     run = commands.add_parser("run", help="send a message and stream the answer")
-    run.add_argument("message")
+    run.add_argument("message", help="what you ask the agent")
     run.add_argument("--purpose", help="the agent to run (default: assistant, or the app's first)")
     run.add_argument("--yes", action="store_true", help="approve every tool call without asking")
     runs = commands.add_parser("runs", help="a table of recent runs")
-    runs.add_argument("--status")
-    runs.add_argument("--purpose")
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--status", help="only runs with this status (running, completed, ...)")
+    runs.add_argument("--purpose", help="only runs of this agent")
+    runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
     for name in ("approve", "deny"):
         decide = commands.add_parser(name, help=f"{name} a tool call waiting for approval")
-        decide.add_argument("run")
-        decide.add_argument("call")
-        decide.add_argument("--reason")
+        decide.add_argument("run", help="the run's id (run-…)")
+        decide.add_argument("call", help="the tool call's id, as the run shows it")
+        decide.add_argument("--reason", help="why, for the audit and the model")
     cancel = commands.add_parser("cancel", help="cancel a run")
-    cancel.add_argument("run")
-    cancel.add_argument("--reason")
+    cancel.add_argument("run", help="the run's id (run-…)")
+    cancel.add_argument("--reason", help="why, recorded with the run")
     keys = commands.add_parser("api-key", help="issue, revoke and list API keys (uses DATABASE_URL)")
     key_commands = keys.add_subparsers(dest="key_command", required=True)
     create = key_commands.add_parser("create", help="issue a key; it is printed once and stored hashed")
     create.add_argument("--user", required=True, help="the user id the key acts as")
     create.add_argument("--admin", action="store_true", help="the key sees and controls every run")
     revoke = key_commands.add_parser("revoke", help="revoke a key by its prefix (keel_…, as listed)")
-    revoke.add_argument("prefix")
+    revoke.add_argument("prefix", help="the key's prefix, keel_ and 12 hex digits")
     key_commands.add_parser("list", help="every key's prefix, user, role and state (never the key)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     if getattr(args, "app", None):
         # The processes read it from the environment, as `keel dev` hands it to the ones it starts.
@@ -98,21 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         return _check(Out(sys.stdout))
     if args.command == "new":
         return _new(Path(args.dir), Out(sys.stdout))
-    # The processes are imported lazily: the client commands need none of their dependencies.
+    # `keel dev` is imported lazily: the client commands need none of its dependencies.
     if args.command == "dev":
         from keel.dev import main as dev
 
         return dev()
-    if args.command == "worker":
-        from worker import main as worker
-
-        worker(["--queue", args.queue])
-        return 0
-    if args.command == "api":
-        from api.__main__ import main as api
-
-        api()
-        return 0
+    if args.command in ("worker", "api"):
+        _become(args)
 
     if args.command == "api-key":
         return _api_keys(args, Out(sys.stdout))
@@ -212,28 +224,28 @@ def _run(client: ChatClient, out: Out, text: str, purpose: str | None, *, approv
     return 0 if message.status == "completed" else 1
 
 
-def _show(chunks: Any, message: AssistantMessage, out: Out) -> None:
+def _show(chunks: Iterable[UIMessageChunk], message: AssistantMessage, out: Out) -> None:
     tools = message.tools
     for chunk in chunks:
-        kind = chunk["type"]
-        if kind == "text-delta":
-            out.write(chunk["delta"])
-        elif kind == "text-end":
-            out.write("\n")
-        elif kind == "tool-input-available":
-            out.line(f"→ {chunk['toolName']}({_short(chunk['input'])})", DIM)
-        elif kind == "tool-output-available":
-            out.line(f"✓ {tools()[chunk['toolCallId']].tool_name}: {_short(chunk['output'])}", GREEN)
-        elif kind == "tool-output-error":
-            out.line(f"✗ {tools()[chunk['toolCallId']].tool_name}: {chunk['errorText']}", RED)
-        elif kind == "tool-output-denied":
-            out.line(f"✗ {tools()[chunk['toolCallId']].tool_name}: denied", RED)
-        elif kind == "error":
-            out.line(f"error: {chunk['errorText']}", RED)
-        elif kind == "data-output":
-            # Structured output: the run's validated answer, whole and readable.
-            out.line("output:", BOLD)
-            out.line(json.dumps(chunk["data"], indent=2, ensure_ascii=False))
+        match chunk:
+            case TextDeltaChunk(delta=delta):
+                out.write(delta)
+            case TextEndChunk():
+                out.write("\n")
+            case ToolInputAvailableChunk(tool_name=name, input=arguments):
+                out.line(f"→ {name}({_short(arguments)})", DIM)
+            case ToolOutputAvailableChunk(tool_call_id=call_id, output=output):
+                out.line(f"✓ {tools()[call_id].tool_name}: {_short(output)}", GREEN)
+            case ToolOutputErrorChunk(tool_call_id=call_id, error_text=error_text):
+                out.line(f"✗ {tools()[call_id].tool_name}: {error_text}", RED)
+            case ToolOutputDeniedChunk(tool_call_id=call_id):
+                out.line(f"✗ {tools()[call_id].tool_name}: denied", RED)
+            case ErrorChunk(error_text=error_text):
+                out.line(f"error: {error_text}", RED)
+            case OutputDataChunk(data=output):
+                # Structured output: the run's validated answer, whole and readable.
+                out.line("output:", BOLD)
+                out.line(json.dumps(output, indent=2, ensure_ascii=False))
 
 
 def _answer_waiting(message: AssistantMessage, out: Out, approve_all: bool) -> bool:
@@ -248,7 +260,7 @@ def _answer_waiting(message: AssistantMessage, out: Out, approve_all: bool) -> b
             if reply is None:
                 return False
             part.state = "approval-responded"
-            part.approval = {"id": part.tool_call_id, "approved": reply.strip().lower() in ("y", "yes")}
+            part.approval = ToolApproval(id=part.tool_call_id, approved=reply.strip().lower() in ("y", "yes"))
             answered = True
         elif part.state == "input-available" and part.tool_name == "ask_user":
             reply = _ask(out, f"{part.input.get('question', 'The agent asks')}\n> ")
@@ -282,11 +294,19 @@ def _runs(client: ChatClient, out: Out, status: str | None, purpose: str | None,
     return 0
 
 
+def _become(args: argparse.Namespace) -> NoReturn:
+    """`keel worker|api`: become that process, as `python -m` starts it. A process of its own, not an
+    import: `keel` is the bottom layer, and the worker and the gateway are built on it."""
+    command = ["-m", "worker", "--queue", args.queue] if args.command == "worker" else ["-m", "api"]
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, *command])
+
+
 def _api_keys(args: argparse.Namespace, out: Out) -> int:
     """`keel api-key`: straight to PostgreSQL (DATABASE_URL), so it works with the gateway down."""
     import asyncio
 
-    from api.auth import create_api_key, list_api_keys, revoke_api_key
+    from keel.api_keys import create_api_key, list_api_keys, revoke_api_key
     from keel.settings import get_settings
     from keel.store import create_pool
 

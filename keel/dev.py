@@ -28,8 +28,8 @@ from keel.settings import Settings, get_settings
 from keel.stack import EmbeddedPostgres, TemporalDevServer, port_is_free
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-WORKER_CMD = (sys.executable, "worker.py")
-HEAVY_WORKER_CMD = (sys.executable, "worker.py", "--queue", "heavy")
+WORKER_CMD = (sys.executable, "-m", "worker")
+HEAVY_WORKER_CMD = (sys.executable, "-m", "worker", "--queue", "heavy")
 GATEWAY_CMD = (sys.executable, "-m", "api")
 
 TEMPORAL_HOST = "127.0.0.1"

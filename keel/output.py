@@ -11,7 +11,7 @@ that changes the class never changes what a live run is held to. Each provider i
 that shape in its own way (activities/models/), and `check_answer` decides whether what came back is one:
 against the snapshot's schema always, and through the pydantic class as well while the worker's app has a
 class with that same schema (its own validators then run too, and the object is the class's dump of it).
-An answer that fails goes back to the model with what is wrong; workflows/agent_run.py counts the tries.
+An answer that fails goes back to the model with what is wrong; workflows/structured_output.py counts the tries.
 
 Pure functions, no I/O: the gateway (the app check), the activities and the offline model use them.
 """

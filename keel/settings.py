@@ -1,4 +1,8 @@
-"""Configuration from environment variables. Every variable is listed in the README's table."""
+"""Configuration from environment variables.
+
+Each field's `description` is its documentation: the manual's configuration reference
+(docs/reference/configuration.md) is generated from this class when the site is built, so it cannot drift.
+"""
 
 import json
 from functools import lru_cache
@@ -14,98 +18,305 @@ from keel.routes import parse_chain
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    temporal_address: str = Field("127.0.0.1:7233", validation_alias="TEMPORAL_ADDRESS")
-    temporal_namespace: str = Field("default", validation_alias="TEMPORAL_NAMESPACE")
+    temporal_address: str = Field(
+        "127.0.0.1:7233",
+        validation_alias="TEMPORAL_ADDRESS",
+        description="The Temporal frontend, `host:port`. When set, `make dev` uses it instead of starting its "
+        "embedded dev server.",
+    )
+    temporal_namespace: str = Field(
+        "default", validation_alias="TEMPORAL_NAMESPACE", description="The Temporal namespace."
+    )
     # TLS and authentication towards Temporal (a secured cluster, Temporal Cloud), under the names Temporal's
     # own environment configuration uses, so the `temporal` CLI reads the same environment. keel/temporal.py
     # turns them into connect options and refuses half-configured combinations at startup.
     # None: TLS is on exactly when one of the settings below asks for it.
-    temporal_tls: bool | None = Field(None, validation_alias="TEMPORAL_TLS")
-    temporal_tls_client_cert_path: Path | None = Field(None, validation_alias="TEMPORAL_TLS_CLIENT_CERT_PATH")
-    temporal_tls_client_key_path: Path | None = Field(None, validation_alias="TEMPORAL_TLS_CLIENT_KEY_PATH")
+    temporal_tls: bool | None = Field(
+        None,
+        validation_alias="TEMPORAL_TLS",
+        description="`true` connects to Temporal over TLS (the system's trusted roots unless "
+        "`TEMPORAL_TLS_SERVER_CA_CERT_PATH`). Unset: on exactly when one of the next five is set. `false` with "
+        "any of them is refused at startup: they only work over TLS. The `TEMPORAL_TLS*` and "
+        "`TEMPORAL_API_KEY` names are Temporal's own environment configuration, so the `temporal` CLI reads "
+        "the same environment (see [Temporal Cloud](../how-to/temporal-cloud.md)).",
+    )
+    temporal_tls_client_cert_path: Path | None = Field(
+        None,
+        validation_alias="TEMPORAL_TLS_CLIENT_CERT_PATH",
+        description="PEM file of the client certificate for mTLS (a secured cluster, Temporal Cloud with "
+        "certificates), with `TEMPORAL_TLS_CLIENT_KEY_PATH`. One without the other is refused at startup, "
+        "as are unreadable files and files that are not PEM.",
+    )
+    temporal_tls_client_key_path: Path | None = Field(
+        None,
+        validation_alias="TEMPORAL_TLS_CLIENT_KEY_PATH",
+        description="PEM file of that client certificate's private key.",
+    )
     temporal_tls_server_ca_cert_path: Path | None = Field(
-        None, validation_alias="TEMPORAL_TLS_SERVER_CA_CERT_PATH"
+        None,
+        validation_alias="TEMPORAL_TLS_SERVER_CA_CERT_PATH",
+        description="PEM file of the CA that signed the server's certificate (a self-hosted cluster with "
+        "its own CA). Unset: the system's trusted roots.",
     )
-    temporal_tls_server_name: str | None = Field(None, validation_alias="TEMPORAL_TLS_SERVER_NAME")
-    temporal_api_key: SecretStr | None = Field(None, validation_alias="TEMPORAL_API_KEY")
-    temporal_api_key_file: Path | None = Field(None, validation_alias="TEMPORAL_API_KEY_FILE")
-    # Where people open the Temporal Web UI, for links and the codec endpoint's CORS origin. None: not
-    # known (an external Temporal whose UI nobody named), so no link is shown rather than one to a port
-    # where nothing listens. `make dev` sets it to its embedded server's UI.
-    temporal_ui_url: str | None = Field(None, validation_alias="KEEL_TEMPORAL_UI_URL")
-    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
-    data_dir: Path = Field(Path(".keel"), validation_alias="KEEL_DATA_DIR")
-    host: str = Field("127.0.0.1", validation_alias="KEEL_HOST")
-    port: int = Field(8000, validation_alias="KEEL_PORT")
-    task_queue: str = Field("agent-runs", validation_alias="KEEL_TASK_QUEUE")
-    # Heavy tools run on their own worker pool: `python worker.py --queue heavy` serves this queue.
-    heavy_task_queue: str = Field("agent-heavy", validation_alias="KEEL_HEAVY_TASK_QUEUE")
-    # How many heavy tools one heavy worker runs at once.
-    heavy_concurrency: int = Field(20, ge=1, validation_alias="KEEL_HEAVY_CONCURRENCY")
-    # On SIGTERM a worker stops polling and lets the activities in hand run this long before cancelling
-    # them, so a deploy lets a model finish its answer instead of starting it over elsewhere.
-    worker_shutdown_grace_s: float = Field(10.0, ge=0, validation_alias="KEEL_WORKER_SHUTDOWN_GRACE_SECONDS")
-    # Your app: `package.module` (every module-level keel.Agent in it) or `package.module:AGENTS` (a list of
-    # them). The gateway and both workers load it; unset, Keel serves its example agents (keel/app.py).
-    app: str | None = Field(None, validation_alias="KEEL_APP")
-    model: str = Field("scripted", validation_alias="KEEL_MODEL")
-    log_level: str = Field("INFO", validation_alias="KEEL_LOG_LEVEL")
-    # The worker's Prometheus endpoint (http://host:port/metrics); port 0 turns it off.
-    worker_metrics_host: str = Field("127.0.0.1", validation_alias="KEEL_WORKER_METRICS_HOST")
-    worker_metrics_port: int = Field(9464, ge=0, le=65535, validation_alias="KEEL_WORKER_METRICS_PORT")
+    temporal_tls_server_name: str | None = Field(
+        None,
+        validation_alias="TEMPORAL_TLS_SERVER_NAME",
+        description="The name to expect in the server's certificate (and send as SNI), when it differs from "
+        "the host in `TEMPORAL_ADDRESS`. Unset: that host.",
+    )
+    temporal_api_key: SecretStr | None = Field(
+        None,
+        validation_alias="TEMPORAL_API_KEY",
+        description="Temporal Cloud API key, sent as `authorization: Bearer …` on every call; turns TLS on. "
+        "Never logged.",
+    )
+    temporal_api_key_file: Path | None = Field(
+        None,
+        validation_alias="TEMPORAL_API_KEY_FILE",
+        description="A file holding the API key instead (wins over `TEMPORAL_API_KEY`).",
+    )
+    # None: not known (an external Temporal whose UI nobody named), so no link is shown rather than one to a
+    # port where nothing listens.
+    temporal_ui_url: str | None = Field(
+        None,
+        validation_alias="KEEL_TEMPORAL_UI_URL",
+        description="Where the Temporal Web UI is: the run links of the chat page, the run viewer and "
+        "`temporal_url`, and the one browser origin the codec endpoint admits (CORS). Unset: no links "
+        "(`temporal_url` is null) and no origin admitted. `make dev` with its embedded Temporal sets "
+        "`http://127.0.0.1:8233`.",
+    )
+    database_url: str | None = Field(
+        None,
+        validation_alias="DATABASE_URL",
+        description="Keel's PostgreSQL, as a URL; the worker and the gateway need it. Unset: `make dev` "
+        "starts an embedded PostgreSQL and gives its URL to the processes it starts.",
+    )
+    data_dir: Path = Field(
+        Path(".keel"),
+        validation_alias="KEEL_DATA_DIR",
+        description="Where `make dev` keeps Temporal's and PostgreSQL's data, where tools write files "
+        "(`ToolContext.data_dir`) and where workers spool run records while PostgreSQL is away. Keep it on "
+        "persistent storage in production.",
+    )
+    host: str = Field(
+        "127.0.0.1", validation_alias="KEEL_HOST", description="Address the gateway listens on."
+    )
+    port: int = Field(8000, validation_alias="KEEL_PORT", description="Port the gateway listens on.")
+    task_queue: str = Field(
+        "agent-runs",
+        validation_alias="KEEL_TASK_QUEUE",
+        description="Task queue of `AgentRun` workflows, their LLM calls and inline tools "
+        "(`python worker.py`).",
+    )
+    heavy_task_queue: str = Field(
+        "agent-heavy",
+        validation_alias="KEEL_HEAVY_TASK_QUEUE",
+        description="Task queue of heavy tools (`python worker.py --queue heavy`). The gateway puts it into "
+        "each run it starts.",
+    )
+    heavy_concurrency: int = Field(
+        20,
+        ge=1,
+        validation_alias="KEEL_HEAVY_CONCURRENCY",
+        description="Heavy tools one heavy worker runs at once.",
+    )
+    # A deploy lets a model finish its answer instead of starting it over elsewhere.
+    worker_shutdown_grace_s: float = Field(
+        10.0,
+        ge=0,
+        validation_alias="KEEL_WORKER_SHUTDOWN_GRACE_SECONDS",
+        description="On SIGTERM a worker stops taking work and gives the activities in hand this long to "
+        "finish (a model its answer, a tool its job) before cancelling them; Temporal then runs what was "
+        "cancelled on another worker.",
+    )
+    app: str | None = Field(
+        None,
+        validation_alias="KEEL_APP",
+        description="Your app: `package.module` (its module-level `keel.Agent`s) or `package.module:AGENTS` "
+        "(a list). The gateway and both kinds of worker load it and refuse a bad one at startup (see "
+        "[the Python API](python-api.md)); `keel dev|worker|api|check --app` set it. Unset: Keel serves its "
+        "example agents.",
+    )
+    model: str = Field(
+        "scripted",
+        validation_alias="KEEL_MODEL",
+        description="Default model route, or fallback chain, for agents that don't set their own (see "
+        "[Models and providers](../how-to/models.md)). A mistyped route stops the worker and the gateway at "
+        "startup.",
+    )
+    log_level: str = Field(
+        "INFO",
+        validation_alias="KEEL_LOG_LEVEL",
+        description="Log level of the worker and gateway (their logs are JSON lines on stderr).",
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1",
+        validation_alias="KEEL_WORKER_METRICS_HOST",
+        description="Address the worker's metrics endpoint listens on (`0.0.0.0` for a scraper on another "
+        "host).",
+    )
+    worker_metrics_port: int = Field(
+        9464,
+        ge=0,
+        le=65535,
+        validation_alias="KEEL_WORKER_METRICS_PORT",
+        description="Port of the worker's Prometheus endpoint (`/metrics`); `0` turns it off. `make dev` "
+        "checks it is free; the tests give each worker a free port.",
+    )
     heavy_worker_metrics_port: int = Field(
-        9465, ge=0, le=65535, validation_alias="KEEL_HEAVY_WORKER_METRICS_PORT"
+        9465,
+        ge=0,
+        le=65535,
+        validation_alias="KEEL_HEAVY_WORKER_METRICS_PORT",
+        description="The same for a heavy-tool worker.",
     )
-    # Encryption at rest: with a key file, every Temporal payload is AES-GCM ciphertext (keel/codec.py).
-    codec_key_file: Path | None = Field(None, validation_alias="KEEL_CODEC_KEY_FILE")
-    # A new message on a chat whose run is still active: reject it (409), queue it, or cancel the run.
+    codec_key_file: Path | None = Field(
+        None,
+        validation_alias="KEEL_CODEC_KEY_FILE",
+        description="Encrypts every Temporal payload with the AES-256-GCM keys in this file (see "
+        "[Encryption](../how-to/encryption.md)). Unset: payloads are plain JSON. `make dev` generates "
+        "`.keel/codec-keys.json` and sets it.",
+    )
     double_texting: Literal["reject", "enqueue", "interrupt"] = Field(
-        "reject", validation_alias="KEEL_DOUBLE_TEXTING"
+        "reject",
+        validation_alias="KEEL_DOUBLE_TEXTING",
+        description="A new message on a chat whose run is still active: `reject` it (409), `enqueue` it or "
+        "`interrupt` the run (see [Double texting](../how-to/double-texting.md)).",
     )
     # Model providers. API keys are not settings: each SDK reads its own from the worker's environment, so
     # they never sit in an object that could be logged or passed around.
-    openai_base_url: str | None = Field(None, validation_alias="OPENAI_BASE_URL")
-    anthropic_base_url: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
-    local_base_url: str = Field("http://127.0.0.1:11434/v1", validation_alias="KEEL_LOCAL_BASE_URL")
-    # Seconds a provider may stay silent (connecting, or between two streamed chunks) before the call
-    # counts as failed and Temporal retries it.
-    model_timeout: float = Field(120.0, gt=0, validation_alias="KEEL_MODEL_TIMEOUT")
-    # Anthropic's Messages API requires a cap on the answer's length.
-    anthropic_max_tokens: int = Field(4096, ge=1, validation_alias="KEEL_ANTHROPIC_MAX_TOKENS")
-    # Extra or overriding prices, USD per million tokens: {"openai:gpt-4o-mini*": [0.15, 0.60], ...}.
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias="OPENAI_BASE_URL",
+        description="Where `openai:` routes send requests (any OpenAI-compatible endpoint). Unset: OpenAI's.",
+    )
+    anthropic_base_url: str | None = Field(
+        None,
+        validation_alias="ANTHROPIC_BASE_URL",
+        description="Where `anthropic:` routes send requests. Unset: Anthropic's.",
+    )
+    local_base_url: str = Field(
+        "http://127.0.0.1:11434/v1",
+        validation_alias="KEEL_LOCAL_BASE_URL",
+        description="The OpenAI-compatible server of `local:` routes (the default is Ollama's).",
+    )
+    model_timeout: float = Field(
+        120.0,
+        gt=0,
+        validation_alias="KEEL_MODEL_TIMEOUT",
+        description="Seconds a provider may stay silent (connecting, or between streamed chunks) before the "
+        "attempt fails and Temporal retries it.",
+    )
+    anthropic_max_tokens: int = Field(
+        4096,
+        ge=1,
+        validation_alias="KEEL_ANTHROPIC_MAX_TOKENS",
+        description="The longest answer asked of `anthropic:` routes (their API requires a cap).",
+    )
     model_prices: dict[str, tuple[float, float]] = Field(
-        default_factory=dict, validation_alias="KEEL_MODEL_PRICES"
+        default_factory=dict,
+        validation_alias="KEEL_MODEL_PRICES",
+        description='JSON: extra or overriding prices, `{"route-pattern": [input, output]}` in USD per '
+        'million tokens, e.g. `{"openai:gpt-4o-mini*": [0.15, 0.60]}` (see '
+        "[Prices](../how-to/models.md#prices)).",
     )
-    # Live streams: a keep-alive comment after this many idle seconds, and how long the LLM activity
-    # gathers token deltas before publishing a batch (0: publish at once, batching only under load).
-    sse_ping_seconds: float = Field(15.0, gt=0, validation_alias="KEEL_SSE_PING_SECONDS")
-    stream_batch_ms: float = Field(0.0, ge=0, le=1000, validation_alias="KEEL_STREAM_BATCH_MS")
-    # Token deltas of runs finished longer ago than this are deleted by the agent workers (0: kept forever).
-    delta_retention_hours: float = Field(24.0, ge=0, validation_alias="KEEL_DELTA_RETENTION_HOURS")
-    # How often the agent workers make run records and queues agree with Temporal (keel/reconciler.py):
-    # a run terminated or timed out outside its loop is recorded as ended, and its queue goes on, within
-    # this (0: never).
-    reconcile_seconds: float = Field(30.0, ge=0, le=3600, validation_alias="KEEL_RECONCILE_SECONDS")
-    # Authentication (api/auth.py): `none`, or `jwt` and/or `api-key`, comma-separated. `none` is refused
-    # unless the gateway listens on loopback. Secrets are SecretStr, so they never print.
-    auth: str = Field("none", validation_alias="KEEL_AUTH")
-    jwt_secret: SecretStr | None = Field(None, validation_alias="KEEL_JWT_SECRET")
-    jwt_secret_file: Path | None = Field(None, validation_alias="KEEL_JWT_SECRET_FILE")
-    jwks: str | None = Field(None, validation_alias="KEEL_JWKS")
-    jwt_role_claim: str = Field("role", validation_alias="KEEL_JWT_ROLE_CLAIM")
-    jwt_audience: str | None = Field(None, validation_alias="KEEL_JWT_AUDIENCE")
-    jwt_issuer: str | None = Field(None, validation_alias="KEEL_JWT_ISSUER")
-    # Input limits and run starts per user per minute (0: no limit), per gateway process.
-    max_body_bytes: int = Field(2_000_000, ge=1024, validation_alias="KEEL_MAX_BODY_BYTES")
-    rate_limit: float = Field(60.0, ge=0, validation_alias="KEEL_RATE_LIMIT")
-    # Slow clients (api/connections.py): a request, headers and body, must arrive whole this many seconds
-    # after its first byte, or it is answered 408 and its connection closed; an idle connection between two
-    # requests is closed after the keep-alive seconds (uvicorn's own; behind a load balancer, set it above
-    # the balancer's idle timeout).
+    sse_ping_seconds: float = Field(
+        15.0,
+        gt=0,
+        validation_alias="KEEL_SSE_PING_SECONDS",
+        description="Seconds between keep-alive comments on an idle stream (gateway).",
+    )
+    stream_batch_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        validation_alias="KEEL_STREAM_BATCH_MS",
+        description="Milliseconds the LLM activity gathers token deltas before publishing a batch (worker). "
+        "`0` publishes each at once and batches only what arrives during a publish; raise it to trade a "
+        "little latency for fewer PostgreSQL writes under heavy load.",
+    )
+    delta_retention_hours: float = Field(
+        24.0,
+        ge=0,
+        validation_alias="KEEL_DELTA_RETENTION_HOURS",
+        description="Token deltas (`run_deltas`, the log stream replays are made from) of runs finished "
+        "longer ago than this are deleted by the agent workers, hourly; `0` keeps them forever.",
+    )
+    # keel/reconciler.py: a run terminated or timed out outside its loop is recorded as ended, and its queue
+    # goes on, within this.
+    reconcile_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        validation_alias="KEEL_RECONCILE_SECONDS",
+        description="How often the agent workers make run records and chat queues agree with Temporal (runs "
+        "closed outside their loop, records whose workflow never started; see "
+        "[Double texting](../how-to/double-texting.md)); `0` turns it off.",
+    )
+    # Authentication (api/auth.py). Secrets are SecretStr, so they never print.
+    auth: str = Field(
+        "none",
+        validation_alias="KEEL_AUTH",
+        description="How callers prove who they are: `none`, `jwt`, `api-key` or `jwt,api-key` (see "
+        "[Security](../operations/security.md)). `none` is refused unless `KEEL_HOST` is a loopback address.",
+    )
+    jwt_secret: SecretStr | None = Field(
+        None,
+        validation_alias="KEEL_JWT_SECRET",
+        description="HS256 secret for JWTs (at least 32 bytes). Gateway only.",
+    )
+    jwt_secret_file: Path | None = Field(
+        None,
+        validation_alias="KEEL_JWT_SECRET_FILE",
+        description="A file holding the HS256 secret instead (wins over `KEEL_JWT_SECRET`).",
+    )
+    jwks: str | None = Field(
+        None,
+        validation_alias="KEEL_JWKS",
+        description="RS256 keys for JWTs: a JWKS file path, or an `https://` URL (cached five minutes).",
+    )
+    jwt_role_claim: str = Field(
+        "role",
+        validation_alias="KEEL_JWT_ROLE_CLAIM",
+        description="The JWT claim whose value `admin` (or a list holding it) makes an admin.",
+    )
+    jwt_audience: str | None = Field(
+        None, validation_alias="KEEL_JWT_AUDIENCE", description="When set, a JWT's `aud` must match it."
+    )
+    jwt_issuer: str | None = Field(
+        None, validation_alias="KEEL_JWT_ISSUER", description="When set, a JWT's `iss` must match it."
+    )
+    max_body_bytes: int = Field(
+        2_000_000,
+        ge=1024,
+        validation_alias="KEEL_MAX_BODY_BYTES",
+        description="Largest request body; larger ones are answered 413 before anything parses them.",
+    )
+    rate_limit: float = Field(
+        60.0,
+        ge=0,
+        validation_alias="KEEL_RATE_LIMIT",
+        description="Runs a user may start per minute, per gateway process (429 with `Retry-After` past it); "
+        "`0` turns it off.",
+    )
+    # Slow clients (api/connections.py): uvicorn bounds no part of reading a request.
     request_read_timeout_s: float = Field(
-        20.0, gt=0, le=300, validation_alias="KEEL_REQUEST_READ_TIMEOUT_SECONDS"
+        20.0,
+        gt=0,
+        le=300,
+        validation_alias="KEEL_REQUEST_READ_TIMEOUT_SECONDS",
+        description="A request, headers and body, must arrive whole within this many seconds of its first "
+        "byte (of the connection opening, for its first request); otherwise it is answered 408 and the "
+        "connection closed (gateway). A response may take as long as it needs.",
     )
-    keep_alive_s: float = Field(5.0, gt=0, le=3600, validation_alias="KEEL_KEEP_ALIVE_SECONDS")
+    keep_alive_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        validation_alias="KEEL_KEEP_ALIVE_SECONDS",
+        description="An idle connection between two requests is closed after this many seconds (gateway; "
+        "uvicorn's keep-alive timeout). Behind a load balancer, set it above the balancer's idle timeout.",
+    )
 
     @field_validator(
         "temporal_tls",

@@ -50,7 +50,6 @@ import sysconfig
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -66,7 +65,6 @@ from temporalio.runtime import Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from keel import records
 from keel.agent import Agent, RunContext
 from keel.app import App, build_app, load_app
 from keel.contracts import (
@@ -76,8 +74,6 @@ from keel.contracts import (
     EVENTS_QUERY,
     STATE_QUERY,
     TOOL_RESULT_SIGNAL,
-    WORKFLOW_TYPE,
-    AgentRunInput,
     ApprovalDecided,
     ApprovalDecision,
     CancelRequest,
@@ -98,13 +94,14 @@ from keel.contracts import (
     UserAnswer,
 )
 from keel.logs import temporal_core_logging
+from keel.run_start import first_messages, new_run_id, record_start, run_input, start_run
 from keel.stack import EmbeddedPostgres
 from keel.store import RunStore, create_pool
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from activities.models import ModelChunk
+    from activities.models import ModelChunk, ProviderSetup
 
 __all__ = [
     "AgentTest",
@@ -119,7 +116,8 @@ __all__ = [
 ]
 
 # The model route the kit gives its runs: `test:<agent_run_id>`, resolved by the worker to that run's
-# TestModel (activities/models provider_for). No other worker has test models.
+# TestModel (`model_for_route`, the `test` provider's implementation in keel.routes' registry). No other
+# worker has test models.
 TEST_PROVIDER = "test"
 _TASK_QUEUE = "keel-test"
 _POLL_SECONDS = 0.02
@@ -243,8 +241,9 @@ def _tokens(text: str) -> int:
 _MODELS: dict[str, TestModel] = {}
 
 
-def model_for_route(name: str) -> TestModel:
+def model_for_route(setup: ProviderSetup) -> TestModel:
     """The TestModel behind the route `test:<name>`: how the worker resolves the kit's routes."""
+    name = setup.route.model
     try:
         return _MODELS[name]
     except KeyError:
@@ -610,50 +609,29 @@ class AgentTest:
         if self.env is None:
             raise RuntimeError("use AgentTest as `async with AgentTest(...) as t`")
         chosen = self.app.agent(agent) if agent else self.app.default_agent
-        agent_run_id = f"run-{uuid.uuid4()}"
-        messages = self._input(chosen, message, RunContext(context or {}, user_id, chat_id))
+        agent_run_id = new_run_id()
+        conversation = [Message(role="user", content=message)]
+        messages = first_messages(chosen, RunContext(context or {}, user_id, chat_id), conversation)
         model = TestModel(script, input_messages=len(messages))
         _MODELS[agent_run_id] = model
         self._runs.append(agent_run_id)
         # Whatever model the agent names, this run's is its script.
         route = f"{TEST_PROVIDER}:{agent_run_id}"
         spec = chosen.spec(route).model_copy(update={"model": route})
-        run_input = AgentRunInput(
+        workflow_input = run_input(
+            spec,
+            messages,
             agent_run_id=agent_run_id,
-            purpose=spec,
-            message_count=len(messages),
             chat_id=chat_id,
             user_id=user_id,
-            client_tools=list(chosen.client_tools),
-            input_summary=message[:120],
+            client_tools=chosen.client_tools,
             heavy_task_queue=_TASK_QUEUE,
         )
-        await self.store.put_messages(agent_run_id, 0, messages)
-        await records.run_started(
-            self.store.pool,
-            agent_run_id=agent_run_id,
-            purpose=spec.slug,
-            model=spec.model,
-            chat_id=chat_id,
-            user_id=user_id,
-            input_summary=run_input.input_summary,
-        )
-        handle = await self.env.client.start_workflow(
-            WORKFLOW_TYPE, run_input, id=agent_run_id, task_queue=_TASK_QUEUE, result_type=RunState
-        )
+        await record_start(self.store, workflow_input, messages)
+        handle = await start_run(self.env.client, workflow_input, _TASK_QUEUE)
         run = TestRun(self, handle, spec, model)
         await run.settle()
         return run
-
-    @staticmethod
-    def _input(agent: Agent, message: str, context: RunContext) -> list[Message]:
-        """The run's first messages, as the gateway writes them: the instructions, the application context
-        when there is one, and the user's message."""
-        messages = [Message(role="system", content=agent.instructions_for(context))]
-        if context.context:
-            content = "Application context:\n" + json.dumps(context.context)
-            messages.append(Message(role="system", content=content))
-        return [*messages, Message(role="user", content=message)]
 
 
 def _app_of(agents: Agent | Sequence[Agent] | App | str) -> App:

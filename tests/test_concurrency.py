@@ -26,7 +26,8 @@ import httpx
 import pytest
 from temporalio.client import Client, WorkflowFailureError
 
-from keel.contracts import WORKFLOW_TYPE, Message
+from keel.contracts import Budgets, Message, PurposeSpec
+from keel.run_start import run_input, start_run
 from keel.stack import EmbeddedPostgres, TemporalDevServer
 from keel.store import RunStore
 from tests.conftest import Keel, wait_for_status
@@ -370,17 +371,12 @@ async def test_a_run_whose_own_numbers_break_its_loop_ends_as_failed(
     http: httpx.AsyncClient, keel: Keel, store: RunStore, temporal: Client
 ) -> None:
     # Past the gateway's checks (which refuse such a budget), straight to Temporal: the loop must not wedge.
-    agent_run_id = f"run-{uuid.uuid4()}"
-    await store.put_messages(agent_run_id, 0, [Message(role="user", content="hello there")])
-    budgets = {"max_steps": 3, "max_duration_s": 1e14}
-    run = {
-        "agent_run_id": agent_run_id,
-        "message_count": 1,
-        "purpose": {"slug": "assistant", "model": "scripted", "tools": [], "budgets": budgets},
-    }
-    handle = await temporal.start_workflow(
-        WORKFLOW_TYPE, run, id=agent_run_id, task_queue=keel.env["KEEL_TASK_QUEUE"]
-    )
+    messages = [Message(role="user", content="hello there")]
+    budgets = Budgets(max_steps=3, max_duration_s=1e14)
+    run = run_input(PurposeSpec(slug="assistant", model="scripted", tools=[], budgets=budgets), messages)
+    agent_run_id = run.agent_run_id
+    await store.put_messages(agent_run_id, 0, messages)
+    handle = await start_run(temporal, run, keel.env["KEEL_TASK_QUEUE"])
 
     with pytest.raises(WorkflowFailureError) as failed:
         await asyncio.wait_for(handle.result(), 20)

@@ -6,7 +6,6 @@ hundred history events instead of thousands, and its own worker and gateway on t
 """
 
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,8 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.worker import Replayer
 
-from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Budgets, Message, RunEvent, RunState
+from keel.contracts import Budgets, Message, RunEvent, RunState
+from keel.run_start import run_input, start_run
 from keel.settings import Settings
 from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
 from keel.store import RunStore
@@ -79,16 +79,12 @@ async def test_a_300_step_run_over_2_mb_continues_as_new_and_completes(
     temporal = await connect_temporal(
         Settings(**{k: v for k, v in long_run_stack.env.items() if k.isupper()})
     )
-    run_id = f"run-{uuid.uuid4()}"
     purpose = chapter_writer.spec("scripted", Budgets(max_steps=STEPS + 5))
     messages = [Message(role="user", content=f"write chapter 1, {STEPS} times")]
+    run = run_input(purpose, messages)
+    run_id = run.agent_run_id
     await store.put_messages(run_id, 0, messages)
-    await temporal.start_workflow(
-        WORKFLOW_TYPE,
-        AgentRunInput(agent_run_id=run_id, purpose=purpose, message_count=len(messages)),
-        id=run_id,
-        task_queue="agent-runs-long",
-    )
+    await start_run(temporal, run, "agent-runs-long")
 
     # A client watching the whole run through the gateway: its stream follows the run across new histories.
     async with httpx.AsyncClient(base_url=long_run_stack.gateway_url, timeout=120) as http:

@@ -5,11 +5,12 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
+from activities.models import implementation, provider_for
 from activities.models.chain import route_index
 from activities.models.errors import classify, redact, retry_after
 from activities.models.pricing import price_of, with_cost
 from keel.contracts import Usage
-from keel.routes import Route, RouteError, parse_chain, parse_route
+from keel.routes import REGISTRY, Route, RouteError, parse_chain, parse_route
 from keel.settings import Settings
 from workflows.activity_options import CALL_LLM_ATTEMPTS_PER_ROUTE, CALL_LLM_OPTIONS
 
@@ -104,3 +105,18 @@ def test_secrets_are_scrubbed_from_messages(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_exceptions_that_are_not_provider_failures_are_left_alone() -> None:
     assert classify("openai", KeyError("x")) is None
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_registered_provider_names_an_implementation_that_exists(name: str) -> None:
+    # A registration names its implementation as an import path, which only a worker resolves: a typo
+    # would otherwise show only when a run first asks that provider.
+    assert callable(implementation(REGISTRY[name]))
+
+
+@pytest.mark.parametrize(
+    "route", ["openai:m", "anthropic:m", "local:m", "local:m?tools=json", "scripted:slow"]
+)
+def test_a_route_is_built_by_its_provider_and_answers_as_it(route: str) -> None:
+    model, name = provider_for(parse_route(route), Settings())
+    assert (model.provider, name) == (parse_route(route).provider, parse_route(route).model)

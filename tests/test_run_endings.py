@@ -28,7 +28,8 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from keel.chat_client import AssistantMessage, ToolPart
+from keel.chat_client import AssistantMessage
+from keel.ui_protocol import ToolApproval, ToolUIPart
 from tests.ai_sdk import NODE_DIR, PACKAGES, require_ai_sdk
 from tests.conftest import Keel, wait_for_status
 from tests.ui_stream import UIStream, assert_well_formed, chat, chat_body, parse, parse_text
@@ -187,7 +188,7 @@ def resubmitted_message(stream: UIStream, call: OpenCall) -> dict[str, Any]:
     part = next(p for p in message.tools().values() if p.tool_name == call.tool)
     assert call.answer is not None
     if "approved" in call.answer:
-        part.state, part.approval = "approval-responded", {"id": part.tool_call_id, **call.answer}
+        part.state, part.approval = "approval-responded", ToolApproval(id=part.tool_call_id, **call.answer)
     else:
         part.state, part.output = "output-available", call.answer["output"]
     return message.as_ui_message()
@@ -212,12 +213,12 @@ async def replay(http: httpx.AsyncClient, agent_run_id: str) -> list[UIStream]:
 def assemble(*streams: UIStream) -> AssistantMessage:
     message = AssistantMessage()
     for stream in streams:
-        for chunk in stream.chunks:
+        for chunk in stream.typed:
             message.apply(chunk)
     return message
 
 
-def open_parts(message: AssistantMessage) -> list[ToolPart]:
+def open_parts(message: AssistantMessage) -> list[ToolUIPart]:
     return [p for p in message.tools().values() if p.state not in TERMINAL]
 
 

@@ -17,8 +17,8 @@ import pytest
 from fastapi import HTTPException
 from temporalio.client import Client
 
-from api.auth import create_api_key
 from keel import cli
+from keel.api_keys import create_api_key
 from keel.settings import get_settings
 from keel.stack import free_port
 from keel.store import RunStore

@@ -3,6 +3,7 @@ viewers, slow viewers, keep-alives, and the AI SDK's resume endpoint, all agains
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -17,10 +18,12 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from api.run_stream import RunStream, StreamStart, segment
-from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Message
+from keel.contracts import Message
 from keel.deltas import MAX_ROW_CHARS, DeltaBatch, DeltaWriter, PostgresDeltaChannel, prune_deltas
+from keel.run_start import first_messages, run_input, start_run
 from keel.stack import EmbeddedPostgres
 from keel.store import RunStore
+from keel.ui_protocol import encode
 from tests.conftest import NO_CONTEXT, VendorWorker, run_events
 from tests.ui_stream import UIStream, assert_well_formed, assistant_message, chat, chat_body, parse_text
 
@@ -77,6 +80,7 @@ def joined(*parts: Seen) -> UIStream:
     whole = UIStream(parts[-1].stream.response, done=parts[-1].stream.done)
     for part in parts:
         whole.chunks += part.stream.chunks
+        whole.typed += part.stream.typed
         whole.ids += part.stream.ids
     return whole
 
@@ -140,7 +144,7 @@ async def test_tokens_stream_live_and_a_reconnecting_client_misses_nothing(
     for view in views:
         assert_well_formed(view.stream)
         assert view.pairs == first.pairs + second.pairs + third.pairs
-    assert [(c.id, c.body) for c in stalled_chunks] == views[0].pairs
+    assert [(c.id, json.loads(encode(c.body))) for c in stalled_chunks] == views[0].pairs
     assert reconnected.text == await final_reply(store, run_id)
     # The answer came in many small pieces, as the model wrote them, not at the end of the step.
     assert deltas(reconnected) >= 10
@@ -282,19 +286,11 @@ async def test_a_retried_llm_call_restarts_its_text_part_cleanly(
     http: httpx.AsyncClient, temporal: Client, store: RunStore, vendor_worker: VendorWorker
 ) -> None:
     # The fake vendor writes the whole answer, then drops the connection, once; Temporal retries.
-    purpose = assistant
-    run_id = f"run-{uuid.uuid4()}"
-    messages = [
-        Message(role="system", content=purpose.instructions_for(NO_CONTEXT)),
-        Message(role="user", content="hello"),
-    ]
+    messages = first_messages(assistant, NO_CONTEXT, [Message(role="user", content="hello")])
+    run = run_input(assistant.spec("openai:cutx1"), messages)
+    run_id = run.agent_run_id
     await store.put_messages(run_id, 0, messages)
-    await temporal.start_workflow(
-        WORKFLOW_TYPE,
-        AgentRunInput(agent_run_id=run_id, purpose=purpose.spec("openai:cutx1"), message_count=len(messages)),
-        id=run_id,
-        task_queue=vendor_worker.task_queue,
-    )
+    await start_run(temporal, run, vendor_worker.task_queue)
     live = await read_sse(http, "GET", f"/api/runs/{run_id}/events")
 
     assert_well_formed(live.stream)

@@ -11,7 +11,6 @@ saying why. The object shows in GET /api/runs/{id}, as the stream's last `data-o
 import json
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,14 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from keel.contracts import (
-    OUTPUT_FEEDBACK_PREFIX,
-    OUTPUT_TOOL,
-    WORKFLOW_TYPE,
-    AgentRunInput,
-    Message,
-    RunState,
-)
+from keel.contracts import OUTPUT_FEEDBACK_PREFIX, OUTPUT_TOOL, Message
+from keel.run_start import first_messages, run_input, start_run
 from keel.stack import EmbeddedPostgres, TemporalDevServer
 from keel.store import RunStore
 from tests.apps.structured import AGENTS, Shipment
@@ -238,21 +231,13 @@ async def test_a_run_is_held_to_the_schema_it_started_with(desk: Desk, store: Ru
     then = json.loads(json.dumps(spec.output.json_schema))
     then["properties"]["status"]["enum"] = ["held"]
     spec.output.json_schema = then
-    run_id = f"run-{uuid.uuid4()}"
-    messages = [
-        Message(role="system", content=tracker.instructions_for(NO_CONTEXT)),
-        Message(role="user", content=ORDER),
-    ]
+    messages = first_messages(tracker, NO_CONTEXT, [Message(role="user", content=ORDER)])
+    run = run_input(spec, messages)
+    run_id = run.agent_run_id
     await store.put_messages(run_id, 0, messages)
     temporal = await desk.stack.temporal()
 
-    state = await temporal.execute_workflow(
-        WORKFLOW_TYPE,
-        AgentRunInput(agent_run_id=run_id, purpose=spec, message_count=len(messages)),
-        id=run_id,
-        task_queue=desk.stack.env["KEEL_TASK_QUEUE"],
-        result_type=RunState,
-    )
+    state = await (await start_run(temporal, run, desk.stack.env["KEEL_TASK_QUEUE"])).result()
 
     assert state.status == "completed", state.detail
     assert (await desk.http.get(f"/api/runs/{run_id}")).json()["output"] == {**SHIPMENT, "status": "held"}

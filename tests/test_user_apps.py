@@ -130,6 +130,19 @@ async def test_a_heavy_tool_waits_for_approval_and_runs_on_the_heavy_worker(
     assert tools_run(processes[1]) == ["refund"] and tools_run(processes[0]) == ["lookup_order"]
 
 
+async def test_keel_worker_and_keel_api_serve_the_app_their_app_option_names(stack: CrashStack) -> None:
+    processes = [stack.worker(), stack.gateway()]
+    for process, command in zip(processes, (["worker"], ["api"]), strict=True):
+        process.args = [str(KEEL), *command, "--app", SHOP]
+        del process.env["KEEL_APP"]  # only the option names the app
+    await stack.start(*processes)
+
+    async with httpx.AsyncClient(base_url=processes[-1].url or "", timeout=30) as http:
+        stream = await chat(http, chat_body("where is order A-17", purpose="shop-tracker"))
+
+    assert stream.tool_names == ["lookup_order"] and stream.run_status == "completed"
+
+
 # --- a bad app stops at startup ---
 
 

@@ -7,14 +7,14 @@ the workflow), with the route set per run.
 
 import contextlib
 import json
-import uuid
 
 import pytest
 from keel_examples import assistant
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
-from keel.contracts import WORKFLOW_TYPE, AgentRunInput, Budgets, LlmStepResult, Message, RunState
+from keel.contracts import Budgets, LlmStepResult, Message, RunState
+from keel.run_start import first_messages, run_input, start_run
 from keel.store import RunStore
 from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, NO_CONTEXT, VendorWorker
 
@@ -29,21 +29,10 @@ async def run(
     text: str,
     budgets: Budgets | None = None,
 ) -> tuple[RunState, WorkflowHandle]:
-    purpose = assistant
-    spec = purpose.spec(route, budgets)
-    run_id = f"run-{uuid.uuid4()}"
-    messages = [
-        Message(role="system", content=purpose.instructions_for(NO_CONTEXT)),
-        Message(role="user", content=text),
-    ]
-    await store.put_messages(run_id, 0, messages)
-    handle = await temporal.start_workflow(
-        WORKFLOW_TYPE,
-        AgentRunInput(agent_run_id=run_id, purpose=spec, message_count=len(messages)),
-        id=run_id,
-        task_queue=worker.task_queue,
-        result_type=RunState,
-    )
+    messages = first_messages(assistant, NO_CONTEXT, [Message(role="user", content=text)])
+    workflow_input = run_input(assistant.spec(route, budgets), messages)
+    await store.put_messages(workflow_input.agent_run_id, 0, messages)
+    handle = await start_run(temporal, workflow_input, worker.task_queue)
     with contextlib.suppress(WorkflowFailureError):
         await handle.result()  # a failed run still answers the state query
     return await handle.query("state", result_type=RunState), handle

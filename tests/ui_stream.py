@@ -1,4 +1,10 @@
-"""Reading an AI SDK UI message stream the way the AI SDK's client does, strictly."""
+"""Reading an AI SDK UI message stream the way the AI SDK's client does, strictly.
+
+A stream is read twice over: as the JSON objects on the wire (`UIStream.chunks`, which tests compare where
+they assert the wire format) and as Keel's typed chunks (`UIStream.typed`, decoded by keel/ui_protocol,
+which refuses a chunk type or field the protocol doesn't have). ALLOWED_FIELDS states the AI SDK's strict
+schemas again, apart from Keel's models, so a field added to a model by mistake can't pass unseen.
+"""
 
 import json
 import uuid
@@ -8,6 +14,14 @@ from typing import Any
 import httpx
 
 from keel.chat_client import AssistantMessage
+from keel.ui_protocol import (
+    RunDataChunk,
+    TextDeltaChunk,
+    ToolApproval,
+    ToolInputAvailableChunk,
+    UIMessageChunk,
+    decode,
+)
 
 ALLOWED_FIELDS = {
     "start": {"messageId", "messageMetadata"},
@@ -29,7 +43,9 @@ ALLOWED_FIELDS = {
 @dataclass
 class UIStream:
     response: httpx.Response
+    # Each chunk as JSON on the wire, and as its model.
     chunks: list[dict[str, Any]] = field(default_factory=list)
+    typed: list[UIMessageChunk] = field(default_factory=list)
     # Each chunk's SSE `id:` (None when it had none).
     ids: list[int | None] = field(default_factory=list)
     done: bool = False
@@ -39,15 +55,15 @@ class UIStream:
 
     @property
     def text(self) -> str:
-        return "".join(c["delta"] for c in self.of_type("text-delta"))
+        return "".join(c.delta for c in self.typed if isinstance(c, TextDeltaChunk))
 
     @property
     def run_status(self) -> str:
-        return self.of_type("data-run")[-1]["data"]["status"]
+        return [c for c in self.typed if isinstance(c, RunDataChunk)][-1].data.status
 
     @property
     def tool_names(self) -> list[str]:
-        return [c["toolName"] for c in self.of_type("tool-input-available")]
+        return [c.tool_name for c in self.typed if isinstance(c, ToolInputAvailableChunk)]
 
 
 def parse(response: httpx.Response) -> UIStream:
@@ -67,6 +83,7 @@ def parse_text(text: str, response: httpx.Response) -> UIStream:
             stream.done = True
         else:
             stream.chunks.append(json.loads(payload))
+            stream.typed.append(decode(payload))
             stream.ids.append(int(ids[-1]) if ids else None)
     return stream
 
@@ -81,8 +98,9 @@ def assert_well_formed(stream: UIStream, *, resumed: bool = False) -> None:
     assert [c["type"] for c in chunks].count("start") == 1
     # Every chunk has an id, and ids only grow (errors reported by the stream itself have none).
     ids = [i for c, i in zip(chunks, stream.ids, strict=True) if c["type"] != "error"]
-    assert None not in ids, "every chunk has an SSE id"
-    assert ids == sorted(set(ids)), "SSE ids strictly increase"
+    numbered = [i for i in ids if i is not None]
+    assert numbered == ids, "every chunk has an SSE id"
+    assert numbered == sorted(set(numbered)), "SSE ids strictly increase"
     open_texts: set[str] = set()
     known_calls: set[str] = set()
     in_step = False
@@ -146,12 +164,12 @@ def assistant_message(
     `addToolResult` leave it. Assembled by the same code the `keel` command uses."""
     message = AssistantMessage()
     for stream in streams:
-        for chunk in stream.chunks:
+        for chunk in stream.typed:
             message.apply(chunk)
     tools = message.tools()
     for call_id, approved in (approvals or {}).items():
         tools[call_id].state = "approval-responded"
-        tools[call_id].approval = {"id": call_id, "approved": approved}
+        tools[call_id].approval = ToolApproval(id=call_id, approved=approved)
     for call_id, output in (outputs or {}).items():
         tools[call_id].state, tools[call_id].output = "output-available", output
     return message.as_ui_message()

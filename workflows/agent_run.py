@@ -1,184 +1,130 @@
 """AgentRun: one agent run as a Temporal workflow.
 
 The loop is observe -> think -> act. Each step is one `call_llm` activity plus one activity per tool call
-the model asked for (a local activity for an inline tool, one on the heavy task queue for a heavy tool);
-after each step the stopWhen conditions decide whether the run goes on, and a long run continues as new
-when Temporal suggests it. Risky tool calls wait for a person's decision, questions wait for the user's
-answer and client-side tools wait for the frontend's result (workflows/people.py): all of it durably, on
-`workflow.wait_condition`, holding no worker slot.
+the model asked for (workflows/tool_calls.py: a local activity for an inline tool, one on the heavy task
+queue for a heavy tool); after each step the stopWhen conditions decide whether the run goes on, and a long
+run continues as new when Temporal suggests it. Risky tool calls wait for a person's decision, questions
+wait for the user's answer and client-side tools wait for the frontend's result (workflows/people.py): all
+of it durably, on `workflow.wait_condition`, holding no worker slot.
 
-Progress is kept as numbered `RunEvent`s, served by the `events` query; `state` gives the summary
-(workflows/reporting.py keeps the events, the run records and the current details).
-
-Structured output (an agent with `output_type`): `call_llm` judges the final answer and history records
-its verdict; an answer that failed goes back to the model with what is wrong, as the next user message,
-at most `retries` times, and then the run fails saying why. Runs without an output schema never take that
-path, so no patch guards it: their histories replay exactly as before.
+The run is composed of small collaborators, each owning its state: the ledger (step, usage, seqs), the
+people desk, the reporter (numbered `RunEvent`s, served by the `events` query, and the status), the
+recorder (run records), the chat queue (double texting), the output judge (structured output) and the
+activity runner. Temporal wants the signal, update and query handlers on the workflow class: they are
+here, and hand over to the collaborator that owns what they touch.
 """
 
 import asyncio
-from collections import Counter
 from datetime import timedelta
-from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel
-
+    from keel.agent import Progress
     from keel.contracts import (
+        ANSWER_SIGNAL,
+        ANSWER_UPDATE,
+        APPROVAL_SIGNAL,
+        APPROVAL_UPDATE,
         CALL_LLM,
         CANCEL_SIGNAL,
         CHECK_STOP_WHEN,
         EVENTS_QUERY,
-        OUTPUT_FEEDBACK_PREFIX,
         PREVIOUS_DONE_SIGNAL,
         QUEUE_NEXT_SIGNAL,
-        RUN_TOOL,
-        SAVE_MESSAGE,
         STATE_QUERY,
+        TOOL_RESULT_SIGNAL,
+        TOOL_RESULT_UPDATE,
         WORKFLOW_TYPE,
         AgentRunInput,
         ApprovalDecision,
         ApprovalRecord,
-        BudgetsLeft,
         CancelRequest,
         CarriedRun,
         ErrorType,
         LlmStepInput,
         LlmStepResult,
-        Message,
-        PendingQuestion,
-        PendingToolResult,
         QueuedRun,
         RunEvent,
         RunFinished,
         RunState,
         RunStatus,
-        SaveMessageInput,
         StepFinished,
         StepStarted,
         StopWhenInput,
         StopWhenVerdict,
         TextProduced,
-        ToolCall,
         ToolCallRequested,
-        ToolInput,
-        ToolOutcome,
         ToolPolicy,
-        ToolResultReady,
         ToolResultSubmission,
-        ToolRunNote,
-        Usage,
+        ToolSpec,
+        UserAnswer,
     )
-    from workflows.activity_options import (
-        CALL_LLM_OPTIONS,
-        CHECK_STOP_WHEN_OPTIONS,
-        RUN_TOOL_HEAVY_OPTIONS,
-        RUN_TOOL_INLINE_OPTIONS,
-        SAVE_MESSAGE_OPTIONS,
-    )
-    from workflows.people import WaitsForPeople
-    from workflows.reporting import ReportsProgress
-    from workflows.stop_conditions import Progress, Stop, conditions_for, first_stop, time_budget_detail
+    from workflows.activity_options import CALL_LLM_OPTIONS, CHECK_STOP_WHEN_OPTIONS
+    from workflows.activity_runner import ActivityRunner, RunFailed
+    from workflows.double_texting import ChatQueue
+    from workflows.ledger import RunLedger
+    from workflows.people import PeopleDesk, Refusal
+    from workflows.recording import RunRecorder
+    from workflows.reporting import RunReporter
+    from workflows.stop_conditions import Stop, conditions_for, first_stop, time_budget_detail
+    from workflows.structured_output import OUTPUT_VALIDATION_FAILED, OutputJudge
+    from workflows.tool_calls import ToolCalls
 
-ResultT = TypeVar("ResultT", bound=BaseModel)
-
-
-# This release's workflow changes, behind one patch: a queued run can be cancelled before its turn, and hands
-# its own queue to the run ahead; telling a run that has closed no longer fails the run that tells it.
-_CANCEL_QUEUED = "keel-cancel-queued"
 # Errors the run's own data can raise in workflow code: they end the run instead of failing its workflow
 # task for ever. Anything else (a bug) still fails the task, so a fixed deploy can carry the run on.
 _BROKEN_BY_ITS_DATA = (ArithmeticError, ValueError)
 
 
-class _RunFailed(Exception):
-    """An activity failed past its retry policy; the run ends as `failed`."""
-
-
 @workflow.defn(name=WORKFLOW_TYPE)
-class AgentRun(WaitsForPeople, ReportsProgress):
+class AgentRun:
     @workflow.init
     def __init__(self, run: AgentRunInput) -> None:
         self._run = run
         self._purpose = run.purpose
-        self._started_at = workflow.now()
-        self._final: RunStatus | None = None
-        self._detail: str | None = None
-        self._step = 0
-        self._usage = Usage()
-        self._events: list[RunEvent] = []
-        # Conversation messages 0..message_count-1 are the input; replies and tool results follow.
-        self._next_seq = run.message_count
-        self._tool_runs: Counter[str] = Counter()
-        self._approvals: dict[str, ApprovalRecord] = {}
-        self._decisions: dict[str, ApprovalDecision] = {}
-        self._question: PendingQuestion | None = None
-        self._answer: str | None = None
-        self._unanswerable_question: str | None = None
-        self._client_calls: dict[str, PendingToolResult] = {}
-        self._client_results: dict[str, ToolResultSubmission] = {}
+        self._ledger = RunLedger(run)
+        self._desk = PeopleDesk(run)
+        self._queue = ChatQueue(run)
+        self._reporter = RunReporter(run, self._ledger, self._desk, self._queue)
+        self._activities = ActivityRunner(fail_run=self._fail)
+        self._recorder = RunRecorder(run, self._ledger, self._reporter, self._activities)
+        self._output = OutputJudge(run, self._ledger, self._activities)
+        self._tool_calls = ToolCalls(
+            run, self._ledger, self._desk, self._reporter, self._recorder, self._activities
+        )
         # Set by a cancel signal or the time budget; the step in flight is then cancelled.
         self._interrupt: Stop | None = None
         self._step_task: asyncio.Task[Stop | None] | None = None
-        self._thinking_seq: int | None = None
-        self._asked_for_tools = False
-        # Double texting (enqueue): runs queued behind this one, and whether the one before us is done.
-        self._queued: list[str] = []
-        self._may_start = run.queued_behind is None
-        # Run records (keel/records.py): record_run activities in flight, tool notes waiting to go out with
-        # the next one, and what the run's row needs that the state does not keep.
-        self._recording = False
-        self._records: list[asyncio.Task[None]] = []
-        self._tool_notes: list[ToolRunNote] = []
-        self._model_route: str | None = None
-        self._output_seq: int | None = None
-        self._error_type: str | None = None
-        # What the run is doing right now, for its one-line current details in the Web UI.
-        self._doing: dict[str, str] = {}
-        self._tool_calls: dict[str, tuple[int, ToolCall, int]] = {}
-        self._continued = 0
-        # Whether inline tools and records run as local activities (see run), and the turn they take.
-        self._local_activities = False
-        self._local_activity_turn = asyncio.Lock()
         # Temporal suggests continue-as-new when the history nears its limits; the run does it between steps.
         self._new_history_suggested = False
-        # Structured output: answers that failed validation, whether the next step must fix one, and where
-        # the valid answer is stored (its object lives with that reply in PostgreSQL, not in history).
-        self._output_failures = 0
-        self._fix_output = False
-        self._answer_seq: int | None = None
-        if run.carried is not None:
-            self._resume(run.carried)
 
     @workflow.run
     async def run(self, run: AgentRunInput) -> RunState:
         # Runs started before run records existed replay without them.
-        self._recording = workflow.patched("keel-run-records")
+        self._recorder.recording = workflow.patched("keel-run-records")
         # Runs started before tools were split into inline and heavy keep running every tool as a regular
         # activity on the agent task queue, and their records as regular activities, as they did then. One
         # patch per release: each costs every new run a marker and a search attribute update in history.
-        self._local_activities = workflow.patched("keel-tool-placement")
+        self._activities.local_allowed = workflow.patched("keel-tool-placement")
         try:
-            if not self._may_start and (stop := await self._wait_for_my_turn(run)) is not None:
+            if not self._queue.may_start and (stop := await self._wait_for_my_turn()) is not None:
                 return await self._end(stop)
             while True:
-                self._step += 1
-                self._step_task = asyncio.create_task(self._take_step(self._step))
+                step = self._ledger.begin_step()
+                self._step_task = asyncio.create_task(self._take_step(step))
                 stop = await self._until_done_or_interrupted(self._step_task)
                 if stop is None:
-                    progress = self._progress()
+                    progress = self._ledger.progress(self._desk.unanswerable_question)
                     verdict = await self._agents_own_verdict(progress)
                     stop = first_stop(conditions_for(self._purpose, verdict), progress)
                 if stop is not None:
                     return await self._end(stop)
                 if self._new_history_suggested:
                     return await self._end(await self._continue_as_new())
-        except _RunFailed as failure:
-            await self._flush_records()
-            await self._release_queue()
+        except RunFailed as failure:
+            await self._recorder.flush()
+            await self._queue.release()
             # Failing the workflow makes the run show as Failed in the Temporal Web UI as well.
             raise ApplicationError(
                 str(failure), type=ErrorType.agent_run_failed, non_retryable=True
@@ -193,7 +139,7 @@ class AgentRun(WaitsForPeople, ReportsProgress):
             # What the run was given broke the loop (a number out of range, say). Retrying the workflow
             # task would fail the same way for ever and leave the run wedged: it ends as failed instead.
             why = f"the run could not go on: {type(err).__name__}: {err}"
-            self._error_type = type(err).__name__
+            self._reporter.error_type = type(err).__name__
             await self._end(Stop(RunStatus.failed, why))
             raise ApplicationError(why, type=ErrorType.agent_run_failed, non_retryable=True) from None
 
@@ -202,7 +148,7 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         a local activity and history keeps their answer; agents without any skip it (no history at all)."""
         if not self._purpose.stop_when:
             return None
-        verdict = await self._execute(
+        verdict = await self._activities.execute(
             CHECK_STOP_WHEN,
             StopWhenInput(
                 names=self._purpose.stop_when,
@@ -217,7 +163,7 @@ class AgentRun(WaitsForPeople, ReportsProgress):
             summary="stop_when",
             options=CHECK_STOP_WHEN_OPTIONS,
             failure="the agent's stop_when predicates could not be checked",
-            local=self._local_activities,
+            local=self._activities.local_allowed,
         )
         if verdict.reason is None:
             return None
@@ -225,17 +171,14 @@ class AgentRun(WaitsForPeople, ReportsProgress):
             return Stop(RunStatus.failed, f"the stop_when predicate {verdict.reason}")
         return Stop(RunStatus.completed, verdict.reason)
 
-    async def _wait_for_my_turn(self, run: AgentRunInput) -> Stop | None:
+    async def _wait_for_my_turn(self) -> Stop | None:
         """Double texting (enqueue): wait until the run ahead has finished. A cancel ends a queued run at
         once (runs queued before this release wait for their turn first, as they did then)."""
-        self._detail = f"queued behind {run.queued_behind}"
-        self._describe()
-        if workflow.patched(_CANCEL_QUEUED):
-            await workflow.wait_condition(lambda: self._may_start or self._interrupt is not None)
-        else:
-            await workflow.wait_condition(lambda: self._may_start)
-        self._detail = None
-        return self._interrupt if not self._may_start else None
+        self._reporter.detail = f"queued behind {self._run.queued_behind}"
+        self._reporter.describe()
+        await self._queue.wait_for_turn(lambda: self._interrupt is not None)
+        self._reporter.detail = None
+        return self._interrupt if not self._queue.may_start else None
 
     # --- continue-as-new: a long run goes on in a fresh history, between two steps ---
 
@@ -246,89 +189,78 @@ class AgentRun(WaitsForPeople, ReportsProgress):
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._interrupt is not None:
             return self._interrupt
-        await self._flush_records()
+        await self._recorder.flush()
+        step = self._ledger.step
         workflow.logger.info(
             "continuing as new after step %d (%d history events)",
-            self._step,
+            step,
             workflow.info().get_current_history_length(),
-            extra={"agent_run_id": self._run.agent_run_id, "step": self._step},
+            extra={"agent_run_id": self._run.agent_run_id, "step": step},
         )
         workflow.continue_as_new(
             self._run.model_copy(update={"queued_behind": None, "carried": self._carry()})
         )
 
     def _carry(self) -> CarriedRun:
+        ledger = self._ledger
         return CarriedRun(
-            started_at=self._started_at,
-            step=self._step,
-            usage=self._usage,
-            events=self._events,
-            next_seq=self._next_seq,
-            tool_runs=dict(self._tool_runs),
-            approvals=list(self._approvals.values()),
-            model_route=self._model_route,
-            output_seq=self._output_seq,
-            asked_for_tools=self._asked_for_tools,
-            queued=self._queued,
-            continued=self._continued + 1,
-            output_failures=self._output_failures,
-            fix_output=self._fix_output,
+            started_at=ledger.started_at,
+            step=ledger.step,
+            usage=ledger.usage,
+            events=self._reporter.events,
+            next_seq=ledger.next_seq,
+            tool_runs=dict(ledger.tool_runs),
+            approvals=self._desk.approvals(),
+            model_route=ledger.model_route,
+            output_seq=ledger.output_seq,
+            asked_for_tools=ledger.asked_for_tools,
+            queued=self._queue.queued,
+            continued=ledger.continued + 1,
+            output_failures=self._output.failures,
+            fix_output=self._output.must_fix,
         )
 
-    def _resume(self, carried: CarriedRun) -> None:
-        self._started_at = carried.started_at
-        self._step = carried.step
-        self._usage = carried.usage
-        self._events = list(carried.events)
-        self._next_seq = carried.next_seq
-        self._tool_runs = Counter(carried.tool_runs)
-        self._approvals = {r.tool_call_id: r for r in carried.approvals}
-        self._model_route = carried.model_route
-        self._output_seq = carried.output_seq
-        self._asked_for_tools = carried.asked_for_tools
-        self._queued = list(carried.queued)
-        self._continued = carried.continued
-        self._output_failures = carried.output_failures
-        self._fix_output = carried.fix_output
-        self._may_start = True
+    # --- the end of the run ---
 
     async def _end(self, stop: Stop) -> RunState:
         state = self._finish(stop)
-        await self._flush_records()
-        await self._release_queue()
+        await self._recorder.flush()
+        await self._queue.release()
         return state
 
-    async def _release_queue(self) -> None:
-        """Tell the runs queued behind this one that it is over. Each starts, unless this run ended before
-        its own turn (cancelled while queued): then they move up behind the run this one waited for, keeping
-        their place in the chat's queue. Signals that arrive while the workflow completes make Temporal
-        retry the completion, so no queued run is missed."""
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        ahead = self._run.queued_behind if not self._may_start and self._queued else None
-        if ahead is not None and not workflow.patched(_CANCEL_QUEUED):
-            ahead = None  # runs from before this release let their queue go on, as they did then
-        for agent_run_id in self._queued:
-            if ahead is not None and await self._signal(
-                ahead, QUEUE_NEXT_SIGNAL, QueuedRun(agent_run_id=agent_run_id)
-            ):
-                continue
-            await self._signal(agent_run_id, PREVIOUS_DONE_SIGNAL)
+    def _finish(self, stop: Stop) -> RunState:
+        if self._reporter.end(stop):
+            cut_short = stop.status in (RunStatus.cancelled, RunStatus.budget_exceeded)
+            partial = self._ledger.keep_partial_reply() if cut_short else None
+            self._note_waits_ended()
+            self._reporter.emit(
+                RunFinished,
+                status=stop.status,
+                detail=stop.detail,
+                partial_message_seq=partial,
+                output_seq=self._output.answer_seq,
+            )
+        return self.state()
 
-    async def _signal(self, agent_run_id: str, name: str, arg: BaseModel | None = None) -> bool:
-        """Signal another run of the chat; False when it has closed (Temporal refuses the signal), which
-        for a run that would be told to go on means there is nothing left to tell."""
-        handle = workflow.get_external_workflow_handle(agent_run_id)
-        try:
-            await (handle.signal(name) if arg is None else handle.signal(name, arg))
-        except FailureError:
-            if not workflow.patched(_CANCEL_QUEUED):
-                raise  # before this release a closed run failed the one telling it
-            return False
-        return True
+    def _note_waits_ended(self) -> None:
+        """Whatever still waits for someone ends with the run."""
+        for record in self._desk.pending_approvals():
+            self._recorder.note_ended(record.tool_call_id, "cancelled", approval=record)
+        if (question := self._desk.question) is not None:
+            self._recorder.note_ended(question.tool_call_id, "cancelled")
+        for pending in self._desk.pending_tool_results():
+            self._recorder.note_ended(pending.tool_call_id, "cancelled")
+
+    def _fail(self, error_type: str, detail: str) -> None:
+        """An activity gave out (ActivityRunner): the run ends as failed, right where the failure arrived."""
+        self._reporter.error_type = error_type
+        self._finish(Stop(RunStatus.failed, detail))
+
+    # --- interrupts: a cancel signal or the time budget cuts the step in flight short ---
 
     async def _until_done_or_interrupted(self, task: "asyncio.Task[Stop | None]") -> Stop | None:
         """The step's own outcome, or the interrupt (cancel signal, time budget) that cut it short."""
-        remaining = self._seconds_left()
+        remaining = self._ledger.seconds_left()
         try:
             await workflow.wait_condition(
                 lambda: task.done() or self._interrupt is not None,
@@ -352,338 +284,156 @@ class AgentRun(WaitsForPeople, ReportsProgress):
     # --- one step: think, then act ---
 
     async def _take_step(self, step: int) -> Stop | None:
-        self._emit(StepStarted, step=step)
+        self._reporter.emit(StepStarted, step=step)
         reply = await self._think(step)
         if reply.has_text:
-            self._emit(TextProduced, step=step, message_seq=reply.reply_seq)
+            self._reporter.emit(TextProduced, step=step, message_seq=reply.reply_seq)
         for call in reply.tool_calls:
-            self._emit(ToolCallRequested, step=step, call=call)
+            self._reporter.emit(ToolCallRequested, step=step, call=call)
         await asyncio.gather(
-            *(self._act(step, call, reply.policies.get(call.id, ToolPolicy())) for call in reply.tool_calls)
+            *(
+                self._tool_calls.act(step, call, reply.policies.get(call.id, ToolPolicy()))
+                for call in reply.tool_calls
+            )
         )
         stop = await self._judged_answer(reply) if reply.output_status is not None else None
-        self._emit(StepFinished, step=step)
-        self._asked_for_tools = bool(reply.tool_calls) or self._fix_output
+        self._reporter.emit(StepFinished, step=step)
+        self._ledger.asked_for_tools = bool(reply.tool_calls) or self._output.must_fix
         return stop
 
     async def _judged_answer(self, reply: LlmStepResult) -> Stop | None:
-        """A final answer that had to be a structured object, as call_llm judged it: the run's answer, or
-        sent back to the model with what is wrong (the run then owes another answer, as after a tool call),
-        or, past the agent's retries, the run's failure."""
-        spec = self._purpose.output
-        if reply.output_status == "valid" or spec is None:
-            self._answer_seq, self._fix_output = reply.reply_seq, False
-            return None
-        self._output_failures += 1
-        why = reply.output_error or "the answer is not valid"
-        tries = f"{self._output_failures} attempt(s)"
-        if self._output_failures > spec.retries:
-            return self._answer_failed(
-                f"the final answer did not validate as {spec.name} after {tries}: {why}"
-            )
-        if self._step >= self._purpose.budgets.max_steps:
-            return self._answer_failed(
-                f"the final answer did not validate as {spec.name} ({tries}) and the step limit leaves no "
-                f"step to fix it: {why}"
-            )
-        feedback = Message(
-            role="user",
-            content=f"{OUTPUT_FEEDBACK_PREFIX} ({spec.name}): {why}\nReply again with only the corrected "
-            "final answer: one JSON object that matches the schema.",
-        )
-        await self._execute(
-            SAVE_MESSAGE,
-            SaveMessageInput(agent_run_id=self._run.agent_run_id, seq=self._take_seq(), message=feedback),
-            ToolOutcome,
-            summary=f"output feedback {self._output_failures}",
-            options=SAVE_MESSAGE_OPTIONS,
-            failure="could not store the output's validation errors",
-        )
-        self._fix_output = True
-        return None
-
-    def _answer_failed(self, detail: str) -> Stop:
-        self._error_type = "OutputValidationFailed"
-        self._fix_output = False
-        return Stop(RunStatus.failed, detail)
+        """Structured output: the final answer as call_llm judged it; a run whose answer never validated
+        ends as failed, its record saying why."""
+        stop = await self._output.judge(reply)
+        if stop is not None:
+            self._reporter.error_type = OUTPUT_VALIDATION_FAILED
+        return stop
 
     async def _think(self, step: int) -> LlmStepResult:
-        self._thinking_seq = self._take_seq()
-        self._set_doing("think", f"LLM call {step} · {self._purpose.model}: waiting for the model")
-        reply = await self._execute(
+        reply_seq = self._ledger.begin_thinking()
+        self._reporter.set_doing("think", f"LLM call {step} · {self._purpose.model}: waiting for the model")
+        # Client tools go to the model as plain tool specs (their output schemas stay with the run).
+        client_tools: list[ToolSpec] = list(self._run.client_tools)
+        reply = await self._activities.execute(
             CALL_LLM,
             LlmStepInput(
                 agent_run_id=self._run.agent_run_id,
                 step=step,
                 model=self._purpose.model,
                 tools=self._purpose.tools,
-                client_tools=self._run.client_tools,
-                reply_seq=self._thinking_seq,
-                step_event_seq=len(self._events),
+                client_tools=client_tools,
+                reply_seq=reply_seq,
+                step_event_seq=len(self._reporter.events),
                 purpose=self._purpose.slug,
                 output=self._purpose.output,
-                force_output=self._fix_output,
+                force_output=self._output.must_fix,
             ),
             LlmStepResult,
             summary=f"LLM call {step} · {self._purpose.model}",
             options=CALL_LLM_OPTIONS,
             failure="the model call failed",
         )
-        self._set_doing("think", None)
-        self._thinking_seq = None
-        self._usage += reply.usage
+        self._reporter.set_doing("think", None)
+        self._ledger.thought(reply)
         # Read here, where a regular activity's result has just arrived with a new workflow task, live and
         # on replay alike. It used to be read at the end of the step, often right after an inline tool's
         # local activity; one replay of a long run failed there under load (not reproduced since), and
         # this point leaves local activity timing out of the decision.
         self._new_history_suggested = workflow.info().is_continue_as_new_suggested()
-        self._model_route = reply.model
-        if reply.has_text:
-            self._output_seq = reply.reply_seq
         return reply
 
-    async def _act(self, step: int, call: ToolCall, policy: ToolPolicy) -> None:
-        seq = self._take_seq()
-        if policy.handled_by == "workflow":
-            outcome = await self._ask_user(step, call, seq)
-        elif policy.handled_by == "nobody":
-            offered = ", ".join(self._purpose.tools + [t.name for t in self._run.client_tools])
-            why = f"there is no tool named {call.name!r}; the tools are: {offered}"
-            self._note_tool(step, call, seq, "not_run", error_message=why)
-            outcome = await self._save_result(call, seq, why)
-        elif policy.max_calls_per_run is not None and self._tool_runs[call.name] >= policy.max_calls_per_run:
-            why = f"{call.name} may run at most {policy.max_calls_per_run} time(s) per run; it already ran"
-            self._note_tool(step, call, seq, "not_run", error_message=why)
-            outcome = await self._save_result(call, seq, why)
-        elif policy.handled_by == "client":
-            outcome = await self._client_result(step, call, seq)
-        elif policy.needs_approval and not (record := await self._approval(step, call, seq)).approved:
-            why = "the approval expired" if record.expired else f"denied by {record.approver or 'a person'}"
-            reason = f": {record.reason}" if record.reason else ""
-            outcome = await self._save_result(
-                call, seq, f"{call.name} did not run: {why}{reason}", denied=True
-            )
-        else:
-            self._tool_runs[call.name] += 1
-            self._set_doing(call.id, f"running tool {call.name}")
-            outcome = await self._execute(
-                RUN_TOOL,
-                ToolInput(
-                    agent_run_id=self._run.agent_run_id,
-                    step=step,
-                    call=call,
-                    result_seq=seq,
-                    purpose=self._purpose.slug,
-                ),
-                ToolOutcome,
-                summary=f"tool {call.name}",
-                failure=f"tool {call.name} could not run",
-                **self._tool_placement_options(policy, seq),
-            )
-            self._set_doing(call.id, None)
-        if outcome is not None:
-            self._emit(
-                ToolResultReady,
-                step=step,
-                tool_call_id=call.id,
-                message_seq=outcome.result_seq,
-                is_error=outcome.is_error,
-                denied=outcome.denied,
-            )
-
-    def _tool_placement_options(self, policy: ToolPolicy, seq: int) -> dict[str, Any]:
-        if not self._local_activities:
-            return {"options": RUN_TOOL_HEAVY_OPTIONS}
-        # The result's seq is unique in the run, across continue-as-new too: with the workflow id it makes
-        # the tool's idempotency key, the same for every retry and re-execution of this call.
-        activity_id = f"tool-{seq}"
-        if policy.heavy:
-            task_queue = self._run.heavy_task_queue
-            return {"options": RUN_TOOL_HEAVY_OPTIONS, "task_queue": task_queue, "activity_id": activity_id}
-        return {"options": RUN_TOOL_INLINE_OPTIONS, "local": True, "activity_id": activity_id}
-
-    async def _save_result(
-        self,
-        call: ToolCall,
-        seq: int,
-        content: str,
-        *,
-        is_error: bool = True,
-        denied: bool = False,
-        output_schema: dict[str, Any] | None = None,
-    ) -> ToolOutcome:
-        message = Message(
-            role="tool", content=content, tool_call_id=call.id, name=call.name, is_error=is_error
-        )
-        outcome = await self._execute(
-            SAVE_MESSAGE,
-            SaveMessageInput(
-                agent_run_id=self._run.agent_run_id, seq=seq, message=message, output_schema=output_schema
-            ),
-            ToolOutcome,
-            summary=f"result of {call.name}",
-            options=SAVE_MESSAGE_OPTIONS,
-            failure="could not store a tool result",
-        )
-        return outcome.model_copy(update={"denied": denied})
+    # --- signals and updates: the same handlers serve the CLI (signals) and the gateway (updates) ---
 
     @workflow.signal(name=CANCEL_SIGNAL)
     def cancel_signal(self, request: CancelRequest) -> None:
-        if self._final is None and self._interrupt is None:
+        if self._reporter.final is None and self._interrupt is None:
             reason = f": {request.reason}" if request.reason else ""
             self._interrupt = Stop(RunStatus.cancelled, f"cancelled{reason}")
 
     @workflow.signal(name=QUEUE_NEXT_SIGNAL)
     def queue_next(self, queued: QueuedRun) -> None:
-        self._queued.append(queued.agent_run_id)
+        self._queue.queue_next(queued)
 
     @workflow.signal(name=PREVIOUS_DONE_SIGNAL)
     def previous_run_finished(self) -> None:
-        self._may_start = True
+        self._queue.previous_run_finished()
+
+    @workflow.signal(name=APPROVAL_SIGNAL)
+    def approval_signal(self, decision: ApprovalDecision) -> None:
+        self._desk.signal_decision(decision)
+
+    @workflow.update(name=APPROVAL_UPDATE)
+    async def decide_approval(self, decision: ApprovalDecision) -> ApprovalRecord:
+        return await self._desk.decide(decision)
+
+    @decide_approval.validator
+    def _validate_approval(self, decision: ApprovalDecision) -> None:
+        _refuse(self._ended_refusal() or self._desk.approval_refusal(decision))
+
+    @workflow.signal(name=ANSWER_SIGNAL)
+    def answer_signal(self, answer: UserAnswer) -> None:
+        self._desk.signal_answer(answer)
+
+    @workflow.update(name=ANSWER_UPDATE)
+    def submit_answer(self, answer: UserAnswer) -> None:
+        self._desk.submit_answer(answer)
+
+    @submit_answer.validator
+    def _validate_answer(self, answer: UserAnswer) -> None:
+        _refuse(self._ended_refusal() or self._desk.answer_refusal())
+
+    @workflow.signal(name=TOOL_RESULT_SIGNAL)
+    def tool_result_signal(self, result: ToolResultSubmission) -> None:
+        self._desk.signal_tool_result(result)
+
+    @workflow.update(name=TOOL_RESULT_UPDATE)
+    def submit_tool_result(self, result: ToolResultSubmission) -> None:
+        self._desk.submit_tool_result(result)
+
+    @submit_tool_result.validator
+    def _validate_tool_result(self, result: ToolResultSubmission) -> None:
+        _refuse(self._ended_refusal() or self._desk.tool_result_refusal(result))
+
+    def _ended_refusal(self) -> Refusal | None:
+        # Validators only: an update accepted after the run ended would wait for a decision nothing can
+        # make, and the run would never close (it waits for its handlers). Signals then simply do nothing.
+        final = self._reporter.final
+        if final is None:
+            return None
+        return Refusal(ErrorType.conflict, f"the run has finished ({final.value})")
 
     # --- queries ---
 
     @workflow.query(name=STATE_QUERY)
     def state(self) -> RunState:
-        budgets = self._purpose.budgets
-        left = self._seconds_left()
         return RunState(
             agent_run_id=self._run.agent_run_id,
             purpose=self._purpose.slug,
             model=self._purpose.model,
-            status=self._status(),
-            step=self._step,
-            budgets=budgets,
-            budgets_left=BudgetsLeft(
-                steps=max(0, budgets.max_steps - self._step),
-                tokens=None
-                if budgets.max_tokens is None
-                else max(0, budgets.max_tokens - self._usage.total_tokens),
-                cost_usd=None
-                if budgets.max_cost_usd is None
-                else max(0.0, budgets.max_cost_usd - self._usage.cost_usd),
-                seconds=left,
-            ),
-            usage=self._usage,
-            last_event_seq=len(self._events),
-            started_at=self._started_at,
+            status=self._reporter.status(),
+            step=self._ledger.step,
+            budgets=self._purpose.budgets,
+            budgets_left=self._ledger.budgets_left(),
+            usage=self._ledger.usage,
+            last_event_seq=len(self._reporter.events),
+            started_at=self._ledger.started_at,
             chat_id=self._run.chat_id,
             user_id=self._run.user_id,
-            detail=self._detail,
-            pending_approvals=self._pending_approvals(),
-            pending_question=self._question,
-            pending_tool_results=list(self._client_calls.values()),
-            approvals=list(self._approvals.values()),
-            output_seq=self._answer_seq,
+            detail=self._reporter.detail,
+            pending_approvals=self._desk.pending_approvals(),
+            pending_question=self._desk.question,
+            pending_tool_results=self._desk.pending_tool_results(),
+            approvals=self._desk.approvals(),
+            output_seq=self._output.answer_seq,
         )
 
     @workflow.query(name=EVENTS_QUERY)
     def events(self, after: int = 0) -> list[RunEvent]:
         """Events with seq > after, oldest first."""
-        return self._events[after:]
+        return self._reporter.events_after(after)
 
-    # --- bookkeeping ---
 
-    async def _execute(
-        self,
-        activity: str,
-        arg: BaseModel,
-        result_type: type[ResultT],
-        *,
-        summary: str,
-        options: dict[str, Any],
-        failure: str,
-        local: bool = False,
-        **more: Any,
-    ) -> ResultT:
-        """Run an activity (a local one if `local`); one that fails past its retry policy ends the run as
-        `failed`.
-
-        Tools turn their own errors into error results for the model (see `run_tool`), so an activity
-        failure here means the infrastructure gave out: timeouts, or storage down for too long.
-        """
-        try:
-            return await self._run_activity(
-                activity, arg, local=local, result_type=result_type, summary=summary, **options, **more
-            )
-        except ActivityError as err:
-            if isinstance(err.cause, CancelledError):
-                raise asyncio.CancelledError() from err
-            cause = str(err.cause) if err.cause is not None else str(err)
-            self._error_type = getattr(err.cause, "type", None) or type(err.cause or err).__name__
-            self._finish(Stop(RunStatus.failed, f"{failure}: {cause}"))
-            raise _RunFailed(f"{failure}: {cause}") from err
-
-    async def _run_activity(self, activity: str, arg: BaseModel, *, local: bool, **options: Any) -> Any:
-        """Every activity the run starts goes through here: a regular one, or a local one in its turn.
-
-        One local activity at a time: the SDK (1.35) resumes concurrent local activities in the order they
-        finished on a first run but in the order they were scheduled on replay, so two in flight at once
-        (parallel inline tools, a record sent meanwhile) could replay differently. They are cheap; taking
-        turns costs little.
-        """
-        if not local:
-            return await workflow.execute_activity(activity, arg, **options)
-        async with self._local_activity_turn:
-            return await workflow.execute_local_activity(activity, arg, **options)
-
-    def _status(self) -> RunStatus:
-        if self._final is not None:
-            return self._final
-        if self._pending_approvals():
-            return RunStatus.waiting_for_approval
-        if self._question is not None:
-            return RunStatus.waiting_for_input
-        if self._client_calls:
-            return RunStatus.waiting_for_tool_result
-        return RunStatus.running
-
-    def _progress(self) -> Progress:
-        return Progress(
-            step=self._step,
-            usage=self._usage,
-            elapsed_s=(workflow.now() - self._started_at).total_seconds(),
-            asked_for_tools=self._asked_for_tools,
-            tool_calls=dict(self._tool_runs),
-            unanswerable_question=self._unanswerable_question,
-        )
-
-    def _seconds_left(self) -> float | None:
-        limit = self._purpose.budgets.max_duration_s
-        if limit is None:
-            return None
-        return max(0.0, limit - (workflow.now() - self._started_at).total_seconds())
-
-    def _take_seq(self) -> int:
-        seq = self._next_seq
-        self._next_seq += 1
-        return seq
-
-    def _finish(self, stop: Stop) -> RunState:
-        if self._final is None:
-            self._final, self._detail = stop.status, stop.detail
-            # A reply cut short by cancellation keeps the words written so far, stored at this seq.
-            partial = (
-                self._thinking_seq
-                if stop.status in (RunStatus.cancelled, RunStatus.budget_exceeded)
-                else None
-            )
-            if partial is not None:
-                self._output_seq = partial
-            # Whatever still waits for someone ends with the run.
-            now = workflow.now()
-            for record in self._approvals.values():
-                if record.decided_at is None:
-                    self._note_tool_id(record.tool_call_id, "cancelled", approval=record, finished_at=now)
-            if self._question is not None:
-                self._note_tool_id(self._question.tool_call_id, "cancelled", finished_at=now)
-            for pending in self._client_calls.values():
-                self._note_tool_id(pending.tool_call_id, "cancelled", finished_at=now)
-            self._emit(
-                RunFinished,
-                status=stop.status,
-                detail=stop.detail,
-                partial_message_seq=partial,
-                output_seq=self._answer_seq,
-            )
-        return self.state()
+def _refuse(refusal: Refusal | None) -> None:
+    """A validator's verdict: refused updates fail with the refusal's error type (the gateway's 404, 409)."""
+    if refusal is not None:
+        raise refusal.error()

@@ -3,8 +3,15 @@
 `resolve_model` turns a route, or a comma-separated fallback chain of them, into one `ChatModel`: the
 chain (`chain.py`) picks the route for the current attempt and classifies failures for Temporal
 (`errors.py`); each provider lives in its own module.
+
+Which providers exist is registered in `keel.routes` (`REGISTRY`): a provider's name and route syntax are
+a contract the gateway checks without loading any provider, and its registration names the function that
+builds its model (a `ProviderFactory`). `provider_for` imports that function on the provider's first use:
+vendor SDKs add seconds to a worker's startup, and a worker pays only for the providers its routes name.
+A new provider is a module here with its `ChatModel` and its factory, and one line in `keel.routes`.
 """
 
+import importlib
 import os
 from collections.abc import Mapping
 
@@ -14,14 +21,15 @@ from activities.models.base import (
     ModelChunk,
     OutputDelta,
     OutputRequest,
+    ProviderFactory,
+    ProviderSetup,
     TextDelta,
     ToolChoice,
     UnknownModelRoute,
 )
 from activities.models.chain import FallbackChain
 from activities.models.json_tools import JsonToolMode
-from activities.models.scripted import ScriptedModel
-from keel.routes import Route, RouteError, parse_chain
+from keel.routes import REGISTRY, Provider, Route, RouteError, parse_chain
 from keel.settings import Settings, get_settings
 
 __all__ = [
@@ -30,9 +38,12 @@ __all__ = [
     "ModelChunk",
     "OutputDelta",
     "OutputRequest",
+    "ProviderFactory",
+    "ProviderSetup",
     "TextDelta",
     "ToolChoice",
     "UnknownModelRoute",
+    "implementation",
     "provider_for",
     "resolve_model",
 ]
@@ -64,52 +75,28 @@ def resolve_model(
     return chain, route
 
 
-SLOW_SCRIPTED_CHUNK_DELAY = 0.2
-
-
 def provider_for(
     route: Route, settings: Settings, triggers: Mapping[str, tuple[str, ...]] | None = None
 ) -> tuple[ChatModel, str]:
-    """One route's provider and the model name to send it. Keys come from the worker's environment.
-
-    Vendor SDKs are imported on first use: together they add seconds to a worker's startup.
-    """
-    model: ChatModel
-    if route.provider == "scripted":
-        # `scripted:slow` writes five chunks a second: for watching a stream, or cancelling mid-answer.
-        delay = SLOW_SCRIPTED_CHUNK_DELAY if route.model == "slow" else 0.0
-        return ScriptedModel(triggers or {}, chunk_delay=delay), route.model or "scripted"
-    if route.provider == "test":
-        # keel.testing's model: a script registered in this process by the test run it serves.
-        from keel.testing import model_for_route
-
-        return model_for_route(route.model), route.model
-    if route.provider == "openai":
-        from activities.models.openai_chat import OpenAIChatModel
-
-        model = OpenAIChatModel(
-            "openai",
-            base_url=settings.openai_base_url,
-            api_key=os.environ.get("OPENAI_API_KEY"),
-            timeout=settings.model_timeout,
-        )
-    elif route.provider == "local":
-        from activities.models.openai_chat import OpenAIChatModel
-
-        model = OpenAIChatModel(
-            "local",
-            base_url=settings.local_base_url,
-            # A local server ignores the key, but the SDK insists on one.
-            api_key=os.environ.get("KEEL_LOCAL_API_KEY") or "no-key-needed",
-            timeout=settings.model_timeout,
-        )
-    else:
-        from activities.models.anthropic_messages import AnthropicModel
-
-        model = AnthropicModel(
-            base_url=settings.anthropic_base_url,
-            api_key=os.environ.get("ANTHROPIC_API_KEY"),
-            timeout=settings.model_timeout,
-            max_tokens=settings.anthropic_max_tokens,
-        )
+    """One route's provider and the model name to send it. Keys come from the worker's environment."""
+    provider = REGISTRY[route.provider]
+    setup = ProviderSetup(route, settings, api_key=_api_key(provider), triggers=triggers or {})
+    model = implementation(provider)(setup)
     return (JsonToolMode(model) if route.tool_mode == "json" else model), route.model
+
+
+def implementation(provider: Provider) -> ProviderFactory:
+    """The factory a provider's registration names (`module:function`), its module imported if need be."""
+    module_name, _, function_name = provider.implementation.partition(":")
+    factory = getattr(importlib.import_module(module_name), function_name, None)
+    if not callable(factory):
+        raise TypeError(
+            f"provider {provider.name!r} is registered with implementation {provider.implementation!r}, "
+            "which is not a function of that module"
+        )
+    built: ProviderFactory = factory
+    return built
+
+
+def _api_key(provider: Provider) -> str | None:
+    return os.environ.get(provider.secrets[0]) if provider.secrets else None

@@ -1,6 +1,8 @@
 """Anthropic's Messages API through the official `anthropic` SDK, streaming (`anthropic:<model>` routes).
 
-ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL are read by the SDK from the worker's environment.
+The key (ANTHROPIC_API_KEY) and base URL (ANTHROPIC_BASE_URL) come from the worker's environment
+(`anthropic_model`, registered in keel.routes); without a key the SDK finds other credentials itself
+(ANTHROPIC_AUTH_TOKEN).
 
 Structured output goes through a forced tool: a synthetic tool (OUTPUT_TOOL) whose input schema is the
 answer's. While the agent's tools may still be needed, tool_choice `any` makes the model either call one of
@@ -22,6 +24,7 @@ from activities.models.base import (
     ModelChunk,
     OutputDelta,
     OutputRequest,
+    ProviderSetup,
     TextDelta,
     ToolChoice,
     finish_reason,
@@ -142,6 +145,17 @@ class AnthropicModel:
             yield call
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         yield Finish(finish_reason(stop_reason, bool(calls)), usage, request_id)
+
+
+def anthropic_model(setup: ProviderSetup) -> AnthropicModel:
+    """`anthropic:<model>` routes."""
+    settings = setup.settings
+    return AnthropicModel(
+        base_url=settings.anthropic_base_url,
+        api_key=setup.api_key,
+        timeout=settings.model_timeout,
+        max_tokens=settings.anthropic_max_tokens,
+    )
 
 
 def output_tool(output: OutputRequest) -> dict[str, Any]:

@@ -9,11 +9,13 @@ schema's shape its own way, and streams that answer as `OutputDelta`s, whichever
 """
 
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from keel.contracts import Message, OutputSpec, ToolCall, ToolSpec, Usage
+from keel.routes import Route
+from keel.settings import Settings
 from keel.text import clip
 
 ToolChoice = Literal["auto", "none", "required"]
@@ -69,6 +71,25 @@ class ChatModel(Protocol):
         tool_choice: ToolChoice = "auto",
         output: OutputRequest | None = None,
     ) -> AsyncIterator[ModelChunk]: ...
+
+
+@dataclass(frozen=True)
+class ProviderSetup:
+    """What a provider's model is built from, for one route (`ProviderFactory`)."""
+
+    route: Route
+    settings: Settings
+    # The value of the provider's API key variable (its first `secrets` in keel.routes) in the worker's
+    # environment, if set; None lets an SDK look for credentials its own way.
+    api_key: str | None = None
+    # The tools' trigger words, which the offline scripted model goes by.
+    triggers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+# A provider's implementation, as its registration in keel.routes names it (`module:function`). Json tool
+# mode is put in front of the model it returns when the route asks for it; the model name the route gives
+# is passed to each `stream` call.
+ProviderFactory = Callable[[ProviderSetup], ChatModel]
 
 
 class UnknownModelRoute(ValueError):

@@ -1,7 +1,7 @@
 """How a provider's failure becomes the right Temporal retry, in one place for every provider.
 
 SDK clients are created with their own retries off, so each failure surfaces here once. `classify` reads
-what the SDK raised into one shape, `_Report` (an HTTP status, or an error the provider wrote inside an
+what the SDK raised into one shape, `ErrorReport` (an HTTP status, or an error the provider wrote inside an
 answer it had begun with 200; the error's type and code; its message), and `_sort` alone decides what it
 means, for OpenAI, Anthropic and OpenAI-compatible local servers alike:
 
@@ -16,7 +16,13 @@ means, for OpenAI, Anthropic and OpenAI-compatible local servers alike:
 
 Messages name the provider and what went wrong; the fallback chain puts the route in front. A hint about
 the API key is added only to authentication failures. Messages are scrubbed of anything that looks like a
-key: they end up in workflow history, run events and logs.
+key, and of the value of every credential variable a provider's registration names (keel.routes): they end
+up in workflow history, run events and logs.
+
+`classify` knows the exceptions of the SDKs OpenAI and Anthropic ship (and of httpx beneath them). A
+provider whose SDK raises others passes its own classifier to `provider_failures`: it reads them into an
+`ErrorReport` (`error_report`) and lets `judge` decide, so every provider's failures mean the same to
+Temporal.
 """
 
 import email.utils
@@ -24,16 +30,17 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
+from keel.routes import REGISTRY
 from keel.text import one_line
 
-# Environment variables whose values must never appear in a message.
-SECRET_VARIABLES = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "KEEL_LOCAL_API_KEY")
+# Environment variables whose values must never appear in a message: every provider's credentials.
+SECRET_VARIABLES = tuple(variable for provider in REGISTRY.values() for variable in provider.secrets)
 _SECRET_PATTERNS = (
     # OpenAI- and Anthropic-style keys, including the masked form OpenAI echoes in 401s (sk-proj-****abcd).
     re.compile(r"\bsk-[A-Za-z0-9_\-*]{6,}"),
@@ -84,7 +91,7 @@ class ModelCallFailed(Exception):
 
 
 @dataclass(frozen=True)
-class _Report:
+class ErrorReport:
     """What a provider said went wrong, in one shape whichever SDK raised it and however it was sent."""
 
     # The HTTP status, or for an error inside a stream the numeric code it carries (vLLM, llama.cpp), if any.
@@ -96,16 +103,21 @@ class _Report:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+# Reads an exception raised by a provider's SDK: the failure it stands for, or None if it is none.
+Classifier = Callable[[str, BaseException], ModelCallFailed | None]
+
+
 @contextmanager
-def provider_failures(provider: str) -> Iterator[None]:
+def provider_failures(provider: str, classifier: Classifier | None = None) -> Iterator[None]:
     """Around a provider's whole call: whatever the SDK raises leaves as a classified ModelCallFailed.
 
     Anything that is not a provider failure (a bug of ours) leaves unchanged, so it stays visible.
+    `classifier` defaults to `classify`, which knows OpenAI's and Anthropic's SDKs.
     """
     try:
         yield
     except Exception as err:
-        failure = classify(provider, err)
+        failure = (classifier or classify)(provider, err)
         if failure is None:
             raise
         raise failure from None
@@ -128,7 +140,9 @@ def classify(provider: str, err: BaseException) -> ModelCallFailed | None:
         in_stream = status_error.status_code < 400
         status = None if in_stream else status_error.status_code
         headers = status_error.response.headers
-        return _judge(provider, _report(status, status_error.body, headers, str(err), in_stream=in_stream))
+        return judge(
+            provider, error_report(status, status_error.body, headers, str(err), in_stream=in_stream)
+        )
     if _is(err, "APITimeoutError", "TimeoutException"):
         return ModelCallFailed(f"{provider} did not answer in time", provider=provider, retryable=True)
     if _is(err, "APIConnectionError", "TransportError"):
@@ -138,15 +152,15 @@ def classify(provider: str, err: BaseException) -> ModelCallFailed | None:
     if _is(err, "APIError"):
         # OpenAI's SDK raises an error object inside a stream (`data: {"error": {...}}`) as a bare APIError.
         api_error: Any = err
-        return _judge(provider, _report(None, api_error.body, {}, api_error.message, in_stream=True))
+        return judge(provider, error_report(None, api_error.body, {}, api_error.message, in_stream=True))
     if _is(err, "OpenAIError", "AnthropicError"):
         return _client_error(provider, err)
     return None
 
 
-def _sort(report: _Report) -> Verdict:
-    """The one decision about what a provider's error means; everything else only reads errors into a
-    `_Report` or words the outcome."""
+def _sort(report: ErrorReport) -> Verdict:
+    """The one decision about what a provider's error means; everything else only reads errors into an
+    `ErrorReport` or words the outcome."""
     if _CONTEXT_LENGTH.search(report.detail) or _kind_is(report, ("contextlength",)):
         return "context_length"
     if _kind_is(report, _OUT_OF_CREDIT_KINDS):
@@ -164,7 +178,8 @@ def _sort(report: _Report) -> Verdict:
     return "bad_request" if _kind_is(report, _BAD_REQUEST_KINDS) else "unavailable"
 
 
-def _judge(provider: str, report: _Report) -> ModelCallFailed:
+def judge(provider: str, report: ErrorReport) -> ModelCallFailed:
+    """The failure a provider's error stands for, retryable or not, in words that name the provider."""
     verdict = _sort(report)
     retryable = verdict in _RETRYABLE_VERDICTS
     label = f" ({report.label})" if report.label else ""
@@ -184,20 +199,22 @@ def _judge(provider: str, report: _Report) -> ModelCallFailed:
     )
 
 
-def _report(
+def error_report(
     status: int | None, body: object, headers: Mapping[str, str], fallback: str, *, in_stream: bool
-) -> _Report:
-    """The error's type or code and its message, from the shapes OpenAI, Anthropic and vLLM use."""
+) -> ErrorReport:
+    """The error's type or code and its message, from the shapes OpenAI, Anthropic and vLLM use (an
+    `{"error": {"type", "code", "message"}}` body, the inner object alone, or a string); `fallback` is the
+    message when the body has none."""
     error: Any = body.get("error", body) if isinstance(body, dict) else body
     if not isinstance(error, dict):
         text = error if isinstance(error, str) and error else fallback
-        return _Report(status, in_stream, (), None, _clean(text), headers)
+        return ErrorReport(status, in_stream, (), None, _clean(text), headers)
     code, kind = error.get("code"), error.get("type")
     # vLLM and llama.cpp put the HTTP status they would have answered in `code`.
     if status is None and isinstance(code, int) and 400 <= code < 600:
         status = code
     names = [str(name) for name in (code, kind) if isinstance(name, str) and name]
-    return _Report(
+    return ErrorReport(
         status,
         in_stream,
         tuple(_squeeze(name) for name in names),
@@ -211,7 +228,7 @@ def _squeeze(kind: str) -> str:
     return re.sub(r"[^a-z]", "", kind.lower())
 
 
-def _kind_is(report: _Report, fragments: tuple[str, ...]) -> bool:
+def _kind_is(report: ErrorReport, fragments: tuple[str, ...]) -> bool:
     return any(fragment in kind for kind in report.kinds for fragment in fragments)
 
 
@@ -286,10 +303,10 @@ def _raised_in_sdk(err: BaseException) -> bool:
 
 
 def _hint(provider: str) -> str:
-    variable = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}.get(
-        provider, "KEEL_LOCAL_API_KEY"
-    )
-    return f" (check {variable} in the worker's environment)"
+    registered = REGISTRY.get(provider)
+    if registered is None or not registered.secrets:
+        return ""
+    return f" (check {registered.secrets[0]} in the worker's environment)"
 
 
 def _clean(text: str) -> str:

@@ -166,13 +166,15 @@ def parse_tool_reply(
     if found is None:
         if _CALL_ATTEMPT.search(text):
             # It meant to call a tool and the JSON is broken: tell the model, don't guess.
-            name = _NAME.search(text)
-            problem = (
+            named = _NAME.search(text)
+            feedback = (
                 "your tool call was not valid JSON, so no tool ran. Reply with only a JSON array of tool "
                 f"calls in the shape shown in the instructions. You wrote: {clip(text.strip(), 500)}"
             )
             call = ToolCall(
-                id=_new_id(used_ids), name=name.group(1) if name else "unknown_tool", arguments_error=problem
+                id=_new_id(used_ids),
+                name=named.group(1) if named else "unknown_tool",
+                arguments_error=feedback,
             )
             return "", [call]
         return text.strip(), []

@@ -1,7 +1,8 @@
 """OpenAI's Chat Completions API through the official `openai` SDK, streaming.
 
-Serves two kinds of routes: `openai:<model>` (OPENAI_API_KEY, OPENAI_BASE_URL) and `local:<model>`, any
-OpenAI-compatible server (vLLM, Ollama, llama.cpp's server) at KEEL_LOCAL_BASE_URL, which needs no key.
+Serves two providers (registered in keel.routes): `openai:<model>` (OPENAI_API_KEY, OPENAI_BASE_URL,
+`openai_model`) and `local:<model>`, any OpenAI-compatible server (vLLM, Ollama, llama.cpp's server) at
+KEEL_LOCAL_BASE_URL, which needs no key (`local_model`).
 
 Structured output: OpenAI gets `response_format` with the answer's JSON schema (strict when the schema can
 be made strict). A local server gets the schema in the system prompt instead: servers differ in which
@@ -24,6 +25,7 @@ from activities.models.base import (
     ModelChunk,
     OutputDelta,
     OutputRequest,
+    ProviderSetup,
     TextDelta,
     ToolChoice,
     finish_reason,
@@ -58,11 +60,21 @@ class _PendingCall:
 
 
 class OpenAIChatModel:
-    def __init__(self, provider: str, *, base_url: str | None, api_key: str | None, timeout: float) -> None:
+    def __init__(
+        self,
+        provider: str,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float,
+        prompted_output: bool = False,
+    ) -> None:
         self.provider = provider
         self._base_url = base_url
         self._api_key = api_key
         self._timeout = timeout
+        # Structured output asked for in the system prompt instead of a response format (see above).
+        self._prompted_output = prompted_output
 
     async def stream(
         self,
@@ -73,8 +85,7 @@ class OpenAIChatModel:
         tool_choice: ToolChoice = "auto",
         output: OutputRequest | None = None,
     ) -> AsyncIterator[ModelChunk]:
-        prompted = self.provider == "local"
-        if output is not None and prompted:
+        if output is not None and self._prompted_output:
             messages = with_output_instructions(messages, output)
         request: dict[str, Any] = {
             "model": model,
@@ -94,7 +105,7 @@ class OpenAIChatModel:
             # An answer that failed validation is fixed without tools (still listed: the conversation
             # names them).
             request["tool_choice"] = "none" if output is not None and output.now else tool_choice
-        if output is not None and not prompted:
+        if output is not None and not self._prompted_output:
             request["response_format"] = response_format(output.spec)
         # With structured output wanted, whatever the model writes is (a piece of) its answer.
         text_chunk = OutputDelta if output is not None else TextDelta
@@ -133,6 +144,28 @@ class OpenAIChatModel:
         for call in calls:
             yield call
         yield Finish(finish_reason(vendor_reason, bool(calls)), usage, request_id)
+
+
+def openai_model(setup: ProviderSetup) -> OpenAIChatModel:
+    """`openai:<model>` routes: OpenAI, or a proxy of it at OPENAI_BASE_URL."""
+    return OpenAIChatModel(
+        setup.route.provider,
+        base_url=setup.settings.openai_base_url,
+        api_key=setup.api_key,
+        timeout=setup.settings.model_timeout,
+    )
+
+
+def local_model(setup: ProviderSetup) -> OpenAIChatModel:
+    """`local:<model>` routes: an OpenAI-compatible server of your own, at KEEL_LOCAL_BASE_URL."""
+    return OpenAIChatModel(
+        setup.route.provider,
+        base_url=setup.settings.local_base_url,
+        # A local server ignores the key, but the SDK insists on one.
+        api_key=setup.api_key or "no-key-needed",
+        timeout=setup.settings.model_timeout,
+        prompted_output=True,
+    )
 
 
 def response_format(spec: OutputSpec) -> dict[str, Any]:

@@ -23,7 +23,15 @@ from typing import Any
 
 import jsonschema
 
-from activities.models.base import Finish, ModelChunk, OutputDelta, OutputRequest, TextDelta, ToolChoice
+from activities.models.base import (
+    Finish,
+    ModelChunk,
+    OutputDelta,
+    OutputRequest,
+    ProviderSetup,
+    TextDelta,
+    ToolChoice,
+)
 from keel.contracts import OUTPUT_FEEDBACK_PREFIX, Message, ToolCall, ToolSpec, Usage
 from keel.text import clip
 
@@ -31,6 +39,14 @@ DISCLAIMER = "[scripted offline model: no LLM was called]"
 _CHUNK_WORDS = 3
 _PARALLEL = re.compile(r"\b(in parallel|at the same time)\b", re.IGNORECASE)
 _REPEAT = re.compile(r"\b(\d{1,5}) times\b", re.IGNORECASE)
+SLOW_CHUNK_DELAY = 0.2
+
+
+def scripted_model(setup: ProviderSetup) -> "ScriptedModel":
+    """`scripted` routes; `scripted:slow` writes five chunks a second: for watching a stream, or cancelling
+    mid-answer."""
+    delay = SLOW_CHUNK_DELAY if setup.route.model == "slow" else 0.0
+    return ScriptedModel(setup.triggers, chunk_delay=delay)
 
 
 class ScriptedModel:
@@ -261,7 +277,8 @@ def _inline_ref(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
 
 def _fits(value: Any, node: dict[str, Any], root: dict[str, Any]) -> bool:
     schema = {**node, "$defs": root.get("$defs", {})}
-    return jsonschema.validators.validator_for(root)(schema).is_valid(value)
+    valid: bool = jsonschema.validators.validator_for(root)(schema).is_valid(value)
+    return valid
 
 
 def _example_string(node: dict[str, Any]) -> str:

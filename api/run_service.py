@@ -1,0 +1,321 @@
+"""The run service: what the gateway does to runs, between its routes and Temporal and PostgreSQL.
+
+Routes (api/chat.py, api/runs.py, api/viewer.py) parse a request, call one method here and shape the
+answer; the Temporal calls and SQL behind them are here, or in what this builds on: the gateway's handles
+and error mapping (api/gateway.py), the double-texting policies (api/double_texting.py) and how any run
+starts (keel/run_start.py). Every method takes the user asking: a run or chat that is not theirs is 404,
+exactly as an unknown one. Refusals are HTTPExceptions, as the gateway's helpers already raise them.
+"""
+
+import json
+import logging
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, TypeVar, overload
+
+import asyncpg
+from fastapi import Depends, HTTPException
+from pydantic import BaseModel
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from api.auth import User, check_owner, require_chat, require_run
+from api.chat_request import BadChatRequest, ChatRequest, pending_answers, to_conversation
+from api.double_texting import make_room, queue_behind
+from api.gateway import Gateway, GatewayDep, http_error, is_run_id, refusal
+from api.limits import check_run_start
+from api.run_stream import StreamStart, pause_after
+from keel import metrics, records
+from keel.agent import Agent, RunContext
+from keel.app import UnknownAgent
+from keel.contracts import (
+    ANSWER_UPDATE,
+    APPROVAL_UPDATE,
+    CANCEL_SIGNAL,
+    EVENTS_QUERY,
+    TOOL_RESULT_UPDATE,
+    WAITING_EVENTS,
+    AgentRunInput,
+    ApprovalDecision,
+    ApprovalRecord,
+    CancelRequest,
+    Message,
+    RunEvent,
+    RunState,
+    ToolResultSubmission,
+    UserAnswer,
+)
+from keel.run_start import first_messages, record_start, run_input, start_run
+from keel.store import RunStore
+
+log = logging.getLogger("keel.api")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class RunService:
+    """One per request (`RunServiceDep`), over the gateway's connections."""
+
+    gw: Gateway
+
+    # --- Starting a run (POST /api/chat, the user's message last) ---
+
+    async def start_run(self, request: ChatRequest, user: User) -> str:
+        """Start a run of the request's agent on its conversation, under the chat's double-texting policy.
+        Returns the run's id."""
+        agent, run, messages = self._new_run(request, user)
+        regenerating = request.messageId if request.trigger == "regenerate-message" else None
+        try:
+            # One start at a time per chat, on every gateway: its owner, its active runs and this start are
+            # decided together, so two requests at once never both find the chat free (or unowned).
+            async with self.gw.store.chat_lock(request.id) as chat:
+                await require_chat(chat.pool, request.id, user, to_start=True)
+                check_run_start(self.gw.settings, user)
+                run.queued_behind = await make_room(request.id, self.gw, chat, regenerating)
+                await record_start(chat, run, messages)
+                await self._launch(chat, run)
+        except asyncpg.DataError:
+            raise  # the client's own data, not an outage: answered 400 (api/limits.py)
+        except (OSError, asyncpg.PostgresError) as err:
+            raise HTTPException(503, f"PostgreSQL is unavailable, no run was started: {err}") from None
+        metrics.RUNS_STARTED.labels(agent.name).inc()
+        log.info(
+            "started run %s (purpose %s, chat %s)",
+            run.agent_run_id,
+            agent.name,
+            request.id,
+            extra={"agent_run_id": run.agent_run_id, "purpose": agent.name},
+        )
+        return run.agent_run_id
+
+    def _new_run(self, request: ChatRequest, user: User) -> tuple[Agent, AgentRunInput, list[Message]]:
+        """The request's agent, the new run's input and its first messages; 400 for an unknown agent or a
+        conversation that can't be one, 500 when the app's own instructions fail."""
+        try:
+            agent = self.gw.app.agent(request.purpose) if request.purpose else self.gw.app.default_agent
+            conversation = to_conversation(request)
+        except (UnknownAgent, BadChatRequest) as err:
+            raise HTTPException(400, str(err)) from None
+        spec = agent.spec(self.gw.settings.model, request.requested_budgets(), request.stop_after_tool_calls)
+        context = RunContext(context=request.context or {}, user_id=user.id, chat_id=request.id)
+        try:
+            messages = first_messages(agent, context, conversation)
+        except Exception as err:  # the app's own function: its failure is the deployment's, not the client's
+            log.exception("the instructions of agent %s failed", agent.name)
+            raise HTTPException(
+                500, f"agent {agent.name!r} could not write its instructions: {err}"
+            ) from None
+        run = run_input(
+            spec,
+            messages,
+            chat_id=request.id,
+            user_id=user.id,
+            client_tools=[*agent.client_tools, *request.client_tools()],
+            heavy_task_queue=self.gw.settings.heavy_task_queue,
+        )
+        return agent, run, messages
+
+    async def _launch(self, chat: RunStore, run: AgentRunInput) -> None:
+        """Start the run's workflow (and queue it, under `enqueue`). If Temporal refuses, the run never
+        started: its record says so and the chat forgets it, so nothing is left claiming it runs."""
+        try:
+            await start_run(self.gw.temporal, run, self.gw.settings.task_queue)
+        except RPCError as err:
+            why = f"Temporal is unavailable, no run was started: {err.message}"
+            await records.run_not_started(chat.pool, run.agent_run_id, why)
+            await chat.forget_chat_run(run.agent_run_id)
+            raise HTTPException(503, why) from None
+        if run.queued_behind:
+            try:
+                await queue_behind(self.gw, chat, run.chat_id or "", run.queued_behind, run.agent_run_id)
+            except RPCError as err:
+                raise HTTPException(
+                    503, f"run {run.agent_run_id} started but could not be queued: {err.message}"
+                ) from None
+
+    # --- Continuing one (POST /api/chat, the assistant's message last: the AI SDK answering the run) ---
+
+    async def continue_run(self, request: ChatRequest, user: User) -> tuple[str, StreamStart]:
+        """Deliver the client's answers to the run the last assistant message belongs to. Returns the run's
+        id and where its stream goes on from."""
+        state = await self._run_of_chat(request, user)
+        approvals, results = self._answers(request, user)
+        events = await self._events(state.agent_run_id)
+        last_answered = _last_answered(state.agent_run_id, events, approvals, results)
+        finished = state.status.is_final or await self._deliver_answers(state, approvals, results)
+        # The segment after the pause at the waiting events this message answers (earlier ones were streamed
+        # already). A run that has finished (cancelled, out of time) is streamed to its end instead: the client
+        # learns the final state, and every call it answered gets its outcome (denied, if never decided).
+        return state.agent_run_id, StreamStart(
+            after_pause=pause_after(events, last_answered), to_the_end=finished
+        )
+
+    async def _run_of_chat(self, request: ChatRequest, user: User) -> RunState:
+        agent_run_id = request.messageId or request.messages[-1].id
+        if not is_run_id(agent_run_id):
+            raise HTTPException(
+                400, "the last message is the assistant's but does not name a run to continue"
+            )
+        state = await self.owned_state(agent_run_id, user)
+        if state.chat_id != request.id:
+            raise HTTPException(404, f"no run {agent_run_id!r} in chat {request.id!r}")
+        return state
+
+    @staticmethod
+    def _answers(
+        request: ChatRequest, user: User
+    ) -> tuple[list[ApprovalDecision], list[ToolResultSubmission]]:
+        """The approvals and tool results the last message carries; 400 when it carries none."""
+        approvals, results = pending_answers(request.messages[-1])
+        if user.name:  # the authenticated approver, not the client's say-so
+            approvals = [a.model_copy(update={"approver": user.name}) for a in approvals]
+        if not approvals and not results:
+            raise HTTPException(
+                400, "the last message answers nothing: no approval response or tool result in it"
+            )
+        return approvals, results
+
+    async def _events(self, agent_run_id: str) -> list[RunEvent]:
+        events: list[RunEvent] = await self.gw.run(agent_run_id).query(
+            EVENTS_QUERY, 0, result_type=list[RunEvent]
+        )
+        return events
+
+    async def _deliver_answers(
+        self, state: RunState, approvals: list[ApprovalDecision], results: list[ToolResultSubmission]
+    ) -> bool:
+        """Send the run the answers it still waits for. True when it turns out to have finished meanwhile (a
+        cancel won the race), so its stream should go to its end; answers it has already are skipped."""
+        decided = {a.tool_call_id for a in state.approvals if a.decided_at}
+        try:
+            for decision in approvals:
+                if decision.tool_call_id not in decided:
+                    await self._update(state.agent_run_id, APPROVAL_UPDATE, decision)
+            for result in results:
+                await self._deliver_result(state, result)
+        except HTTPException as err:
+            if err.status_code == 409 and "has already finished" in str(err.detail):  # see `refusal`
+                return True
+            raise
+        return False
+
+    async def _deliver_result(self, state: RunState, result: ToolResultSubmission) -> None:
+        """A tool result from the chat: the user's answer to the run's question, or a client tool's output
+        the run waits for (anything else it no longer waits for)."""
+        if state.pending_question and state.pending_question.tool_call_id == result.tool_call_id:
+            text = result.output if isinstance(result.output, str) else json.dumps(result.output)
+            answer = UserAnswer(text=result.error or text or "(no answer)")
+            await self._update(state.agent_run_id, ANSWER_UPDATE, answer)
+        elif any(p.tool_call_id == result.tool_call_id for p in state.pending_tool_results):
+            await self._update(state.agent_run_id, TOOL_RESULT_UPDATE, result)
+
+    # --- Deciding, answering, cancelling (POST /api/runs/{id}/...) ---
+
+    async def decide(
+        self, agent_run_id: str, tool_call_id: str, user: User, *, approved: bool, reason: str | None
+    ) -> ApprovalRecord:
+        """Approve or deny a tool call the run waits for; the decision names the authenticated user."""
+        decision = ApprovalDecision(
+            tool_call_id=tool_call_id, approved=approved, reason=reason, approver=user.name or "api"
+        )
+        await require_run(self.gw, agent_run_id, user)
+        return await self._update(agent_run_id, APPROVAL_UPDATE, decision, ApprovalRecord)
+
+    async def answer(self, agent_run_id: str, text: str, user: User) -> None:
+        """Answer the question the run asked."""
+        await require_run(self.gw, agent_run_id, user)
+        await self._update(agent_run_id, ANSWER_UPDATE, UserAnswer(text=text))
+
+    async def submit_tool_result(self, agent_run_id: str, result: ToolResultSubmission, user: User) -> None:
+        """The output (or the error) of a client-side tool call the run waits for."""
+        await require_run(self.gw, agent_run_id, user)
+        await self._update(agent_run_id, TOOL_RESULT_UPDATE, result)
+
+    async def cancel(self, agent_run_id: str, reason: str | None, user: User) -> None:
+        """Ask the run to stop; 409 when it has already finished."""
+        state = await self.owned_state(agent_run_id, user)
+        if state.status.is_final:
+            raise HTTPException(409, f"run {agent_run_id!r} has already finished ({state.status.value})")
+        try:
+            await self.gw.run(agent_run_id).signal(CANCEL_SIGNAL, CancelRequest(reason=reason))
+        except RPCError as err:
+            raise http_error(err, agent_run_id) from None
+
+    @overload
+    async def _update(self, agent_run_id: str, update: str, arg: BaseModel) -> None: ...
+
+    @overload
+    async def _update(
+        self, agent_run_id: str, update: str, arg: BaseModel, result_type: type[Result]
+    ) -> Result: ...
+
+    async def _update(
+        self, agent_run_id: str, update: str, arg: BaseModel, result_type: type[Result] | None = None
+    ) -> Result | None:
+        """The run's update `update`; its refusal as the HTTP error a client can act on."""
+        try:
+            result: Result | None = await self.gw.run(agent_run_id).execute_update(
+                update, arg, result_type=result_type
+            )
+            return result
+        except (WorkflowUpdateFailedError, RPCError) as err:
+            raise await refusal(self.gw, err, agent_run_id) from None
+
+    # --- Reading ---
+
+    async def owned_state(self, agent_run_id: str, user: User) -> RunState:
+        """The run's state (its `state` query); 404 unless the run is the user's."""
+        return check_owner(user, await self.gw.state(agent_run_id))
+
+    async def state(self, agent_run_id: str, user: User) -> RunState:
+        """The run's state with its structured output (`output`): the workflow knows only where the
+        validated answer is stored, with its reply, so the object itself never passes through Temporal."""
+        state = await self.owned_state(agent_run_id, user)
+        if state.output_seq is None:
+            return state
+        reply = (await self.gw.store.messages(agent_run_id, [state.output_seq])).get(state.output_seq)
+        return state.model_copy(update={"output": reply.output if reply is not None else None})
+
+    async def check_chat(self, chat_id: str, user: User) -> None:
+        """404 unless the chat is the user's (or new)."""
+        await require_chat(self.gw.store.pool, chat_id, user)
+
+    async def list_runs(self, filters: records.RunFilter, user: User) -> list[dict[str, Any]]:
+        """Run records, newest first. A user lists only their own runs (asking for another's finds none).
+        With only a chat named, the chat's runs from `chat_runs`, runs from before run records included."""
+        if not user.admin:
+            if filters.user_id is not None and filters.user_id != user.id:
+                return []
+            filters = replace(filters, user_id=user.id)
+        others = (filters.status, filters.purpose, filters.user_id, filters.since, filters.until)
+        if filters.chat_id is not None and not any(others):
+            return await records.chat_runs(self.gw.store.pool, filters.chat_id, filters.limit)
+        return await records.list_runs(self.gw.store.pool, filters)
+
+    async def timeline(self, agent_run_id: str, user: User) -> dict[str, Any]:
+        """The run's record with its LLM calls and tool runs; 404 when there is none, or it is not theirs."""
+        found = await records.timeline(self.gw.store.pool, agent_run_id) if is_run_id(agent_run_id) else None
+        if found is None or not user.owns(found["run"].get("user_id")):
+            raise HTTPException(404, f"no records of run {agent_run_id!r}")
+        return found
+
+
+def _last_answered(
+    agent_run_id: str,
+    events: list[RunEvent],
+    approvals: list[ApprovalDecision],
+    results: list[ToolResultSubmission],
+) -> int:
+    """The seq of the last waiting event the answers answer; 404 when the run never waited for any."""
+    answered = [a.tool_call_id for a in approvals] + [r.tool_call_id for r in results]
+    waiting = {e.tool_call_id: e.seq for e in events if isinstance(e, WAITING_EVENTS)}
+    known = [waiting[call_id] for call_id in answered if call_id in waiting]
+    if not known:
+        raise HTTPException(404, f"run {agent_run_id!r} never waited for {', '.join(answered)}")
+    return max(known)
+
+
+def _run_service(gw: GatewayDep) -> RunService:
+    return RunService(gw)
+
+
+RunServiceDep = Annotated[RunService, Depends(_run_service)]
