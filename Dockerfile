@@ -2,7 +2,7 @@
 #   python worker.py                  the agent worker        (metrics and health: :9464/metrics)
 #   python worker.py --queue heavy    a heavy-tool worker     (:9465/metrics)
 #   python -m api                     the gateway (default)   (:8000, health: GET /healthz)
-# `python -m keel.healthcheck gateway|worker|heavy-worker` is the healthcheck of each.
+# `python -m keel.stack.healthcheck gateway|worker|heavy-worker` is the healthcheck of each.
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

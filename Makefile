@@ -75,7 +75,7 @@ nextjs-example:
 	fi
 
 dev: $(STAMP)
-	$(PY) -m keel.dev
+	$(PY) -m keel.stack.dev
 
 # pytest exits 5 when it collects no tests; that stays a failure, so CI can't pass with an empty suite.
 # ruff runs first: a lint error fails the suite like a failing test does.

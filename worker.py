@@ -20,18 +20,18 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
-from activities.agent import AgentActivities
+from activities.agent_activities import AgentActivities
 from activities.records import ObservingInterceptor, RecordActivities, RunRecorder
-from keel import metrics
 from keel.app import load_app_or_exit
-from keel.deltas import PostgresDeltaChannel, prune_deltas
-from keel.logs import configure_logging, temporal_core_logging
-from keel.reconciler import first_look_back, reconcile
-from keel.records import RecordWriter
+from keel.observability import metrics
+from keel.observability.logs import configure_logging, temporal_core_logging
+from keel.observability.tracing import configure_tracing, with_tracing
 from keel.settings import Settings, get_settings
-from keel.stack import free_port
-from keel.store import RunStore, create_pool
-from keel.telemetry import configure_tracing, with_tracing
+from keel.stack.embedded import free_port
+from keel.storage.deltas import PostgresDeltaChannel, prune_deltas
+from keel.storage.reconciler import first_look_back, reconcile
+from keel.storage.run_records import RecordWriter
+from keel.storage.store import RunStore, create_pool
 from keel.temporal import connect_temporal, temporal_connect_options
 from workflows.agent_run import AgentRun
 
@@ -111,7 +111,7 @@ async def _prune_deltas_hourly(pool: asyncpg.Pool, retention: timedelta) -> None
 
 
 async def _reconcile_often(pool: asyncpg.Pool, client: Client, every_s: float) -> None:
-    """Keep run records and queues true to Temporal (keel/reconciler.py): each pass looks at what closed
+    """Keep run records and queues true to Temporal (keel/storage/reconciler.py): each pass looks at what closed
     since the one before it, with an overlap, so a pass that failed is made up by the next."""
     since = await first_look_back(pool)
     while True:

@@ -27,11 +27,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from activities.models import ChatModel, Finish, ModelChunk
-from keel import metrics
 from keel.contracts import RECORD_RUN, ErrorType, LlmStepInput, RunNote, RunStatus, ToolInput, ToolRunNote
-from keel.logs import log_context
-from keel.records import RecordWriter, Row, is_unavailable, snapshot, write_run_note
-from keel.telemetry import tracer
+from keel.observability import metrics
+from keel.observability.logs import log_context
+from keel.observability.tracing import tracer
+from keel.storage.run_records import RecordWriter, Row, is_unavailable, snapshot, write_run_note
 
 log = logging.getLogger("keel.activities")
 T = TypeVar("T")

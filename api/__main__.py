@@ -5,9 +5,9 @@ from temporalio.runtime import Runtime, TelemetryConfig
 
 from api.auth import check_startup
 from api.connections import request_read_deadline_protocol
-from keel.logs import configure_logging, temporal_core_logging
+from keel.observability.logs import configure_logging, temporal_core_logging
+from keel.observability.tracing import configure_tracing
 from keel.settings import get_settings
-from keel.telemetry import configure_tracing
 from keel.temporal import temporal_connect_options
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     try:
         # log_config=None: uvicorn's own lines go through the JSON handler too.
         uvicorn.run(
-            "api.app:create_app",
+            "api.application:create_app",
             factory=True,
             host=settings.host,
             port=settings.port,

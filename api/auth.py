@@ -22,9 +22,9 @@ import jwt
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from keel.api_keys import API_KEY_PREFIX, key_holder
 from keel.contracts import RunState
 from keel.settings import Settings
+from keel.storage.api_keys import API_KEY_PREFIX, key_holder
 
 ADMIN_ROLE = "admin"
 _MIN_HS256_SECRET = 32

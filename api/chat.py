@@ -12,7 +12,7 @@ run from the history; when the message it replaces is the chat's active run, tha
 stream from its start, or 204 when there is none.
 
 The routes only parse and answer: the run service (api/run_service.py) starts and continues runs, and
-api/streams.py streams them.
+api/sse.py streams them.
 """
 
 from fastapi import APIRouter, HTTPException, Response
@@ -22,7 +22,7 @@ from api.auth import CurrentUser
 from api.chat_request import ChatRequest
 from api.run_service import RunServiceDep
 from api.run_stream import StreamStart
-from api.streams import resume_chat, stream_response
+from api.sse import resume_chat, stream_response
 
 router = APIRouter(tags=["chat"])
 

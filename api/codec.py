@@ -1,7 +1,7 @@
 """The codec endpoint: lets the Temporal Web UI and `temporal workflow show --codec-endpoint` read runs
 whose payloads are encrypted.
 
-Its routes are an APIRouter like every other, served by a small app of its own that api/app.py mounts at
+Its routes are an APIRouter like every other, served by a small app of its own that api/application.py mounts at
 /codec: its CORS rule (the Web UI's origin only) must apply to nothing else, and Starlette's middleware is
 per app, so a router of the gateway's own app could not have it."""
 
@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
-from keel.codec import CodecKeyError, EncryptionCodec
+from keel.encryption import CodecKeyError, EncryptionCodec
 
 router = APIRouter()
 

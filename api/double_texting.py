@@ -22,7 +22,7 @@ from keel.contracts import (
     QueuedRun,
     RunState,
 )
-from keel.store import RunStore
+from keel.storage.store import RunStore
 
 INTERRUPT_WAIT_SECONDS = 30
 # Runs ahead that may close one after the other while a new run is being queued behind them.

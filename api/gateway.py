@@ -21,10 +21,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from keel.app import App
 from keel.contracts import STATE_QUERY, ErrorType, RunState
-from keel.deltas import DeltaChannel
-from keel.reconciler import ended_outside
 from keel.settings import Settings
-from keel.store import RunStore
+from keel.storage.deltas import DeltaChannel
+from keel.storage.reconciler import ended_outside
+from keel.storage.store import RunStore
 
 _RUN_ID = re.compile(r"^run-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -38,7 +38,7 @@ class Gateway:
     settings: Settings
     temporal: Client
     store: RunStore
-    # Live token deltas from the LLM activities (keel/deltas.py).
+    # Live token deltas from the LLM activities (keel/storage/deltas.py).
     deltas: DeltaChannel
     # The agents this gateway serves (KEEL_APP).
     app: App
@@ -109,7 +109,7 @@ def _ended_outside(state: RunState, status: WorkflowExecutionStatus | None) -> R
 
 
 def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway  # set by the app's lifespan (api/app.py)
+    gateway: Gateway = request.app.state.gateway  # set by the app's lifespan (api/application.py)
     return gateway
 
 

@@ -2,7 +2,7 @@
 and `GET /healthz`.
 
 `install(app)` adds the middleware and the answer to PostgreSQL being away; `router` has the two routes
-(public, for operators and their tools; api/app.py registers it).
+(public, for operators and their tools; api/application.py registers it).
 """
 
 import asyncio
@@ -19,10 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.gateway import GatewayDep
-from keel import metrics
-from keel.logs import log_context
-from keel.records import active_runs, approval_backlog, is_unavailable
-from keel.telemetry import tracer
+from keel.observability import metrics
+from keel.observability.logs import log_context
+from keel.observability.tracing import tracer
+from keel.storage.run_records import active_runs, approval_backlog, is_unavailable
 
 log = logging.getLogger("keel.api")
 _UNTRACED = {"/metrics", "/healthz"}

@@ -24,7 +24,6 @@ from api.double_texting import make_room, queue_behind
 from api.gateway import Gateway, GatewayDep, http_error, is_run_id, refusal
 from api.limits import check_run_start
 from api.run_stream import StreamStart, pause_after
-from keel import metrics, records
 from keel.agent import Agent, RunContext
 from keel.app import UnknownAgent
 from keel.contracts import (
@@ -44,8 +43,10 @@ from keel.contracts import (
     ToolResultSubmission,
     UserAnswer,
 )
+from keel.observability import metrics
 from keel.run_start import first_messages, record_start, run_input, start_run
-from keel.store import RunStore
+from keel.storage import run_records
+from keel.storage.store import RunStore
 
 log = logging.getLogger("keel.api")
 Result = TypeVar("Result")
@@ -121,7 +122,7 @@ class RunService:
             await start_run(self.gw.temporal, run, self.gw.settings.task_queue)
         except RPCError as err:
             why = f"Temporal is unavailable, no run was started: {err.message}"
-            await records.run_not_started(chat.pool, run.agent_run_id, why)
+            await run_records.run_not_started(chat.pool, run.agent_run_id, why)
             await chat.forget_chat_run(run.agent_run_id)
             raise HTTPException(503, why) from None
         if run.queued_behind:
@@ -279,7 +280,7 @@ class RunService:
         """404 unless the chat is the user's (or new)."""
         await require_chat(self.gw.store.pool, chat_id, user)
 
-    async def list_runs(self, filters: records.RunFilter, user: User) -> list[dict[str, Any]]:
+    async def list_runs(self, filters: run_records.RunFilter, user: User) -> list[dict[str, Any]]:
         """Run records, newest first. A user lists only their own runs (asking for another's finds none).
         With only a chat named, the chat's runs from `chat_runs`, runs from before run records included."""
         if not user.admin:
@@ -288,12 +289,14 @@ class RunService:
             filters = replace(filters, user_id=user.id)
         others = (filters.status, filters.purpose, filters.user_id, filters.since, filters.until)
         if filters.chat_id is not None and not any(others):
-            return await records.chat_runs(self.gw.store.pool, filters.chat_id, filters.limit)
-        return await records.list_runs(self.gw.store.pool, filters)
+            return await run_records.chat_runs(self.gw.store.pool, filters.chat_id, filters.limit)
+        return await run_records.list_runs(self.gw.store.pool, filters)
 
     async def timeline(self, agent_run_id: str, user: User) -> dict[str, Any]:
         """The run's record with its LLM calls and tool runs; 404 when there is none, or it is not theirs."""
-        found = await records.timeline(self.gw.store.pool, agent_run_id) if is_run_id(agent_run_id) else None
+        found = (
+            await run_records.timeline(self.gw.store.pool, agent_run_id) if is_run_id(agent_run_id) else None
+        )
         if found is None or not user.owns(found["run"].get("user_id")):
             raise HTTPException(404, f"no records of run {agent_run_id!r}")
         return found

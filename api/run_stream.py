@@ -6,7 +6,7 @@ A run's stream merges two sources:
   wakes when the workflow makes progress (no fixed polling interval), then asks the `events` query for
   what is new;
 - the token deltas of each step's LLM call, which never enter history: they come out of band through the
-  run's `DeltaChannel` (keel/deltas.py), live from its notifications and, for whatever a viewer missed,
+  run's `DeltaChannel` (keel/storage/deltas.py), live from its notifications and, for whatever a viewer missed,
   from its log.
 
 `RunStream` turns both into one sequence of chunks that comes out the same every time it is produced: a
@@ -28,7 +28,7 @@ SDK client is then left holding a call, and none takes the last step for one tha
 A run with structured output (Agent(output_type=...)) ends with its validated answer as a `data-output`
 part (`{"type": "data-output", "id": <run id>, "data": <object>}`), the last chunk before `finish`.
 
-The chunks are the typed models of keel/ui_protocol/chunks.py; api/streams.py encodes them.
+The chunks are the typed models of keel/ui_protocol/chunks.py; api/sse.py encodes them.
 
 Retries stay clean: each attempt of an LLM call writes its own text part (`text-<seq>`, then
 `text-<seq>-<attempt>`). When a retried attempt begins, the part of the abandoned one is ended and a
@@ -64,9 +64,9 @@ from keel.contracts import (
     ToolCallRequested,
     ToolResultReady,
 )
-from keel.deltas import RESYNC, VIEWER_QUEUE, Delta, DeltaBatch, DeltaChannel
-from keel.reconciler import ended_outside
-from keel.store import RunStore
+from keel.storage.deltas import RESYNC, VIEWER_QUEUE, Delta, DeltaBatch, DeltaChannel
+from keel.storage.reconciler import ended_outside
+from keel.storage.store import RunStore
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from pydantic_core import PydanticCustomError
 from api.auth import CurrentUser
 from api.chat_request import JsonValue, StrictBody
 from api.run_service import RunServiceDep
-from api.streams import last_event_id, resumed_response
+from api.sse import last_event_id, resumed_response
 from keel.contracts import ApprovalRecord, RunState, ToolResultSubmission
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])

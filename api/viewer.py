@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from api.auth import CurrentUser
 from api.gateway import Gateway
 from api.run_service import RunServiceDep
-from keel import records
 from keel.contracts import RunStatus
+from keel.storage import run_records
 
 router = APIRouter(tags=["run viewer"])
 
@@ -88,7 +88,7 @@ async def list_runs(
     until: Annotated[datetime | None, Query(description="started before (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[RunSummary]:
-    filters = records.RunFilter(
+    filters = run_records.RunFilter(
         status=status.value if status else None,
         purpose=purpose,
         user_id=user,

@@ -13,12 +13,12 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from activities.agent import AgentActivities
+from activities.agent_activities import AgentActivities
 from bench.bare import BARE_TASK_QUEUE, BareAgentLoop
 from keel.app import load_app
-from keel.deltas import PostgresDeltaChannel
 from keel.settings import get_settings
-from keel.store import RunStore, create_pool
+from keel.storage.deltas import PostgresDeltaChannel
+from keel.storage.store import RunStore, create_pool
 
 
 async def serve() -> None:

@@ -7,7 +7,7 @@ worker and gateway as the same subprocesses `make dev` and the tests run (`pytho
         proc, url = h.spawn_gateway()
         client = await h.client()
 
-Temporal and PostgreSQL come from `keel.stack`, the code behind `make dev` and tests/conftest.py, so a
+Temporal and PostgreSQL come from `keel.stack.embedded`, the code behind `make dev` and tests/conftest.py, so a
 benchmark measures the stack people run (including its dev-server tuning, DEV_SERVER_TUNING, which lifts
 the one-shard dev server's 20/s transfer-queue poll cap that added 35-50 ms to every workflow task). No payload codec: encryption has a cost of its own, which a
 section may measure separately by passing KEEL_CODEC_KEY_FILE in `extra_env`.
@@ -28,8 +28,8 @@ import httpx
 from temporalio.client import Client
 
 from keel.settings import Settings
-from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
-from keel.store import RunStore, create_pool
+from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
+from keel.storage.store import RunStore, create_pool
 from keel.temporal import connect_temporal
 
 ROOT = Path(__file__).resolve().parent.parent

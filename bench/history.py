@@ -15,7 +15,7 @@ from bench.harness import Harness
 from bench.report import Figure, Section, at_most
 from keel.contracts import Message
 from keel.run_start import new_run_id
-from keel.store import RunStore
+from keel.storage.store import RunStore
 
 FILLER = " ".join(["lorem ipsum dolor sit amet consectetur"] * 27)  # ~1 KB, no trigger words, no digits
 FLAT_TARGET = 1.05

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from keel.stack import free_port, port_is_free
+from keel.stack.embedded import free_port, port_is_free
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -32,7 +32,7 @@ from keel.agent import RunContext
 from keel.app import load_app
 from keel.contracts import Message
 from keel.run_start import first_messages, record_start, run_input, start_run
-from keel.store import RunStore
+from keel.storage.store import RunStore
 
 if TYPE_CHECKING:
     from temporalio.client import Client

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-from activities.agent import AgentActivities
+from activities.agent_activities import AgentActivities
 from bench.bare import BARE_TASK_QUEUE, BARE_WORKFLOW, BareInput
 from bench.harness import HEAVY_TASK_QUEUE, TASK_QUEUE, Harness
 from keel.app import load_app
 from keel.contracts import Budgets, LlmStepInput, Message, PurposeSpec, ToolInput
-from keel.deltas import PostgresDeltaChannel
 from keel.run_start import new_run_id, run_input, start_run
-from keel.store import RunStore
+from keel.storage.deltas import PostgresDeltaChannel
+from keel.storage.store import RunStore
 
 # Two cheap tools the scripted model calls together when asked "in parallel": an agent step with one LLM
 # call and two tool calls, then a final step that writes the answer.

@@ -9,7 +9,7 @@ PostgreSQL under (agent_run_id, seq) and the workflow passes those sequence numb
 """
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -45,6 +45,13 @@ ASK_USER_TOOL = "ask_user"
 # gives its final answer, and how the message that sends a failed answer back to the model begins.
 OUTPUT_TOOL = "keel_final_answer"
 OUTPUT_FEEDBACK_PREFIX = "Your final answer did not validate against the required JSON schema"
+
+# Fallback chains (`KEEL_MODEL=openai:gpt-4o-mini,anthropic:claude-haiku-4-5`): a route gets this many
+# consecutive call_llm attempts before the next route takes over; the last route keeps the attempts that
+# remain of the call_llm retry policy's maximum (workflows/activity_options.py). A route that fails for good (401, 404...) hands over at once.
+CALL_LLM_ATTEMPTS_PER_ROUTE = 3
+# A provider's Retry-After is honoured up to this; a longer one is a sign to wait with normal backoff.
+MAX_RETRY_AFTER = timedelta(minutes=2)
 
 
 class ErrorType(StrEnum):
@@ -545,7 +552,7 @@ class RunState(BaseModel):
     output: dict[str, Any] | None = None
 
 
-# --- Run records: the workflow's own facts, written by the `record_run` activity (keel/records.py) ---
+# --- Run records: the workflow's own facts, written by the `record_run` activity (keel/storage/run_records.py) ---
 
 
 class ToolRunNote(BaseModel):

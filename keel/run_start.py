@@ -16,10 +16,10 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 
-from keel import records
 from keel.agent import Agent, RunContext
 from keel.contracts import WORKFLOW_TYPE, AgentRunInput, ClientTool, Message, PurposeSpec, RunState
-from keel.store import RunStore
+from keel.storage import run_records
+from keel.storage.store import RunStore
 from keel.text import one_line
 
 # The preview of the request a run carries (its record, the Temporal Web UI), in characters.
@@ -73,7 +73,7 @@ async def record_start(store: RunStore, run: AgentRunInput, messages: Sequence[M
     await store.put_messages(run.agent_run_id, 0, list(messages))
     if run.chat_id is not None:
         await store.record_chat_run(run.chat_id, run.agent_run_id, run.user_id)
-    await records.run_started(
+    await run_records.run_started(
         store.pool,
         agent_run_id=run.agent_run_id,
         purpose=run.purpose.slug,

@@ -242,7 +242,7 @@ class Settings(BaseSettings):
         description="Token deltas (`run_deltas`, the log stream replays are made from) of runs finished "
         "longer ago than this are deleted by the agent workers, hourly; `0` keeps them forever.",
     )
-    # keel/reconciler.py: a run terminated or timed out outside its loop is recorded as ended, and its queue
+    # keel/storage/reconciler.py: a run terminated or timed out outside its loop is recorded as ended, and its queue
     # goes on, within this.
     reconcile_seconds: float = Field(
         30.0,

@@ -18,7 +18,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import TLSConfig
 
-from keel.codec import EncryptionCodec
+from keel.encryption import EncryptionCodec
 from keel.settings import Settings
 
 

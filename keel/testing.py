@@ -93,10 +93,10 @@ from keel.contracts import (
     Usage,
     UserAnswer,
 )
-from keel.logs import temporal_core_logging
+from keel.observability.logs import temporal_core_logging
 from keel.run_start import first_messages, new_run_id, record_start, run_input, start_run
-from keel.stack import EmbeddedPostgres
-from keel.store import RunStore, create_pool
+from keel.stack.embedded import EmbeddedPostgres
+from keel.storage.store import RunStore, create_pool
 
 if TYPE_CHECKING:
     import asyncpg
@@ -578,7 +578,7 @@ class AgentTest:
     def _worker(self, pool: asyncpg.Pool) -> Worker:
         # Imported here: `keel` imports neither workflows nor activities, and a process that only reads
         # this module's types shouldn't pay for them.
-        from activities.agent import AgentActivities
+        from activities.agent_activities import AgentActivities
         from activities.records import RecordActivities
         from workflows.agent_run import AgentRun
 

@@ -20,10 +20,10 @@ from temporalio.client import Client, WorkflowHistory
 
 from keel.agent import RunContext
 from keel.app import load_app
-from keel.codec import write_new_key_file
+from keel.encryption import write_new_key_file
 from keel.settings import Settings, get_settings
-from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
-from keel.store import RunStore, create_pool
+from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
+from keel.storage.store import RunStore, create_pool
 from keel.temporal import connect_temporal
 from tests.fake_vendors import FakeVendors, start_fake_vendors, stop_fake_vendors
 
@@ -172,7 +172,7 @@ def keel(
         "KEEL_WORKER_METRICS_PORT": str(free_port()),
         "KEEL_HEAVY_WORKER_METRICS_PORT": str(free_port()),
         "KEEL_CODEC_KEY_FILE": str(base / "codec-keys.json"),
-        # The reconciler (keel/reconciler.py) every second instead of every 30, so tests need not wait.
+        # The reconciler (keel/storage/reconciler.py) every second instead of every 30, so tests need not wait.
         "KEEL_RECONCILE_SECONDS": "1",
         # No Web UI (the test Temporal is headless), whatever the shell says: empty is unset.
         "KEEL_TEMPORAL_UI_URL": "",

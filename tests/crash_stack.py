@@ -18,7 +18,7 @@ from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 
 from keel.settings import Settings
-from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
+from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
 from keel.temporal import connect_temporal
 from tests.conftest import _healthy, _spawn, _wait_for
 from tests.ui_stream import UIStream, parse_text

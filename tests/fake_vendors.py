@@ -61,7 +61,7 @@ from keel.contracts import (
     ToolSpec,
     Usage,
 )
-from keel.stack import free_port
+from keel.stack.embedded import free_port
 
 _PIECE = 6  # characters per streamed piece of arguments; small, so every call spans several chunks
 _BEHAVIOUR = re.compile(

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from keel.settings import Settings
-from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
+from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
 from keel.temporal import connect_temporal
 from tests.conftest import _healthy, _spawn, _wait_for, wait_for_status
 from tests.ui_stream import chat_body, parse

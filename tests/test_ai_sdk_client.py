@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from activities.models.scripted import DISCLAIMER
-from keel.store import RunStore
+from keel.storage.store import RunStore
 from tests.ai_sdk import NODE_DIR, require_ai_sdk
 from tests.conftest import Keel
 

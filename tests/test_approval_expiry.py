@@ -13,12 +13,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.agent import AgentActivities
+from activities.agent_activities import AgentActivities
 from activities.records import RecordActivities
 from keel.contracts import Message, RunState, RunStatus
 from keel.run_start import first_messages, run_input, start_run
-from keel.stack import EmbeddedPostgres
-from keel.store import RunStore, create_pool
+from keel.stack.embedded import EmbeddedPostgres
+from keel.storage.store import RunStore, create_pool
 from tests.conftest import EXAMPLES, NO_CONTEXT
 from workflows.agent_run import AgentRun
 

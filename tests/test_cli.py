@@ -10,7 +10,7 @@ from tests.conftest import ROOT, Keel
 
 def keel_cli(keel: Keel, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "keel.cli", "--url", keel.gateway_url, *args],
+        [sys.executable, "-m", "keel.cli.main", "--url", keel.gateway_url, *args],
         cwd=ROOT,
         input=stdin,
         capture_output=True,
@@ -64,7 +64,7 @@ def test_run_answers_the_agents_question(keel: Keel) -> None:
 
 def test_ctrl_c_cancels_the_run(keel: Keel) -> None:
     cli = subprocess.Popen(
-        [sys.executable, "-m", "keel.cli", "--url", keel.gateway_url, "run", "wait 8 seconds please"],
+        [sys.executable, "-m", "keel.cli.main", "--url", keel.gateway_url, "run", "wait 8 seconds please"],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -102,7 +102,7 @@ def test_approve_deny_and_cancel_commands(keel: Keel) -> None:
     unknown = keel_cli(keel, "approve", "run-00000000-0000-0000-0000-000000000000", "call_1")
     assert unknown.returncode == 1 and "HTTP 404" in unknown.stdout
     unreachable = subprocess.run(
-        [sys.executable, "-m", "keel.cli", "--url", "http://127.0.0.1:9", "cancel", "run-x"],
+        [sys.executable, "-m", "keel.cli.main", "--url", "http://127.0.0.1:9", "cancel", "run-x"],
         capture_output=True,
         text=True,
         timeout=30,

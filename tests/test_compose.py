@@ -10,7 +10,7 @@
   TEMPORAL_* variable given to Keel's containers is a real setting; their commands are the entry points
   worker.py and api really have; the Dockerfile copies every package pyproject.toml installs.
 - The pieces that can run here do run: the namespace script against the test Temporal server, and
-  `python -m keel.healthcheck` (the Keel containers' healthcheck) against the test worker and gateway.
+  `python -m keel.stack.healthcheck` (the Keel containers' healthcheck) against the test worker and gateway.
 """
 
 import json
@@ -30,9 +30,9 @@ from typing import Any
 import pytest
 import yaml
 
-from keel.healthcheck import ROLES
 from keel.settings import Settings
-from keel.stack import TemporalDevServer, find_temporal_bin, free_port, stop_process_group
+from keel.stack.embedded import TemporalDevServer, find_temporal_bin, free_port, stop_process_group
+from keel.stack.healthcheck import ROLES
 from tests.conftest import Keel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +160,7 @@ def _check_wiring(services: dict[str, dict[str, Any]]) -> None:
         assert command in KEEL_COMMANDS, f"{name} runs {command}, not a Keel entry point"
         role = KEEL_COMMANDS[command]
         test = list(service["healthcheck"]["test"])
-        assert test == ["CMD", "python", "-m", "keel.healthcheck", role], f"{name}: healthcheck {test}"
+        assert test == ["CMD", "python", "-m", "keel.stack.healthcheck", role], f"{name}: healthcheck {test}"
 
 
 def test_compose_wiring() -> None:
@@ -261,7 +261,7 @@ def test_namespace_script_registers_once(temporal_server: TemporalDevServer) -> 
 
 def _healthcheck(role: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "keel.healthcheck", role],
+        [sys.executable, "-m", "keel.stack.healthcheck", role],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -11,7 +11,7 @@ from the gateway, the run records and Temporal:
 - one decision per tool call (approval, answer, client tool result), one end however many cancels, and a
   decision that meets a run already over is a 409 saying how it ended;
 - what Temporal closes outside a run's loop (terminated) never leaves a record `running` or a queue stuck,
-  nor does a start Temporal refused, nor a record whose workflow never started (keel/reconciler.py, every
+  nor does a start Temporal refused, nor a record whose workflow never started (keel/storage/reconciler.py, every
   second in the tests), nor a run whose own numbers broke its loop.
 """
 
@@ -28,8 +28,8 @@ from temporalio.client import Client, WorkflowFailureError
 
 from keel.contracts import Budgets, Message, PurposeSpec
 from keel.run_start import run_input, start_run
-from keel.stack import EmbeddedPostgres, TemporalDevServer
-from keel.store import RunStore
+from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer
+from keel.storage.store import RunStore
 from tests.conftest import Keel, wait_for_status
 from tests.crash_stack import CrashStack, until
 from tests.test_security import bearer, token, user_id

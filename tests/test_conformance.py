@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from activities.agent import AgentActivities
+from activities.agent_activities import AgentActivities
 from activities.models import Finish, TextDelta, resolve_model
 from keel.contracts import LlmStepInput, LlmStepResult, Message, ToolCall
 from keel.routes import parse_route
 from keel.settings import Settings
-from keel.store import RunStore
+from keel.storage.store import RunStore
 from tests.conftest import EXAMPLES
 
 SYSTEM = Message(role="system", content="You are a helpful assistant.")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from keel.settings import Settings
-from keel.stack import free_port, stop_process_group
+from keel.stack.embedded import free_port, stop_process_group
 from tests.conftest import Keel, _healthy, _spawn, _wait_for
 from tests.ui_stream import assert_well_formed, chat_body, parse, user_message
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from activities.models.scripted import DISCLAIMER, ScriptedModel
-from keel.stack import EmbeddedPostgres, TemporalDevServer
-from keel.store import RunStore
+from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer
+from keel.storage.store import RunStore
 from tests.conftest import Keel
 from tests.crash_stack import CrashStack, Process, Watch, running_activity, task_takers, until, watching
 from tests.test_run_records import pick, records

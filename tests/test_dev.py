@@ -1,4 +1,4 @@
-"""`make dev` (python -m keel.dev): the whole stack comes up, serves a run, and Ctrl-C leaves nothing behind."""
+"""`make dev` (python -m keel.stack.dev): the whole stack comes up, serves a run, and Ctrl-C leaves nothing behind."""
 
 import os
 import signal
@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, port_is_free
+from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer, free_port, port_is_free
 from tests.conftest import ROOT
 from tests.ui_stream import chat_body, parse
 
@@ -37,7 +37,7 @@ def processes_using(path: Path) -> list[str]:
 def start_dev(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "keel.dev"],
+            [sys.executable, "-m", "keel.stack.dev"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -47,7 +47,7 @@ def start_dev(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def wait_until_up(proc: subprocess.Popen[bytes], log: Path) -> str:
-    """Waits for the banner, which keel.dev prints once the gateway answers /healthz."""
+    """Waits for the banner, which keel.stack.dev prints once the gateway answers /healthz."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
@@ -72,7 +72,7 @@ def test_a_taken_port_is_named_and_nothing_starts(tmp_path: Path) -> None:
             tmp_path / "data", port, TEMPORAL_ADDRESS="127.0.0.1:1", DATABASE_URL="postgresql:///none"
         )
         result = subprocess.run(
-            [sys.executable, "-m", "keel.dev"], cwd=ROOT, env=env, capture_output=True, timeout=60
+            [sys.executable, "-m", "keel.stack.dev"], cwd=ROOT, env=env, capture_output=True, timeout=60
         )
 
     assert result.returncode == 2

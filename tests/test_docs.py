@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from keel.cli import build_parser
+from keel.cli.main import build_parser
 from keel.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ def test_every_setting_is_documented_from_its_description(site: Path) -> None:
 
 
 def test_every_endpoint_is_documented_from_the_openapi_schema(site: Path) -> None:
-    from api.app import create_app
+    from api.application import create_app
 
     text = (site / "reference" / "http-api" / "index.html").read_text()
     schema = create_app(Settings.model_construct()).openapi()

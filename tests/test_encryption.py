@@ -11,8 +11,8 @@ import httpx
 import pytest
 from temporalio.api.common.v1 import Payload
 
-from keel.codec import CodecKeyError, EncryptionCodec, rotate_key_file, write_new_key_file
-from keel.stack import TemporalDevServer, find_temporal_bin
+from keel.encryption import CodecKeyError, EncryptionCodec, rotate_key_file, write_new_key_file
+from keel.stack.embedded import TemporalDevServer, find_temporal_bin
 from tests.conftest import TEMPORAL_UI_URL, Keel
 from tests.ui_stream import chat, chat_body
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from keel import Agent, ClientTool
 from keel.contracts import OUTPUT_FEEDBACK_PREFIX, Message
-from keel.stack import EmbeddedPostgres
+from keel.stack.embedded import EmbeddedPostgres
 from keel.testing import AgentTest, RunNotWaiting, call
 from tests.conftest import EXAMPLES
 

@@ -10,7 +10,7 @@ import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from keel.stack import TemporalDevServer, find_temporal_bin
+from keel.stack.embedded import TemporalDevServer, find_temporal_bin
 from tests.conftest import Keel, wait_for_status
 from tests.ui_stream import UIStream, assistant_message, chat, chat_body, parse, user_message
 

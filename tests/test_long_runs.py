@@ -18,8 +18,8 @@ from temporalio.worker import Replayer
 from keel.contracts import Budgets, Message, RunEvent, RunState
 from keel.run_start import run_input, start_run
 from keel.settings import Settings
-from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
-from keel.store import RunStore
+from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
+from keel.storage.store import RunStore
 from keel.temporal import connect_temporal
 from tests.conftest import Keel, _healthy, _spawn, _wait_for
 from tests.long_run_app import chapter_writer

@@ -9,10 +9,10 @@ from activities.models import implementation, provider_for
 from activities.models.chain import route_index
 from activities.models.errors import classify, redact, retry_after
 from activities.models.pricing import price_of, with_cost
-from keel.contracts import Usage
+from keel.contracts import CALL_LLM_ATTEMPTS_PER_ROUTE, Usage
 from keel.routes import REGISTRY, Route, RouteError, parse_chain, parse_route
 from keel.settings import Settings
-from workflows.activity_options import CALL_LLM_ATTEMPTS_PER_ROUTE, CALL_LLM_OPTIONS
+from workflows.activity_options import CALL_LLM_OPTIONS
 
 
 def test_routes_name_a_provider_and_a_model() -> None:

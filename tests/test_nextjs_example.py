@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from keel.stack import free_port, stop_process_group
+from keel.stack.embedded import free_port, stop_process_group
 from tests.conftest import (
     ROOT,
     Keel,

@@ -17,7 +17,7 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client
 
 from keel.settings import Settings
-from keel.store import RunStore
+from keel.storage.store import RunStore
 from tests.conftest import ROOT, TEMPORAL_UI_URL, Keel
 from tests.test_run_records import records
 from tests.ui_stream import chat, chat_body
@@ -196,7 +196,7 @@ async def test_one_trace_spans_the_gateway_request_the_workflow_and_its_activiti
     """The gateway and a worker run in this process (the same code `python -m api` and `python worker.py`
     run), with an in-memory span exporter, on a task queue of their own."""
     import worker
-    from api.app import create_app
+    from api.application import create_app
 
     exporter = InMemorySpanExporter()
     provider = trace.get_tracer_provider()

@@ -6,8 +6,8 @@ import asyncio
 import httpx
 from temporalio.client import Client
 
-from keel.stack import EmbeddedPostgres
-from keel.store import RunStore
+from keel.stack.embedded import EmbeddedPostgres
+from keel.storage.store import RunStore
 from tests.conftest import Keel
 from tests.test_observability import heavy_worker_metrics_url, scrape, value, worker_metrics_url
 from tests.test_run_records import pick, records

@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from activities.models import Finish, TextDelta, resolve_model
 from keel.contracts import Message, ToolCall
 from keel.settings import Settings
-from keel.stack import free_port
+from keel.stack.embedded import free_port
 from tests.conftest import EXAMPLES, FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY
 from tests.fake_vendors import FakeVendors
 

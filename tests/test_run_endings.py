@@ -28,7 +28,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from keel.chat_client import AssistantMessage
+from keel.client import AssistantMessage
 from keel.ui_protocol import ToolApproval, ToolUIPart
 from tests.ai_sdk import NODE_DIR, PACKAGES, require_ai_sdk
 from tests.conftest import Keel, wait_for_status

@@ -15,8 +15,8 @@ import pytest
 from temporalio.client import Client
 
 from activities.models.scripted import DISCLAIMER
-from keel.records import RecordWriter, Row
-from keel.store import RunStore
+from keel.storage.run_records import RecordWriter, Row
+from keel.storage.store import RunStore
 from tests.conftest import VendorWorker
 from tests.test_vendor_runs import run as vendor_run
 from tests.ui_stream import chat, chat_body
@@ -266,7 +266,7 @@ def llm_row(run_id: str, status: str, **values: Any) -> Row:
 
 
 async def test_a_record_written_twice_or_late_is_one_row_in_its_latest_state(store: RunStore) -> None:
-    from keel.records import write_row
+    from keel.storage.run_records import write_row
 
     run_id = f"run-{uuid.uuid4()}"
     now = datetime.now(UTC)
@@ -285,7 +285,7 @@ async def test_a_record_written_twice_or_late_is_one_row_in_its_latest_state(sto
 async def test_a_batch_of_records_lands_as_the_same_records_written_one_by_one(store: RunStore) -> None:
     """The writer merges what queued up (an attempt's start and outcome) and writes it in one transaction;
     the tables must end exactly as the rows written one at a time, in order, would leave them."""
-    from keel.records import merge_rows, write_row, write_rows
+    from keel.storage.run_records import merge_rows, write_row, write_rows
 
     now = datetime.now(UTC)
     later = now + timedelta(seconds=1)

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from keel.stack import EmbeddedPostgres, TemporalDevServer
-from keel.store import RunStore
+from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer
+from keel.storage.store import RunStore
 from tests.conftest import Keel
 from tests.crash_stack import CrashStack, Process, task_takers, until, watching
 from tests.test_run_records import records

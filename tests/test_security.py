@@ -17,11 +17,11 @@ import pytest
 from fastapi import HTTPException
 from temporalio.client import Client
 
-from keel import cli
-from keel.api_keys import create_api_key
+from keel.cli import main as cli
 from keel.settings import get_settings
-from keel.stack import free_port
-from keel.store import RunStore
+from keel.stack.embedded import free_port
+from keel.storage.api_keys import create_api_key
+from keel.storage.store import RunStore
 from tests.conftest import AUTH_JWT_SECRET, EXAMPLES, ROOT, Keel
 from tests.ui_stream import assistant_message, chat_body, parse
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-import keel.store
+import keel.storage.store
 from keel.contracts import Message
-from keel.stack import EmbeddedPostgres
-from keel.store import RunStore, create_pool, migrate
+from keel.stack.embedded import EmbeddedPostgres
+from keel.storage.store import RunStore, create_pool, migrate
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ async def test_migrations_apply_once_when_processes_start_together(
     finally:
         for p in pools:
             await p.close()
-    expected = sorted(f.stem for f in (Path(keel.store.__file__).parent / "migrations").glob("*.sql"))
+    expected = sorted(f.stem for f in (Path(keel.storage.store.__file__).parent / "migrations").glob("*.sql"))
     # Exactly one of the three applied each migration, in order; running again applies nothing.
     assert sorted(v for names in applied for v in names) == expected
     assert [names for names in applied if names] == [expected]

@@ -19,10 +19,10 @@ from temporalio.client import Client
 
 from api.run_stream import RunStream, StreamStart, segment
 from keel.contracts import Message
-from keel.deltas import MAX_ROW_CHARS, DeltaBatch, DeltaWriter, PostgresDeltaChannel, prune_deltas
 from keel.run_start import first_messages, run_input, start_run
-from keel.stack import EmbeddedPostgres
-from keel.store import RunStore
+from keel.stack.embedded import EmbeddedPostgres
+from keel.storage.deltas import MAX_ROW_CHARS, DeltaBatch, DeltaWriter, PostgresDeltaChannel, prune_deltas
+from keel.storage.store import RunStore
 from keel.ui_protocol import encode
 from tests.conftest import NO_CONTEXT, VendorWorker, run_events
 from tests.ui_stream import UIStream, assert_well_formed, assistant_message, chat, chat_body, parse_text

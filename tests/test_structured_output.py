@@ -20,8 +20,8 @@ import pytest
 
 from keel.contracts import OUTPUT_FEEDBACK_PREFIX, OUTPUT_TOOL, Message
 from keel.run_start import first_messages, run_input, start_run
-from keel.stack import EmbeddedPostgres, TemporalDevServer
-from keel.store import RunStore
+from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer
+from keel.storage.store import RunStore
 from tests.apps.structured import AGENTS, Shipment
 from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, NO_CONTEXT, ROOT, Keel
 from tests.crash_stack import CrashStack, Process, until
@@ -248,7 +248,7 @@ async def test_a_run_is_held_to_the_schema_it_started_with(desk: Desk, store: Ru
 
 def keel_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "keel.cli", *args],
+        [sys.executable, "-m", "keel.cli.main", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

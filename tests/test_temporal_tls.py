@@ -27,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 from keel.settings import Settings
-from keel.stack import TemporalDevServer
+from keel.stack.embedded import TemporalDevServer
 from keel.temporal import connect_temporal, temporal_connect_options
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from keel_examples.packages import LEDGER, PackageRegistry
 
-from activities.agent import AgentActivities
+from activities.agent_activities import AgentActivities
 from keel.contracts import ToolCall, ToolPolicy
 from keel.tools import ToolContext, ToolError
 from tests.conftest import EXAMPLES

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from keel.stack import EmbeddedPostgres, TemporalDevServer, free_port
-from keel.store import RunStore
+from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer, free_port
+from keel.storage.store import RunStore
 from tests.conftest import ROOT, Keel, wait_for_status
 from tests.crash_stack import CrashStack, Process
 from tests.ui_stream import chat, chat_body

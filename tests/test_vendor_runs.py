@@ -15,7 +15,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from keel.contracts import Budgets, LlmStepResult, Message, RunState
 from keel.run_start import first_messages, run_input, start_run
-from keel.store import RunStore
+from keel.storage.store import RunStore
 from tests.conftest import FAKE_ANTHROPIC_KEY, FAKE_OPENAI_KEY, NO_CONTEXT, VendorWorker
 
 pytestmark = pytest.mark.usefixtures("vendor_worker")

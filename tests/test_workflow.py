@@ -58,7 +58,7 @@ def test_workflow_code_imports_nothing_that_does_io() -> None:
         "import sys, workflows.agent_run; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'asyncpg', 'httpx', 'openai', 'anthropic', 'fastapi', 'uvicorn', 'activities', 'api', 'sse_starlette'} "
-        "or m == 'keel.store'); print(bad); sys.exit(1 if bad else 0)"
+        "or m == 'keel.storage.store'); print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

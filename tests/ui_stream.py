@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from keel.chat_client import AssistantMessage
+from keel.client import AssistantMessage
 from keel.ui_protocol import (
     RunDataChunk,
     TextDeltaChunk,

@@ -74,12 +74,6 @@ RECORD_RUN_OPTIONS: dict[str, Any] = {
     ),
 }
 
-# Fallback chains (`KEEL_MODEL=openai:gpt-4o-mini,anthropic:claude-haiku-4-5`): a route gets this many
-# consecutive call_llm attempts before the next route takes over; the last route keeps the attempts that
-# remain of CALL_LLM_OPTIONS' maximum. A route that fails for good (401, 404...) hands over at once.
-CALL_LLM_ATTEMPTS_PER_ROUTE = 3
-# A provider's Retry-After is honoured up to this; a longer one is a sign to wait with normal backoff.
-MAX_RETRY_AFTER = timedelta(minutes=2)
 
 # The agent's own stop_when predicates (app code, pure by contract): quick, local to the agent worker.
 CHECK_STOP_WHEN_OPTIONS: dict[str, Any] = {

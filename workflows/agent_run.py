@@ -63,11 +63,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.activity_options import CALL_LLM_OPTIONS, CHECK_STOP_WHEN_OPTIONS
     from workflows.activity_runner import ActivityRunner, RunFailed
-    from workflows.double_texting import ChatQueue
+    from workflows.chat_queue import ChatQueue
     from workflows.ledger import RunLedger
     from workflows.people import PeopleDesk, Refusal
-    from workflows.recording import RunRecorder
     from workflows.reporting import RunReporter
+    from workflows.run_notes import RunNotes
     from workflows.stop_conditions import Stop, conditions_for, first_stop, time_budget_detail
     from workflows.structured_output import OUTPUT_VALIDATION_FAILED, OutputJudge
     from workflows.tool_calls import ToolCalls
@@ -88,7 +88,7 @@ class AgentRun:
         self._queue = ChatQueue(run)
         self._reporter = RunReporter(run, self._ledger, self._desk, self._queue)
         self._activities = ActivityRunner(fail_run=self._fail)
-        self._recorder = RunRecorder(run, self._ledger, self._reporter, self._activities)
+        self._recorder = RunNotes(run, self._ledger, self._reporter, self._activities)
         self._output = OutputJudge(run, self._ledger, self._activities)
         self._tool_calls = ToolCalls(
             run, self._ledger, self._desk, self._reporter, self._recorder, self._activities

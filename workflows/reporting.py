@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         ToolCallRequested,
         ToolResultReady,
     )
-    from workflows.double_texting import ChatQueue
+    from workflows.chat_queue import ChatQueue
     from workflows.ledger import RunLedger
     from workflows.people import PeopleDesk
     from workflows.stop_conditions import Stop

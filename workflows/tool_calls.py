@@ -37,8 +37,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.activity_runner import ActivityRunner
     from workflows.ledger import RunLedger
     from workflows.people import PeopleDesk
-    from workflows.recording import RunRecorder
     from workflows.reporting import RunReporter
+    from workflows.run_notes import RunNotes
 
 
 # eq=False: a collaborator is itself, not equal to another one with the same parts.
@@ -51,7 +51,7 @@ class ToolCalls:
     ledger: RunLedger
     desk: PeopleDesk
     reporter: RunReporter
-    recorder: RunRecorder
+    recorder: RunNotes
     activities: ActivityRunner
 
     async def act(self, step: int, call: ToolCall, policy: ToolPolicy) -> None:

@@ -28,9 +28,8 @@ from temporalio.exceptions import ApplicationError
 from activities.models.base import ChatModel, Finish, ModelChunk, OutputRequest, ToolChoice
 from activities.models.errors import ModelCallFailed
 from activities.models.pricing import Price, with_cost
-from keel.contracts import ErrorType, Message, ToolSpec
+from keel.contracts import CALL_LLM_ATTEMPTS_PER_ROUTE, MAX_RETRY_AFTER, ErrorType, Message, ToolSpec
 from keel.routes import Route
-from workflows.activity_options import CALL_LLM_ATTEMPTS_PER_ROUTE, MAX_RETRY_AFTER
 
 log = logging.getLogger("keel.models")
 

@@ -4,8 +4,8 @@ mkdocs.yml names this module under `hooks:`. A page asks for a reference with a 
 `<!-- reference: configuration -->` (or `http-api`, `cli`), which is replaced by Markdown made from:
 
 - configuration: the `Settings` class of keel/settings.py (each field's env var, type, default, description);
-- http-api: the gateway's OpenAPI schema (`api.app.create_app(...).openapi()`, what `/openapi.json` serves);
-- cli: the `keel` command's argparse parser (`keel.cli.build_parser()`).
+- http-api: the gateway's OpenAPI schema (`api.application.create_app(...).openapi()`, what `/openapi.json` serves);
+- cli: the `keel` command's argparse parser (`keel.cli.main.build_parser()`).
 
 It also brings repository files that the manual links to from outside docs/ into the site: a page links
 `bench/results/latest.md` by its path in the repository (so the link works on GitHub too), and the site
@@ -196,7 +196,7 @@ def _setting_bounds(field: FieldInfo) -> list[str]:
 
 
 def http_api_reference() -> str:
-    from api.app import create_app
+    from api.application import create_app
     from keel.settings import Settings
 
     # The defaults, whatever the environment of the machine building the site says.
@@ -396,7 +396,7 @@ class _Usage(argparse.HelpFormatter):
 
 
 def cli_reference() -> str:
-    from keel.cli import build_parser
+    from keel.cli.main import build_parser
 
     lines: list[str] = []
     for parser, summary in _commands(build_parser(), ""):

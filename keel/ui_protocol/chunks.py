@@ -1,7 +1,7 @@
 """The chunks of the AI SDK's UI message stream that Keel sends, as typed models, with their encoder and
 decoder.
 
-The gateway writes them (api/run_stream.py, api/streams.py); Keel's Python client, the `keel` command and
+The gateway writes them (api/run_stream.py, api/sse.py); Keel's Python client, the `keel` command and
 the tests read them back. One definition keeps writer and readers agreeing, with each other and with the
 AI SDK's `uiMessageChunkSchema` (ai 5, 6 and 7), whose facts these are.
 

@@ -1,5 +1,5 @@
 """The AI SDK's `UIMessage` and its parts, typed: what `useChat` posts as a chat's history, and what Keel's
-Python client assembles from a stream and posts back (api/chat_request.py reads them, keel/chat_client.py
+Python client assembles from a stream and posts back (api/chat_request.py reads them, keel/client.py
 writes them).
 
 Each part type declares its required fields and the ones Keel reads or writes; the rest (provider metadata,

@@ -1,4 +1,4 @@
-"""Container healthchecks: `python -m keel.healthcheck gateway|worker|heavy-worker`, exit 0 when healthy.
+"""Container healthchecks: `python -m keel.stack.healthcheck gateway|worker|heavy-worker`, exit 0 when healthy.
 
 The ports come from the same settings the process itself reads, so a healthcheck can't drift from a changed
 KEEL_PORT or metrics port. The gateway is healthy when its `/healthz` answers 200 (Temporal and PostgreSQL
@@ -46,7 +46,7 @@ def check(role: Role, settings: Settings, timeout: float = 5.0) -> tuple[bool, s
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in ROLES:
-        print(f"usage: python -m keel.healthcheck {{{'|'.join(ROLES)}}}", file=sys.stderr)
+        print(f"usage: python -m keel.stack.healthcheck {{{'|'.join(ROLES)}}}", file=sys.stderr)
         return 2
     healthy, detail = check(cast(Role, args[0]), get_settings())
     print(detail, file=sys.stdout if healthy else sys.stderr)

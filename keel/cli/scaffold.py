@@ -1,6 +1,6 @@
 """`keel new DIR`: a small project of your own on Keel, ready to run, test and change.
 
-It writes the files of `keel/scaffold_template/` (packaged with Keel): `agents.py` with one agent and one
+It writes the files of `keel/cli/scaffold_template/` (packaged with Keel): `agents.py` with one agent and one
 tool, `tests/test_agents.py` testing them with keel.testing, a `pyproject.toml` and a README with the
 commands. Two placeholders are filled in: `{{name}}`, the project's name (DIR's), and `{{keel_source}}`,
 where to install Keel from (Keel is not on PyPI): this checkout of Keel when Keel runs from one, else a
@@ -50,7 +50,7 @@ def template_files() -> list[tuple[Path, str]]:
             else:
                 files.append((relative / RENAMED.get(child.name, child.name), child.read_text()))
 
-    walk(resources.files("keel") / TEMPLATE, Path())
+    walk(resources.files("keel.cli") / TEMPLATE, Path())
     return files
 
 

@@ -1,6 +1,6 @@
 """The embedded infrastructure: a Temporal dev server and a PostgreSQL cluster.
 
-This is the one place that starts them; `keel.dev` (behind `make dev`) and the test fixtures both use it,
+This is the one place that starts them; `keel.stack.dev` (behind `make dev`) and the test fixtures both use it,
 so the two can never drift apart. Each `stop()` waits until its processes are gone, escalating to SIGKILL.
 A caller that dies without calling it (SIGKILL) leaves them running: a later start on the same PostgreSQL
 data dir adopts the running server, and a leftover Temporal shows up as its port being in use.

@@ -32,7 +32,7 @@ import asyncpg
 
 from keel.contracts import LlmStepInput
 
-log = logging.getLogger("keel.deltas")
+log = logging.getLogger("keel.storage.deltas")
 
 # NOTIFY refuses payloads of 8000 bytes or more; stay clear of it.
 NOTIFY_LIMIT = 7900

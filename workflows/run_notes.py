@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
 _UNDER_WAY = ("waiting_for_approval", "waiting_for_input", "waiting_for_tool_result", "approved")
 
 
-class RunRecorder:
+class RunNotes:
     """Tool notes waiting to go out with the next record, and the records in flight."""
 
     def __init__(

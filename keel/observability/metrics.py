@@ -15,7 +15,7 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-log = logging.getLogger("keel.metrics")
+log = logging.getLogger("keel.observability.metrics")
 
 GATEWAY = CollectorRegistry()
 WORKER = CollectorRegistry()

@@ -43,9 +43,9 @@ from keel.contracts import (
     ToolOutcome,
     ToolPolicy,
 )
-from keel.deltas import NO_DELTAS, DeltaChannel, DeltaWriter
 from keel.output import check_answer, same_schema
-from keel.store import RunStore
+from keel.storage.deltas import NO_DELTAS, DeltaChannel, DeltaWriter
+from keel.storage.store import RunStore
 from keel.tools import ToolContext, ToolError
 
 
@@ -55,7 +55,7 @@ class AgentActivities:
     data_dir: Path
     # The app this worker serves (KEEL_APP): its tools, by name.
     app: App
-    # Where live token deltas go (keel/deltas.py); never through workflow history.
+    # Where live token deltas go (keel/storage/deltas.py); never through workflow history.
     deltas: DeltaChannel = NO_DELTAS
     # Run records of each attempt: llm_calls and tool_runs rows, metrics, spans (activities/records.py).
     records: RunRecorder = field(default_factory=RunRecorder)

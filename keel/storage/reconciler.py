@@ -20,10 +20,10 @@ import asyncpg
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from keel import records
 from keel.contracts import PREVIOUS_DONE_SIGNAL, WORKFLOW_TYPE, RunStatus
+from keel.storage import run_records
 
-log = logging.getLogger("keel.reconciler")
+log = logging.getLogger("keel.storage.reconciler")
 
 # A run's workflow starts right after its record is written; one with no sign of life this long after its
 # start is looked up in Temporal.
@@ -54,7 +54,7 @@ async def reconcile(pool: asyncpg.Pool, client: Client, since: datetime) -> Reco
     gone = await _closed_outside(client, since)
     gone.update(await _never_started(pool, client))
     for agent_run_id, (status, detail, error_type) in gone.items():
-        if await records.close_from_outside(pool, agent_run_id, status.value, detail, error_type):
+        if await run_records.close_from_outside(pool, agent_run_id, status.value, detail, error_type):
             done.ended.append(agent_run_id)
     done.released = await _release_queued_behind(pool, client, list(gone))
     return done
@@ -77,7 +77,7 @@ async def _never_started(pool: asyncpg.Pool, client: Client) -> dict[str, tuple[
     rows = await pool.fetch(
         "SELECT id FROM agent_runs WHERE status = ANY($1::text[]) AND temporal_run_id IS NULL"
         " AND started_at < now() - $2::interval ORDER BY started_at LIMIT 100",
-        list(records.ACTIVE_RUN_STATUSES),
+        list(run_records.ACTIVE_RUN_STATUSES),
         NOT_STARTED_GRACE,
     )
     found = {}
@@ -96,7 +96,7 @@ async def _release_queued_behind(pool: asyncpg.Pool, client: Client, gone: list[
     rows = await pool.fetch(
         "SELECT id FROM agent_runs WHERE queued_behind = ANY($1::text[]) AND status = ANY($2::text[])",
         gone,
-        list(records.ACTIVE_RUN_STATUSES),
+        list(run_records.ACTIVE_RUN_STATUSES),
     )
     released = []
     for row in rows:
@@ -112,7 +112,7 @@ async def first_look_back(pool: asyncpg.Pool) -> datetime:
     """Where a worker's first pass starts: the oldest start among rows still going (a week at most)."""
     oldest = await pool.fetchval(
         "SELECT min(started_at) FROM agent_runs WHERE status = ANY($1::text[])",
-        list(records.ACTIVE_RUN_STATUSES),
+        list(run_records.ACTIVE_RUN_STATUSES),
     )
     floor = datetime.now(UTC) - FIRST_LOOK_BACK
     return max(oldest, floor) if oldest is not None else datetime.now(UTC)

@@ -1,4 +1,4 @@
--- Double texting (enqueue): the run a queued run waits for. The reconciler (keel/reconciler.py) reads it to
+-- Double texting (enqueue): the run a queued run waits for. The reconciler (keel/storage/reconciler.py) reads it to
 -- let the runs queued behind a run that closed outside its loop (terminated, timed out) go on.
 ALTER TABLE agent_runs ADD COLUMN queued_behind text;
 CREATE INDEX agent_runs_queued_behind ON agent_runs (queued_behind) WHERE queued_behind IS NOT NULL;

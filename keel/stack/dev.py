@@ -1,6 +1,6 @@
 """`make dev`: run the whole stack locally and stop all of it on Ctrl-C.
 
-    python -m keel.dev
+    python -m keel.stack.dev
 
 Starts, in order: a Temporal dev server with its Web UI (unless TEMPORAL_ADDRESS is set), embedded
 PostgreSQL (unless DATABASE_URL is set), the agent worker, the heavy-tool worker and the gateway. State lives in KEEL_DATA_DIR (default
@@ -23,9 +23,9 @@ from pathlib import Path
 from types import FrameType
 
 from keel.app import App, AppError, load_app
-from keel.codec import write_new_key_file
+from keel.encryption import write_new_key_file
 from keel.settings import Settings, get_settings
-from keel.stack import EmbeddedPostgres, TemporalDevServer, port_is_free
+from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer, port_is_free
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKER_CMD = (sys.executable, "-m", "worker")

@@ -2,7 +2,7 @@
 -- attempt, one per tool call attempt; all joined by agent_run_id (= the Temporal workflow id).
 --
 -- Every write is an upsert that merges: a column is only overwritten by a value that is known, and a
--- status only moves forward (see keel/records.py), so writes may arrive twice or out of order (a retried
+-- status only moves forward (see keel/storage/run_records.py), so writes may arrive twice or out of order (a retried
 -- activity, the outbox replaying after a PostgreSQL outage) and the row still ends up right.
 CREATE TABLE agent_runs (
     id                text        PRIMARY KEY,  -- agent_run_id

@@ -14,11 +14,11 @@ from api.auth import Authenticator, admin_dependency, current_user
 from api.codec import codec_app
 from api.gateway import Gateway
 from keel.app import App, load_app_or_exit
-from keel.codec import EncryptionCodec
-from keel.deltas import PostgresDeltaChannel
+from keel.encryption import EncryptionCodec
+from keel.observability.tracing import with_tracing
 from keel.settings import Settings, get_settings
-from keel.store import RunStore, create_pool
-from keel.telemetry import with_tracing
+from keel.storage.deltas import PostgresDeltaChannel
+from keel.storage.store import RunStore, create_pool
 from keel.temporal import connect_temporal
 
 # Who is asking (api/auth.py): every /api route needs it; the pages, /healthz and /metrics do not.

@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TextIO
 
 import httpx
 
-from keel.chat_client import AssistantMessage, ChatClient, ChatError
+from keel.client import AssistantMessage, ChatClient, ChatError
 from keel.ui_protocol import (
     ErrorChunk,
     OutputDataChunk,
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return _new(Path(args.dir), Out(sys.stdout))
     # `keel dev` is imported lazily: the client commands need none of its dependencies.
     if args.command == "dev":
-        from keel.dev import main as dev
+        from keel.stack.dev import main as dev
 
         return dev()
     if args.command in ("worker", "api"):
@@ -178,7 +178,7 @@ def _check(out: Out) -> int:
 
 def _new(folder: Path, out: Out) -> int:
     """`keel new`: write the project, then say what to run next."""
-    from keel.scaffold import ScaffoldError, create_project
+    from keel.cli.scaffold import ScaffoldError, create_project
 
     try:
         written = create_project(folder)
@@ -306,9 +306,9 @@ def _api_keys(args: argparse.Namespace, out: Out) -> int:
     """`keel api-key`: straight to PostgreSQL (DATABASE_URL), so it works with the gateway down."""
     import asyncio
 
-    from keel.api_keys import create_api_key, list_api_keys, revoke_api_key
     from keel.settings import get_settings
-    from keel.store import create_pool
+    from keel.storage.api_keys import create_api_key, list_api_keys, revoke_api_key
+    from keel.storage.store import create_pool
 
     async def act() -> int:
         pool = await create_pool(get_settings().require_database_url(), max_size=1)

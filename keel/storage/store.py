@@ -33,7 +33,7 @@ async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 1
 
 
 def _migrations() -> list[tuple[str, str]]:
-    folder = resources.files("keel") / "migrations"
+    folder = resources.files("keel.storage") / "migrations"
     files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
     return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
 

@@ -1,4 +1,4 @@
-"""Run records in PostgreSQL: `agent_runs`, `llm_calls` and `tool_runs` (keel/migrations/0003_run_records.sql;
+"""Run records in PostgreSQL: `agent_runs`, `llm_calls` and `tool_runs` (keel/storage/migrations/0003_run_records.sql;
 a run's structured output in `agent_runs.output`, 0008).
 
 Two ways in, both idempotent:
@@ -40,7 +40,7 @@ import asyncpg
 
 from keel.text import one_line
 
-log = logging.getLogger("keel.records")
+log = logging.getLogger("keel.storage.run_records")
 
 Table = Literal["llm_calls", "tool_runs"]
 

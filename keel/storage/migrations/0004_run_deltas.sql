@@ -1,4 +1,4 @@
--- Live token deltas of every LLM call, as they were streamed (keel/deltas.py): the log a client that
+-- Live token deltas of every LLM call, as they were streamed (keel/storage/deltas.py): the log a client that
 -- reconnects replays. (step, attempt, n) orders a run's deltas; one row is one published batch of text.
 -- A row with empty text opens a retried attempt. The final reply is in run_messages, so these rows may be
 -- deleted once a run has finished: a replay then sends each reply in one piece.

@@ -1,0 +1,1 @@
+"""What Keel tells operators: JSON logs, Prometheus metrics and OpenTelemetry traces."""
