@@ -28,7 +28,7 @@ help:
 	@echo "make dev         install if needed, then run Temporal, PostgreSQL, worker and gateway (Ctrl-C stops all)"
 	@echo "make test        install if needed, then run pytest (extra arguments: PYTEST_ARGS='-k name -x')"
 	@echo "make nextjs-example  npm ci and next build in examples/nextjs-chat (make test does it; cached)"
-	@echo "make lint        ruff check and ruff format --check"
+	@echo "make lint        ruff check, ruff format --check and mypy --strict (make test runs ruff check and mypy too)"
 	@echo "make fmt         apply ruff's formatting and safe fixes"
 	@echo "make docs        build the manual (docs/, mkdocs.yml) offline, strict, into site/"
 	@echo "make bench       run the benchmarks (bench/)"
@@ -78,14 +78,17 @@ dev: $(STAMP)
 	$(PY) -m keel.stack.dev
 
 # pytest exits 5 when it collects no tests; that stays a failure, so CI can't pass with an empty suite.
-# ruff runs first: a lint error fails the suite like a failing test does.
+# ruff and mypy (strict, [tool.mypy] in pyproject.toml) run first: a lint or type error fails the suite
+# like a failing test does.
 test: $(STAMP) node-deps nextjs-example
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -104,7 +107,7 @@ bench: $(STAMP)
 
 # Keeps $(DATA_DIR) on purpose: it holds your runs, conversations and Temporal history. See reset-data.
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info $(NODE_DIR)/node_modules \
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site build *.egg-info $(NODE_DIR)/node_modules \
 		$(NEXT_APP)/node_modules $(NEXT_APP)/.next
 	find . -path ./$(DATA_DIR) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

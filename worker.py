@@ -56,30 +56,25 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
         records=RunRecorder(records),
         deltas=PostgresDeltaChannel(pool, batch_window=settings.stream_batch_ms / 1000),
     )
-    # Heartbeats carry cancellation to activities; a short throttle delivers it within a second.
-    common = {
-        "interceptors": [ObservingInterceptor(records)],
-        "max_heartbeat_throttle_interval": timedelta(seconds=1),
-        "graceful_shutdown_timeout": timedelta(seconds=settings.worker_shutdown_grace_s),
-    }
-    if queue == "heavy":
-        task_queue = settings.heavy_task_queue
-        worker = Worker(
-            client,
-            task_queue=task_queue,
-            activities=[activities.run_tool],
-            max_concurrent_activities=settings.heavy_concurrency,
-            **common,
-        )
-    else:
-        task_queue = settings.task_queue
-        worker = Worker(
-            client,
-            task_queue=task_queue,
-            workflows=[AgentRun],
-            activities=[*activities.run_queue_activities(), RecordActivities(pool).record_run],
-            **common,
-        )
+    heavy = queue == "heavy"
+    task_queue = settings.heavy_task_queue if heavy else settings.task_queue
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        # The heavy queue runs heavy tools only; the run queue runs the workflow, its LLM calls and records,
+        # and the inline tools, which are local activities of the workflow.
+        workflows=[] if heavy else [AgentRun],
+        activities=(
+            [activities.run_tool]
+            if heavy
+            else [*activities.run_queue_activities(), RecordActivities(pool).record_run]
+        ),
+        max_concurrent_activities=settings.heavy_concurrency if heavy else None,
+        interceptors=[ObservingInterceptor(records)],
+        # Heartbeats carry cancellation to activities; a short throttle delivers it within a second.
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_s),
+    )
     housekeeping = []
     if queue == "agent" and settings.delta_retention_hours:
         retention = timedelta(hours=settings.delta_retention_hours)

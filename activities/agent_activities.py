@@ -88,7 +88,9 @@ class AgentActivities:
         live = DeltaWriter.for_llm_step(self.deltas, step, activity.info().attempt)
         llm_call = self.records.llm_call(step, model)
         # Only a run that wants structured output passes it on: a provider may not know the argument.
-        wanted = {} if step.output is None else {"output": OutputRequest(step.output, now=step.force_output)}
+        wanted: dict[str, Any] = (
+            {} if step.output is None else {"output": OutputRequest(step.output, now=step.force_output)}
+        )
         try:
             async with heartbeating():
                 async for chunk in llm_call.watch(

@@ -94,7 +94,7 @@ class LlmCallRecord:
         self._step = step
         self._model = model
         attempt, activity_id = _attempt()
-        self._key = {
+        self._key: dict[str, Any] = {
             "agent_run_id": step.agent_run_id,
             "seq": step.reply_seq,
             "attempt": attempt,
@@ -110,6 +110,7 @@ class LlmCallRecord:
         started, t0 = datetime.now(UTC), time.monotonic()
         first: float | None = None
         finish: Finish | None = None
+        error: tuple[str, str] | None = None
         span = tracer().start_span(
             f"chat {self._step.model}",
             kind=SpanKind.CLIENT,
@@ -122,7 +123,7 @@ class LlmCallRecord:
             },
         )
         self._put(status="running", started_at=started, route=self._step.model)
-        status, error = "error", None
+        status = "error"
         try:
             async for chunk in chunks:
                 if first is None and not isinstance(chunk, Finish):

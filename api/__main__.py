@@ -30,7 +30,8 @@ def main() -> None:
             log_config=None,
             # uvicorn's parser with a deadline for reading each request: a stalled client is closed.
             http=request_read_deadline_protocol(settings.request_read_timeout_s),
-            timeout_keep_alive=settings.keep_alive_s,  # typed int, but any seconds work
+            # uvicorn types it int, but it only hands it to loop.call_later: any seconds work.
+            timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         )
     finally:
         if tracing is not None:

@@ -172,10 +172,14 @@ async def current_user(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     api_key: Annotated[str | None, Security(_api_key_header)],
 ) -> User:
-    return await authenticate_request(request, request.app.state, bearer and bearer.credentials, api_key)
+    return await authenticate_request(request, request.app.state, _credentials(bearer), api_key)
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def _credentials(bearer: HTTPAuthorizationCredentials | None) -> str | None:
+    return bearer.credentials if bearer is not None else None
 
 
 def admin_dependency(app_state: Any) -> Any:
@@ -186,7 +190,7 @@ def admin_dependency(app_state: Any) -> Any:
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
         api_key: Annotated[str | None, Security(_api_key_header)],
     ) -> None:
-        user = await authenticate_request(request, app_state, bearer and bearer.credentials, api_key)
+        user = await authenticate_request(request, app_state, _credentials(bearer), api_key)
         if not user.admin:
             raise HTTPException(403, "the codec endpoint is for admins")
 

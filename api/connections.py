@@ -21,12 +21,17 @@ cannot stretch it either.
 """
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
+if TYPE_CHECKING:
+    # For the type checker, one of the two (their shared surface is what this module uses); at run time
+    # whichever uvicorn picked.
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _HTTPProtocol
+else:
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol as _HTTPProtocol
 
 
-class RequestReadDeadline(AutoHTTPProtocol):
+class RequestReadDeadline(_HTTPProtocol):
     """uvicorn's HTTP protocol, with a deadline for reading each request (see the module docstring).
 
     It relies on what uvicorn's httptools and h11 protocols share: `cycle` (the request being served, with
@@ -43,7 +48,7 @@ class RequestReadDeadline(AutoHTTPProtocol):
         # connection that sent nothing is just closed.
         self._request_begun = False
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         super().connection_made(transport)
         self._arm_read_deadline()  # an opened connection owes us its first request
 

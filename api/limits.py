@@ -10,6 +10,7 @@ at once, then one more each 60/KEEL_RATE_LIMIT seconds. Behind several gateways 
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -95,7 +96,7 @@ class BodyLimit:
 class RateLimiter:
     """A token bucket per key: `per_minute` tokens of burst, refilled at `per_minute` a minute."""
 
-    def __init__(self, per_minute: float, clock: Any = time.monotonic) -> None:
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = max(1.0, per_minute)
         self.rate = per_minute / 60.0
         self.clock = clock

@@ -20,7 +20,7 @@ deployed later.
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -30,6 +30,8 @@ from keel.tools import Tool
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DEFAULT_STEP_LIMIT = 10
+# A budget: tokens are counted in ints, cost and time in floats.
+_Limit = TypeVar("_Limit", int, float)
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def stop_when_name(predicate: StopWhen) -> str:
 def tighter(limits: Budgets, requested: Budgets) -> Budgets:
     """Each limit is the smaller of the agent's and the request's (None = no limit)."""
 
-    def pick(a: float | None, b: float | None) -> float | None:
+    def pick(a: _Limit | None, b: _Limit | None) -> _Limit | None:
         return b if a is None else a if b is None else min(a, b)
 
     return Budgets(

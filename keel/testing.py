@@ -219,7 +219,7 @@ class TestModel:
 
 def _checked(step: object, index: int) -> Step:
     """A script entry as written, or TypeError saying which entry is not a step."""
-    return step if callable(step) else _checked_move(step, index)  # type: ignore[return-value]
+    return step if callable(step) else _checked_move(step, index)
 
 
 def _checked_move(move: object, index: int) -> Move:
@@ -548,9 +548,10 @@ class AgentTest:
         try:
             if self._data_dir is None:
                 self._data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keel-test-")))
-            pool: asyncpg.Pool = await create_pool(
-                self._database_url or await asyncio.to_thread(_shared_postgres), max_size=4
-            )
+            database_url = self._database_url
+            if database_url is None:
+                database_url = await asyncio.to_thread(_shared_postgres)
+            pool: asyncpg.Pool = await create_pool(database_url, max_size=4)
             stack.push_async_callback(pool.close)
             self._store = RunStore(pool)
             self.env = await stack.enter_async_context(

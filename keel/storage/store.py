@@ -34,7 +34,7 @@ async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 1
 
 def _migrations() -> list[tuple[str, str]]:
     folder = resources.files("keel.storage") / "migrations"
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
 
 
@@ -88,7 +88,7 @@ class RunStore:
             async with local, self.pool.acquire() as conn:
                 await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", _chat_key(chat_id))
                 try:
-                    yield RunStore(conn)  # type: ignore[arg-type]  # a connection runs the same queries
+                    yield RunStore(conn)  # a connection runs the same queries as the pool
                 finally:
                     await conn.execute(
                         "SELECT pg_advisory_unlock(hashtextextended($1, 0))", _chat_key(chat_id)
@@ -142,9 +142,10 @@ class RunStore:
         return [dict(r) for r in rows]
 
     async def latest_chat_run(self, chat_id: str) -> str | None:
-        return await self.pool.fetchval(
+        latest: str | None = await self.pool.fetchval(
             "SELECT agent_run_id FROM chat_runs WHERE chat_id = $1 ORDER BY started_at DESC LIMIT 1", chat_id
         )
+        return latest
 
     async def unfinished_chat_runs(self, chat_id: str, limit: int = 20) -> list[str]:
         """The chat's runs its records do not show as finished, newest first: those that may be active
