@@ -21,14 +21,18 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.agent_activities import AgentActivities
+from activities.mcp_client import MCPClients, OnListed
 from activities.records import ObservingInterceptor, RecordActivities, RunRecorder
 from keel.app import load_app_or_exit
+from keel.contracts import MCPToolSpec
+from keel.mcp import MCPServer
 from keel.observability import metrics
 from keel.observability.logs import configure_logging, temporal_core_logging
 from keel.observability.tracing import configure_tracing, with_tracing
 from keel.settings import Settings, get_settings
 from keel.stack.embedded import free_port
 from keel.storage.deltas import PostgresDeltaChannel, prune_deltas
+from keel.storage.mcp_listings import record_listing
 from keel.storage.reconciler import first_look_back, reconcile
 from keel.storage.run_records import RecordWriter
 from keel.storage.store import RunStore, create_pool
@@ -55,6 +59,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
         app=app,
         records=RunRecorder(records),
         deltas=PostgresDeltaChannel(pool, batch_window=settings.stream_batch_ms / 1000),
+        mcp=MCPClients(app.mcp_servers, on_listed=_listing_recorder(pool)),
     )
     heavy = queue == "heavy"
     task_queue = settings.heavy_task_queue if heavy else settings.task_queue
@@ -89,8 +94,22 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
     finally:
         for task in housekeeping:
             task.cancel()
+        # Stdio MCP servers stop with the worker (their whole process tree), HTTP sessions end.
+        await activities.mcp.close()
         await records.close()
         await pool.close()
+
+
+def _listing_recorder(pool: asyncpg.Pool) -> OnListed:
+    """Each fresh listing of an MCP server, recorded for GET /api/purposes; a failed write only logs."""
+
+    async def record(server: MCPServer, tools: list[MCPToolSpec] | None, error: str | None) -> None:
+        try:
+            await record_listing(pool, server.name, server.transport, tools, error)
+        except Exception as err:  # the listing itself worked: a run must not fail for want of its record
+            log.warning("could not record the listing of MCP server %s: %s", server.name, err)
+
+    return record
 
 
 async def _prune_deltas_hourly(pool: asyncpg.Pool, retention: timedelta) -> None:

@@ -1,4 +1,5 @@
-"""The agent's activities: `call_llm` (think) and `run_tool` (act).
+"""The agent's activities: `call_llm` (think) and `run_tool` (act), and `list_mcp_tools` (the run's snapshot
+of its MCP servers' tools, taken when it starts; activities/mcp_client.py talks to the servers).
 
 Both read and write the run's conversation in PostgreSQL by (agent_run_id, seq), so only small references
 travel through Temporal history. Both are safe to retry: their writes are upserts of the same row.
@@ -10,6 +11,7 @@ only the verdict.
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import heartbeating
+from activities.mcp_client import MCPClients, result_text, result_value
 from activities.models import Finish, OutputDelta, OutputRequest, TextDelta, UnknownModelRoute, resolve_model
 from activities.records import RunRecorder, until_stored
 from keel.agent import Progress
@@ -28,11 +31,15 @@ from keel.app import App
 from keel.contracts import (
     CALL_LLM,
     CHECK_STOP_WHEN,
+    LIST_MCP_TOOLS,
     RUN_TOOL,
     SAVE_MESSAGE,
     ErrorType,
     LlmStepInput,
     LlmStepResult,
+    MCPListing,
+    MCPListingInput,
+    MCPToolSpec,
     Message,
     OutputSpec,
     SaveMessageInput,
@@ -42,11 +49,14 @@ from keel.contracts import (
     ToolInput,
     ToolOutcome,
     ToolPolicy,
+    ToolSpec,
 )
 from keel.output import check_answer, same_schema
 from keel.storage.deltas import NO_DELTAS, DeltaChannel, DeltaWriter
 from keel.storage.store import RunStore
 from keel.tools import ToolContext, ToolError
+
+log = logging.getLogger("keel.mcp")
 
 
 @dataclass
@@ -59,13 +69,15 @@ class AgentActivities:
     deltas: DeltaChannel = NO_DELTAS
     # Run records of each attempt: llm_calls and tool_runs rows, metrics, spans (activities/records.py).
     records: RunRecorder = field(default_factory=RunRecorder)
+    # The app's MCP servers, connected by this worker (activities/mcp_client.py); close() when it stops.
+    mcp: MCPClients = field(default_factory=lambda: MCPClients({}))
 
     def run_queue_activities(self) -> list[Callable[..., Any]]:
         """The activities a run queue's worker registers (with `record_run`): one list for every worker.
 
         run_tool is among them for the inline tools, which run as local activities of the workflow.
         """
-        return [self.call_llm, self.run_tool, self.save_message, self.check_stop_when]
+        return [self.call_llm, self.run_tool, self.save_message, self.check_stop_when, self.list_mcp_tools]
 
     @activity.defn(name=CALL_LLM)
     async def call_llm(self, step: LlmStepInput) -> LlmStepResult:
@@ -79,7 +91,16 @@ class AgentActivities:
         server_tools = {name for name in step.tools if name in self.app.tools}
         # Server-side tools win a name clash with a tool the client declared.
         client_tools = [t for t in step.client_tools if t.name not in server_tools]
-        tools = [self.app.tools[name].spec() for name in step.tools if name in server_tools] + client_tools
+        # The run's MCP tools, as listed when it started; the agent's own tools win a name clash (the app
+        # refuses an agent whose own tool is named like one of its servers' tools, so none should happen).
+        mcp_tools = {t.name: t for t in step.mcp_tools if t.name not in server_tools}
+        client_tools = [t for t in client_tools if t.name not in mcp_tools]
+        tools = [self.app.tools[name].spec() for name in step.tools if name in server_tools]
+        tools += [
+            ToolSpec(name=t.name, description=t.description, parameters=t.parameters)
+            for t in mcp_tools.values()
+        ]
+        tools += client_tools
 
         text: list[str] = []
         answer: list[str] = []  # the structured answer's pieces, part of the text too
@@ -134,7 +155,9 @@ class AgentActivities:
             usage=finish.usage,
             model=finish.route or step.model,
             request_id=finish.request_id,
-            policies={c.id: self._policy(c, server_tools, {t.name for t in client_tools}) for c in calls},
+            policies={
+                c.id: self._policy(c, server_tools, {t.name for t in client_tools}, mcp_tools) for c in calls
+            },
             **verdict,
         )
 
@@ -165,8 +188,11 @@ class AgentActivities:
                     # The model's arguments could not be parsed; it hears why and may try again.
                     raise ToolError(f"{call.name} was not run: {call.arguments_error}")
                 async with heartbeating():
-                    value = await self.app.tool(call.name).invoke(call.arguments, ctx)
-                content, is_error = _result_text(value), False
+                    if task.mcp is not None:
+                        value, is_error = await self._call_mcp(task.mcp, call, ctx)
+                    else:
+                        value, is_error = await self.app.tool(call.name).invoke(call.arguments, ctx), False
+                content = result_text(value)
             except ToolError as err:
                 content, is_error = str(err), True
             except Exception as err:
@@ -181,16 +207,58 @@ class AgentActivities:
         await until_stored(lambda: self.store.put_message(task.agent_run_id, task.result_seq, result))
         return ToolOutcome(tool_call_id=call.id, result_seq=task.result_seq, is_error=is_error)
 
-    def _policy(self, call: ToolCall, server_tools: set[str], client_tools: set[str]) -> ToolPolicy:
+    def _policy(
+        self,
+        call: ToolCall,
+        server_tools: set[str],
+        client_tools: set[str],
+        mcp_tools: dict[str, MCPToolSpec] | None = None,
+    ) -> ToolPolicy:
         if call.arguments_error:
             return ToolPolicy()  # nothing to approve: run_tool answers a broken call with an error, unrun
         if call.name in server_tools:
             return self.app.tools[call.name].policy(call.arguments)
+        if (mcp := (mcp_tools or {}).get(call.name)) is not None:
+            return ToolPolicy(needs_approval=mcp.needs_approval, heavy=mcp.heavy)
         if call.name in client_tools:
             return ToolPolicy(handled_by="client")
         # Not offered to this run (a model may name any tool, in json mode especially): never run it, not
         # even a tool of another agent, since that would skip its approval.
         return ToolPolicy(handled_by="nobody")
+
+    async def _call_mcp(self, spec: MCPToolSpec, call: ToolCall, ctx: ToolContext) -> tuple[Any, bool]:
+        """An MCP server's tool: its result and whether the server said it is an error (`isError`), which
+        goes back to the model unretried. A broken connection raises, and Temporal retries the call."""
+
+        async def progressed(progress: float, total: float | None, message: str | None) -> None:
+            # Called from the connection's own task, outside the activity's context: it names the run itself.
+            log.info(
+                "mcp progress %s/%s%s",
+                progress,
+                total,
+                f": {message}" if message else "",
+                extra={"agent_run_id": ctx.agent_run_id, "tool": call.name},
+            )
+
+        result = await self.mcp.call(
+            spec, call.arguments, idempotency_key=ctx.idempotency_key, on_progress=progressed
+        )
+        return result_value(result), bool(result.is_error)
+
+    @activity.defn(name=LIST_MCP_TOOLS)
+    async def list_mcp_tools(self, listing: MCPListingInput) -> MCPListing:
+        """The tools of the run's MCP servers, snapshotted into its history when it starts. A server that
+        can't be listed leaves its tools out of the run, saying why; the run goes on with the others."""
+        found = MCPListing()
+        for server in listing.servers:
+            try:
+                found.tools += await self.mcp.list_tools(server)
+            except Exception as err:
+                found.problems[server] = str(err) or type(err).__name__
+                activity.logger.warning(
+                    "MCP server %s could not be listed: %s", server, found.problems[server]
+                )
+        return found
 
     @activity.defn(name=CHECK_STOP_WHEN)
     async def check_stop_when(self, check: StopWhenInput) -> StopWhenVerdict:
@@ -248,10 +316,6 @@ def _schema_problem(content: str, schema: dict[str, Any]) -> str | None:
     except jsonschema.SchemaError as err:
         return f"the declared schema is invalid: {err.message}"
     return None
-
-
-def _result_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _last_attempt() -> bool:

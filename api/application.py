@@ -13,6 +13,7 @@ from api import chat, limits, observe, pages, purposes, runs, viewer
 from api.auth import Authenticator, admin_dependency, current_user
 from api.codec import codec_app
 from api.gateway import Gateway
+from api.mcp_server import KeelMCP
 from keel.app import App, load_app_or_exit
 from keel.encryption import EncryptionCodec
 from keel.observability.tracing import with_tracing
@@ -46,6 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth = Authenticator(settings)
     for router, dependencies in _ROUTERS:
         app.include_router(router, dependencies=dependencies)
+    # /mcp: every agent as a tool for MCP clients, authenticated as /api is (api/mcp_server.py).
+    app.state.mcp = KeelMCP(app.state, loopback_only=not settings.auth_modes)
+    app.router.routes.append(app.state.mcp.route())
     if settings.codec_key_file is not None:
         # A mounted app of its own, for its CORS rule (api/codec.py); admins only when auth is on.
         codec_auth = [admin_dependency(app.state)] if settings.auth_modes else []
@@ -67,7 +71,8 @@ def _lifespan(settings: Settings, agents: App) -> Callable[[FastAPI], AbstractAs
             settings=settings, temporal=temporal, store=RunStore(pool), deltas=deltas, app=agents
         )
         try:
-            yield
+            async with app.state.mcp.running():
+                yield
         finally:
             await deltas.close()
             await pool.close()

@@ -39,7 +39,9 @@ from keel.contracts import (
     CancelRequest,
     Message,
     RunEvent,
+    RunFinished,
     RunState,
+    TextProduced,
     ToolResultSubmission,
     UserAnswer,
 )
@@ -275,6 +277,20 @@ class RunService:
             return state
         reply = (await self.gw.store.messages(agent_run_id, [state.output_seq])).get(state.output_seq)
         return state.model_copy(update={"output": reply.output if reply is not None else None})
+
+    async def final_text(self, agent_run_id: str) -> str | None:
+        """The text of the run's last reply (the partial one of a run cancelled mid-reply), or None when it
+        wrote none: a run's answer for a client that wants it whole (api/mcp_server.py). Call it after
+        checking the run is the user's."""
+        events = await self._events(agent_run_id)
+        seqs = [e.message_seq for e in events if isinstance(e, TextProduced)]
+        seqs += [
+            e.partial_message_seq for e in events if isinstance(e, RunFinished) and e.partial_message_seq
+        ]
+        if not seqs:
+            return None
+        reply = (await self.gw.store.messages(agent_run_id, [seqs[-1]])).get(seqs[-1])
+        return reply.content if reply is not None else None
 
     async def check_chat(self, chat_id: str, user: User) -> None:
         """404 unless the chat is the user's (or new)."""

@@ -34,6 +34,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "parked": ("bench.parked", "Parked runs"),
     "fanout": ("bench.fanout", "SSE fan-out"),
     "history": ("bench.history", "History per step"),
+    "mcp_tools": ("bench.mcp_tools", "MCP tools"),
 }
 
 SectionRun = Callable[[Harness, bool], Awaitable[Section]]

@@ -7,6 +7,7 @@
         instructions="You are ...",        # or a function of the run's RunContext that returns them
         model="openai:gpt-4o-mini",        # a route or a fallback chain; None: KEEL_MODEL
         tools=[lookup_order, refund],
+        mcp=[MCPServer.stdio("files", "mcp-server-files")],   # optional: MCP servers' tools too (keel/mcp.py)
         max_steps=8,
         output_type=RefundDecision,        # optional: the final answer is a validated RefundDecision
     )
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from keel.contracts import ASK_USER_TOOL, Budgets, ClientTool, PurposeSpec, Usage
+from keel.mcp import MCPServer
 from keel.output import output_spec
 from keel.tools import Tool
 
@@ -78,6 +80,9 @@ class Agent:
     # A model route (`openai:gpt-4o-mini`) or a fallback chain of them; None: KEEL_MODEL.
     model: str | None = None
     tools: Sequence[Tool] = ()
+    # MCP servers whose tools the agent has too, named `<server>__<tool>` (keel/mcp.py); listed when a run
+    # starts, and a run keeps that listing.
+    mcp: Sequence[MCPServer] = ()
     # Tools the frontend runs itself, offered in every run of this agent (requests may add more).
     client_tools: Sequence[ClientTool] = ()
     max_steps: int = DEFAULT_STEP_LIMIT
@@ -128,6 +133,7 @@ class Agent:
             stop_after_tool_calls=fewer_calls(self.stop_after_tool_calls, stop_after_tool_calls or {}),
             stop_when=[stop_when_name(p) for p in self.stop_when],
             output=None if self.output_type is None else output_spec(self.output_type, self.output_retries),
+            mcp_servers=[server.name for server in self.mcp],
         )
 
 

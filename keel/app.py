@@ -17,6 +17,7 @@ from types import ModuleType
 
 from keel.agent import NAME, Agent, StopWhen, stop_when_name
 from keel.contracts import ASK_USER_TOOL, OUTPUT_TOOL
+from keel.mcp import SEPARATOR, MCPServer
 from keel.output import output_problem
 from keel.routes import RouteError, parse_chain
 from keel.settings import Settings
@@ -41,6 +42,8 @@ class App:
     source: str
     agents: dict[str, Agent]
     tools: dict[str, Tool] = field(default_factory=dict)
+    # Every MCP server its agents take tools from, by name (one configuration per name).
+    mcp_servers: dict[str, MCPServer] = field(default_factory=dict)
 
     def agent(self, name: str) -> Agent:
         try:
@@ -93,19 +96,21 @@ def build_app(source: str, agents: Iterable[object]) -> App:
     """Check agents and collect their tools: the rules `load_app` applies, for agents already at hand."""
     by_name: dict[str, Agent] = {}
     tools: dict[str, Tool] = {ASK_USER_TOOL: ASK_USER}
+    servers: dict[str, MCPServer] = {}
     for agent in agents:
         if not isinstance(agent, Agent):
             raise AppError(f"{source}: {agent!r} is not a keel.Agent")
-        problem = _problem(agent, tools)
+        problem = _problem(agent, tools) or _mcp_problem(agent, servers)
         if problem is None and agent.name in by_name:
             problem = "two agents have this name"
         if problem is not None:
             raise AppError(f"{source}: agent {agent.name!r}: {problem}")
         by_name[agent.name] = agent
         tools.update({t.name: t for t in agent.tools})
+        servers.update({s.name: s for s in agent.mcp})
     if not by_name:
         raise AppError(f"{source}: no agents (define keel.Agent objects at module level, or name a list)")
-    return App(source=source, agents=by_name, tools=tools)
+    return App(source=source, agents=by_name, tools=tools, mcp_servers=servers)
 
 
 def _agents_of(source: str) -> list[object]:
@@ -184,4 +189,30 @@ def _problem(agent: Agent, known_tools: dict[str, Tool]) -> str | None:
             or "<locals>" in predicate.__qualname__
         ):
             return "each stop_when predicate must be a module-level function (runs name it to find it again)"
+    return None
+
+
+def _mcp_problem(agent: Agent, known_servers: dict[str, MCPServer]) -> str | None:
+    """What is wrong with an agent's MCP servers, given those of the agents checked before it."""
+    names: set[str] = set()
+    for server in agent.mcp:
+        if not isinstance(server, MCPServer):
+            return f"{server!r} is not an MCP server: build it with keel.mcp.MCPServer.stdio or .http"
+        if (problem := server.problem()) is not None:
+            return problem
+        if server.name in names:
+            return f"two of its MCP servers are named {server.name!r}"
+        other = known_servers.get(server.name)
+        if other is not None and other != server:
+            return f"its MCP server {server.name!r} is not the server another agent has under that name"
+        names.add(server.name)
+    # A server's tools are named `<server>__<tool>`: a tool of the agent's own under such a name could
+    # clash with one listed later, so it is refused now.
+    for tool in agent.tools:
+        server_part, separator, _ = tool.name.partition(SEPARATOR)
+        if separator and server_part in names:
+            return (
+                f"its tool {tool.name!r} is named like a tool of its MCP server {server_part!r}"
+                f" ({server_part}{SEPARATOR}<tool>)"
+            )
     return None

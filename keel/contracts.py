@@ -24,6 +24,8 @@ SAVE_MESSAGE = "save_message"
 RECORD_RUN = "record_run"
 # Checks the agent's own stop_when predicates (app code) after a step, so history records the verdict.
 CHECK_STOP_WHEN = "check_stop_when"
+# Lists the tools of the agent's MCP servers when a run starts (only runs of agents with MCP servers).
+LIST_MCP_TOOLS = "list_mcp_tools"
 STATE_QUERY = "state"
 EVENTS_QUERY = "events"
 # Signals: fixed names, usable from `temporal workflow signal` and the Web UI.
@@ -164,6 +166,32 @@ class ToolSpec(BaseModel):
     parameters: dict[str, Any]
 
 
+class MCPToolSpec(ToolSpec):
+    """A tool of one of the agent's MCP servers as the run saw it listed when it started (keel/mcp.py): its
+    Keel name (`name`, `<server>__<tool>`), where it lives, and how calls of it are run, decided then."""
+
+    server: str
+    # The tool's own name on its server.
+    tool: str
+    needs_approval: bool = True
+    heavy: bool = False
+
+
+class MCPListingInput(BaseModel):
+    agent_run_id: str
+    # The agent's name, for logs and the listing's record.
+    purpose: str
+    servers: list[str]
+
+
+class MCPListing(BaseModel):
+    """What `list_mcp_tools` found: every tool of the servers that answered, and why the others did not
+    (the run goes on without their tools)."""
+
+    tools: list[MCPToolSpec] = Field(default_factory=list)
+    problems: dict[str, str] = Field(default_factory=dict)
+
+
 class ClientTool(ToolSpec):
     """A tool the frontend declares and runs itself; the run waits for its result."""
 
@@ -210,6 +238,8 @@ class PurposeSpec(BaseModel):
     stop_when: list[str] = Field(default_factory=list)
     # Set when the agent's final answer must be a validated object (structured output).
     output: OutputSpec | None = None
+    # The names of the agent's MCP servers (keel/mcp.py); their tools are listed when the run starts.
+    mcp_servers: list[str] = Field(default_factory=list)
 
 
 class AgentRunInput(BaseModel):
@@ -248,6 +278,8 @@ class LlmStepInput(BaseModel):
     output: OutputSpec | None = None
     # The model's last answer failed validation: this step must give the structured answer, no tools.
     force_output: bool = False
+    # The run's snapshot of its MCP servers' tools (empty for agents without any).
+    mcp_tools: list[MCPToolSpec] = Field(default_factory=list)
 
 
 class ToolPolicy(BaseModel):
@@ -310,6 +342,8 @@ class ToolInput(BaseModel):
     result_seq: int
     # For logs and records only.
     purpose: str = ""
+    # Set when the tool is an MCP server's: which one, from the run's snapshot.
+    mcp: MCPToolSpec | None = None
 
 
 class ToolOutcome(BaseModel):
@@ -517,6 +551,8 @@ class CarriedRun(BaseModel):
     # Structured output: answers that failed validation so far, and whether the next step must fix one.
     output_failures: int = 0
     fix_output: bool = False
+    # The MCP tools listed when the run started (None: the agent has no MCP servers).
+    mcp_tools: list[MCPToolSpec] | None = None
 
 
 class BudgetsLeft(BaseModel):

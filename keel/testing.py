@@ -580,10 +580,14 @@ class AgentTest:
         # Imported here: `keel` imports neither workflows nor activities, and a process that only reads
         # this module's types shouldn't pay for them.
         from activities.agent_activities import AgentActivities
+        from activities.mcp_client import MCPClients
         from activities.records import RecordActivities
         from workflows.agent_run import AgentRun
 
-        agent = AgentActivities(store=self.store, data_dir=self.data_dir, app=self.app)
+        mcp = MCPClients(self.app.mcp_servers)
+        # Closed after the worker has stopped (the stack unwinds in reverse): its stdio servers stop too.
+        self._stack.push_async_callback(mcp.close)
+        agent = AgentActivities(store=self.store, data_dir=self.data_dir, app=self.app, mcp=mcp)
         assert self.env is not None
         return Worker(
             self.env.client,

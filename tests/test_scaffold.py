@@ -72,3 +72,12 @@ def test_keel_new_writes_into_an_empty_folder(tmp_path: Path) -> None:
 
     assert made.returncode == 0, made.stderr
     assert 'name = "bot"' in (tmp_path / "bot" / "pyproject.toml").read_text()
+
+
+def test_from_a_checkout_the_new_readme_says_to_install_keel_from_it(tmp_path: Path) -> None:
+    project = tmp_path / "shop"
+
+    assert keel("new", str(project), cwd=tmp_path).returncode == 0
+
+    checkout = Path(__file__).resolve().parents[1]
+    assert f"pip install -e '{checkout}[embedded,testing]'" in (project / "README.md").read_text()

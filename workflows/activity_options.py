@@ -80,3 +80,11 @@ CHECK_STOP_WHEN_OPTIONS: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
 }
+
+
+# Listing the agent's MCP servers' tools when a run starts (the activity notes a server that can't be listed
+# and goes on): time to start a stdio server and list it, a few quick retries if the worker goes away.
+LIST_MCP_TOOLS_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=2),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
+}

@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.activity_runner import ActivityRunner, RunFailed
     from workflows.chat_queue import ChatQueue
     from workflows.ledger import RunLedger
+    from workflows.mcp_tools import MCPToolbox
     from workflows.people import PeopleDesk, Refusal
     from workflows.reporting import RunReporter
     from workflows.run_notes import RunNotes
@@ -90,8 +91,9 @@ class AgentRun:
         self._activities = ActivityRunner(fail_run=self._fail)
         self._recorder = RunNotes(run, self._ledger, self._reporter, self._activities)
         self._output = OutputJudge(run, self._ledger, self._activities)
+        self._mcp = MCPToolbox(run)
         self._tool_calls = ToolCalls(
-            run, self._ledger, self._desk, self._reporter, self._recorder, self._activities
+            run, self._ledger, self._desk, self._reporter, self._recorder, self._activities, self._mcp
         )
         # Set by a cancel signal or the time budget; the step in flight is then cancelled.
         self._interrupt: Stop | None = None
@@ -110,6 +112,9 @@ class AgentRun:
         try:
             if not self._queue.may_start and (stop := await self._wait_for_my_turn()) is not None:
                 return await self._end(stop)
+            if self._mcp.must_list:
+                # Only agents with MCP servers: other runs issue exactly the commands they did before.
+                await self._mcp.list(self._activities)
             while True:
                 step = self._ledger.begin_step()
                 self._step_task = asyncio.create_task(self._take_step(step))
@@ -218,6 +223,7 @@ class AgentRun:
             continued=ledger.continued + 1,
             output_failures=self._output.failures,
             fix_output=self._output.must_fix,
+            mcp_tools=self._mcp.tools,
         )
 
     # --- the end of the run ---
@@ -327,6 +333,7 @@ class AgentRun:
                 purpose=self._purpose.slug,
                 output=self._purpose.output,
                 force_output=self._output.must_fix,
+                mcp_tools=self._mcp.tools or [],
             ),
             LlmStepResult,
             summary=f"LLM call {step} · {self._purpose.model}",

@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.activity_runner import ActivityRunner
     from workflows.ledger import RunLedger
+    from workflows.mcp_tools import MCPToolbox
     from workflows.people import PeopleDesk
     from workflows.reporting import RunReporter
     from workflows.run_notes import RunNotes
@@ -53,6 +54,7 @@ class ToolCalls:
     reporter: RunReporter
     recorder: RunNotes
     activities: ActivityRunner
+    mcp: MCPToolbox
 
     async def act(self, step: int, call: ToolCall, policy: ToolPolicy) -> None:
         seq = self.ledger.take_seq()
@@ -73,7 +75,8 @@ class ToolCalls:
         if policy.handled_by == "workflow":
             return await self._ask_user(step, call, seq)
         if policy.handled_by == "nobody":
-            offered = ", ".join(self.run.purpose.tools + [t.name for t in self.run.client_tools])
+            mcp_tools = [t.name for t in self.mcp.tools or ()]
+            offered = ", ".join(self.run.purpose.tools + mcp_tools + [t.name for t in self.run.client_tools])
             return await self._not_run(
                 step, call, seq, f"there is no tool named {call.name!r}; the tools are: {offered}"
             )
@@ -105,6 +108,7 @@ class ToolCalls:
                 call=call,
                 result_seq=seq,
                 purpose=self.run.purpose.slug,
+                mcp=self.mcp.spec(call.name),
             ),
             ToolOutcome,
             summary=f"tool {call.name}",

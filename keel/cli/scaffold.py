@@ -15,7 +15,7 @@ from pathlib import Path
 TEMPLATE = "scaffold_template"
 # Files whose name a packaged template can't carry as is (setuptools' package-data skips dotfiles).
 RENAMED = {"gitignore": ".gitignore"}
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_CHECKOUT = Path(__file__).resolve().parents[2]  # keel/cli/scaffold.py -> the checkout
 
 
 class ScaffoldError(Exception):

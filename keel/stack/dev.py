@@ -27,7 +27,7 @@ from keel.encryption import write_new_key_file
 from keel.settings import Settings, get_settings
 from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer, port_is_free
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # keel/stack/dev.py -> the checkout
 WORKER_CMD = (sys.executable, "-m", "worker")
 HEAVY_WORKER_CMD = (sys.executable, "-m", "worker", "--queue", "heavy")
 GATEWAY_CMD = (sys.executable, "-m", "api")

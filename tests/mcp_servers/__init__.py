@@ -1,0 +1,1 @@
+"""MCP servers of the tests' own, written with the `mcp` SDK."""
