@@ -12,12 +12,15 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
@@ -28,7 +31,7 @@ from keel.mcp import mcp_tool_name
 from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
 from keel.testing import AgentTest, call
 from tests.conftest import ROOT, Keel, skip_or_fail, wait_for_status
-from tests.crash_stack import CrashStack, Process
+from tests.crash_stack import CrashStack, Process, until
 from tests.ui_stream import chat, chat_body
 
 APP = "tests.apps.mcp_app"
@@ -255,6 +258,48 @@ async def test_a_stdio_server_killed_mid_call_is_restarted_and_the_call_retried(
     assert stream.run_status == "completed" and result.startswith("survived on pid")
     assert first_pid != survivor_pid  # a fresh process answered the retried call
     assert "MCP server notes: connection lost" in processes[0].log_text()
+
+
+async def test_a_worker_killed_with_sigkill_leaves_no_stdio_server_running(
+    keel: Keel,
+    temporal_server: TemporalDevServer,
+    postgres: EmbeddedPostgres,
+    everything_http: int,
+    tmp_path: Path,
+) -> None:
+    # A stack on task queues of its own, so only this worker takes its runs; SIGKILL to the worker's own
+    # pid, not its process group: what the kernel's OOM killer or `kill -9 <pid>` does.
+    queue = f"mcp-sigkill-{uuid.uuid4().hex[:8]}"
+    with CrashStack(
+        temporal_server,
+        postgres,
+        tmp_path,
+        keel.env["KEEL_CODEC_KEY_FILE"],
+        KEEL_APP=APP,
+        KEEL_TASK_QUEUE=queue,
+        KEEL_HEAVY_TASK_QUEUE=f"{queue}-heavy",
+        EVERYTHING_HTTP_PORT=str(everything_http),
+        NOTES_MARKER=str(tmp_path / "fragile-marker"),
+        EVERYTHING_TOKEN=SECRET,
+    ) as stack:
+        worker, gateway = stack.worker(), stack.gateway()
+        await stack.start(worker, gateway)
+        async with httpx.AsyncClient(base_url=gateway.url or "", timeout=60) as http:
+            stream = await chat(http, chat_body("everything__echo hello", purpose="mcp-helper"))
+        assert stream.run_status == "completed"
+        servers = psutil.Process(worker.proc.pid).children(recursive=True)
+        assert servers, "the run should have started the agent's stdio servers"
+
+        os.kill(worker.proc.pid, signal.SIGKILL)
+
+        await until(lambda: not any(_running(p) for p in servers), "the stdio servers to exit")
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # --- the listing: a snapshot in the run, shown by /api/purposes; runs without MCP never list ---
