@@ -32,8 +32,10 @@ from keel.contracts import (
     CALL_LLM,
     CHECK_STOP_WHEN,
     LIST_MCP_TOOLS,
+    OPEN_SUB_RUN,
     RUN_TOOL,
     SAVE_MESSAGE,
+    SAVE_SUB_RUN_RESULT,
     ErrorType,
     LlmStepInput,
     LlmStepResult,
@@ -45,6 +47,9 @@ from keel.contracts import (
     SaveMessageInput,
     StopWhenInput,
     StopWhenVerdict,
+    SubRunOpened,
+    SubRunOpening,
+    SubRunResult,
     ToolCall,
     ToolInput,
     ToolOutcome,
@@ -52,6 +57,7 @@ from keel.contracts import (
     ToolSpec,
 )
 from keel.output import check_answer, same_schema
+from keel.storage import run_records
 from keel.storage.deltas import NO_DELTAS, DeltaChannel, DeltaWriter
 from keel.storage.store import RunStore
 from keel.tools import ToolContext, ToolError
@@ -77,7 +83,15 @@ class AgentActivities:
 
         run_tool is among them for the inline tools, which run as local activities of the workflow.
         """
-        return [self.call_llm, self.run_tool, self.save_message, self.check_stop_when, self.list_mcp_tools]
+        return [
+            self.call_llm,
+            self.run_tool,
+            self.save_message,
+            self.check_stop_when,
+            self.list_mcp_tools,
+            self.open_sub_run,
+            self.save_sub_run_result,
+        ]
 
     @activity.defn(name=CALL_LLM)
     async def call_llm(self, step: LlmStepInput) -> LlmStepResult:
@@ -302,6 +316,55 @@ class AgentActivities:
         return ToolOutcome(
             tool_call_id=message.tool_call_id or "", result_seq=task.seq, is_error=message.is_error
         )
+
+    @activity.defn(name=OPEN_SUB_RUN)
+    async def open_sub_run(self, opening: SubRunOpening) -> SubRunOpened:
+        """What a sub-agent's child run needs before its workflow starts, as the gateway writes it for a
+        run it starts: its conversation (the sub-agent's instructions, then the task as the user's message)
+        and its record, linked to the run that called it. Upserts: safe to retry."""
+        run = opening.run
+        messages = [
+            Message(role="system", content=opening.instructions),
+            Message(role="user", content=opening.input),
+        ]
+        await until_stored(lambda: self.store.put_messages(run.agent_run_id, 0, messages))
+        await run_records.run_started(
+            self.store.pool,
+            agent_run_id=run.agent_run_id,
+            purpose=run.purpose.slug,
+            model=run.purpose.model,
+            chat_id=None,
+            user_id=run.user_id,
+            input_summary=run.input_summary,
+            parent_run_id=run.parent_run_id,
+        )
+        return SubRunOpened(agent_run_id=run.agent_run_id)
+
+    @activity.defn(name=SAVE_SUB_RUN_RESULT)
+    async def save_sub_run_result(self, ended: SubRunResult) -> ToolOutcome:
+        """The calling run's tool result from its child run: the child's final answer (its structured
+        output as JSON when it has one), or an error saying how the child ended without one."""
+        answer = await self._final_answer(ended.child_run_id)
+        if ended.status == "completed" and answer is not None:
+            content, is_error = answer, False
+        else:
+            why = f": {ended.detail}" if ended.detail else ""
+            content, is_error = f"{ended.call.name} ended {ended.status.value}{why}", True
+            if answer:
+                content += f"\nIts last words: {answer}"
+        result = Message(
+            role="tool", content=content, tool_call_id=ended.call.id, name=ended.call.name, is_error=is_error
+        )
+        await until_stored(lambda: self.store.put_message(ended.agent_run_id, ended.seq, result))
+        return ToolOutcome(tool_call_id=ended.call.id, result_seq=ended.seq, is_error=is_error)
+
+    async def _final_answer(self, agent_run_id: str) -> str | None:
+        """A run's last reply with words in it, or None."""
+        conversation = await self.store.conversation(agent_run_id, 2**31 - 1)
+        for message in reversed(conversation):
+            if message.role == "assistant" and (message.output_json or message.content):
+                return message.output_json or message.content
+        return None
 
 
 def _schema_problem(content: str, schema: dict[str, Any]) -> str | None:

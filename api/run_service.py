@@ -98,9 +98,15 @@ class RunService:
             conversation = to_conversation(request)
         except (UnknownAgent, BadChatRequest) as err:
             raise HTTPException(400, str(err)) from None
-        spec = agent.spec(self.gw.settings.model, request.requested_budgets(), request.stop_after_tool_calls)
         context = RunContext(context=request.context or {}, user_id=user.id, chat_id=request.id)
         try:
+            # Its sub-agents' instructions are written from the same context, as its own are.
+            spec = agent.spec(
+                self.gw.settings.model,
+                request.requested_budgets(),
+                request.stop_after_tool_calls,
+                run=context,
+            )
             messages = first_messages(agent, context, conversation)
         except Exception as err:  # the app's own function: its failure is the deployment's, not the client's
             log.exception("the instructions of agent %s failed", agent.name)

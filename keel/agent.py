@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from keel.contracts import ASK_USER_TOOL, Budgets, ClientTool, PurposeSpec, Usage
+from keel.contracts import ASK_USER_TOOL, Budgets, ClientTool, PurposeSpec, SubAgentSpec, ToolPolicy, Usage
 from keel.mcp import MCPServer
 from keel.output import output_spec
 from keel.tools import Tool
@@ -101,6 +101,25 @@ class Agent:
     # that fails goes back to the model with the errors, at most output_retries times, then the run fails.
     output_type: type[BaseModel] | None = None
     output_retries: int = 2
+    # How deep delegation may go below a run of this agent: its sub-agents are one level down, theirs two.
+    # A call deeper than that is refused, and the model hears why.
+    max_depth: int = 3
+
+    def as_tool(
+        self, *, description: str, name: str | None = None, triggers: tuple[str, ...] = ()
+    ) -> "AgentTool":
+        """This agent as a tool of another: `Agent(tools=[writer.as_tool(description=...)])`. A call runs
+        this agent as a child run of the caller (its own id, history and records), with the model's `input`
+        as its user message; its final answer is the tool's result. `name` defaults to the agent's name;
+        `triggers` are words that make the offline scripted model call it."""
+        return AgentTool(
+            name=name or self.name,
+            description=description,
+            fn=_never_called,
+            arguments=DelegatedTask,
+            triggers=triggers,
+            agent=self,
+        )
 
     @property
     def budgets(self) -> Budgets:
@@ -119,9 +138,11 @@ class Agent:
         default_model: str,
         budgets: Budgets | None = None,
         stop_after_tool_calls: Mapping[str, int] | None = None,
+        run: RunContext | None = None,
     ) -> PurposeSpec:
         """The snapshot a run starts with. A request's `budgets` and `stop_after_tool_calls` may only lower
-        the agent's own limits, never raise them."""
+        the agent's own limits, never raise them. `run`, the request's context, gives the instructions of
+        the agents this one calls as tools (an empty context when None)."""
         return PurposeSpec(
             slug=self.name,
             model=self.model or default_model,
@@ -134,6 +155,40 @@ class Agent:
             stop_when=[stop_when_name(p) for p in self.stop_when],
             output=None if self.output_type is None else output_spec(self.output_type, self.output_retries),
             mcp_servers=[server.name for server in self.mcp],
+            sub_agents={
+                t.name: t.sub_agent_spec(default_model, run or RunContext({}, None, None))
+                for t in self.tools
+                if isinstance(t, AgentTool)
+            },
+            max_depth=self.max_depth,
+        )
+
+
+class DelegatedTask(BaseModel):
+    """What the calling model gives an agent it calls as a tool."""
+
+    input: str = Field(description="The task for this agent, with everything it needs to know to do it.")
+
+
+def _never_called(input: str) -> str:
+    """An agent tool's function: the workflow runs the agent as a child run instead."""
+    raise RuntimeError("an agent tool runs as a child workflow, never as a function")
+
+
+@dataclass(frozen=True, eq=False)
+class AgentTool(Tool):
+    """An agent as a tool (`Agent.as_tool`): the workflow runs it as a child run, never as a function."""
+
+    agent: Agent | None = None
+
+    def policy(self, arguments: dict[str, Any]) -> ToolPolicy:
+        return ToolPolicy(max_calls_per_run=self.max_calls_per_run, handled_by="agent")
+
+    def sub_agent_spec(self, default_model: str, run: RunContext) -> SubAgentSpec:
+        """The snapshot a calling run carries of this agent: its spec and its instructions for `run`."""
+        assert self.agent is not None  # as_tool always sets it
+        return SubAgentSpec(
+            purpose=self.agent.spec(default_model, run=run), instructions=self.agent.instructions_for(run)
         )
 
 

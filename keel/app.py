@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from keel.agent import NAME, Agent, StopWhen, stop_when_name
+from keel.agent import NAME, Agent, AgentTool, StopWhen, stop_when_name
 from keel.contracts import ASK_USER_TOOL, OUTPUT_TOOL
 from keel.mcp import SEPARATOR, MCPServer
 from keel.output import output_problem
@@ -61,7 +61,7 @@ class App:
 
     def stop_when(self, name: str) -> StopWhen | None:
         """An agent's stop_when predicate by the name runs know it by; None if this app no longer has it."""
-        for agent in self.agents.values():
+        for agent in (a for served in self.agents.values() for a in _with_sub_agents(served)):
             for predicate in agent.stop_when:
                 if stop_when_name(predicate) == name:
                     return predicate
@@ -106,11 +106,21 @@ def build_app(source: str, agents: Iterable[object]) -> App:
         if problem is not None:
             raise AppError(f"{source}: agent {agent.name!r}: {problem}")
         by_name[agent.name] = agent
-        tools.update({t.name: t for t in agent.tools})
+        tools.update({t.name: t for a in _with_sub_agents(agent) for t in a.tools})
         servers.update({s.name: s for s in agent.mcp})
     if not by_name:
         raise AppError(f"{source}: no agents (define keel.Agent objects at module level, or name a list)")
     return App(source=source, agents=by_name, tools=tools, mcp_servers=servers)
+
+
+def _with_sub_agents(agent: Agent) -> list[Agent]:
+    """An agent and the agents it calls as tools, all the way down: a worker runs a sub-agent's tools and
+    stop conditions even when the app does not serve the sub-agent itself."""
+    found = [agent]
+    for tool in agent.tools:
+        if isinstance(tool, AgentTool) and tool.agent is not None:
+            found += _with_sub_agents(tool.agent)
+    return found
 
 
 def _agents_of(source: str) -> list[object]:
@@ -163,6 +173,8 @@ def _problem(agent: Agent, known_tools: dict[str, Tool]) -> str | None:
             return str(err)
     if agent.max_steps < 1:
         return f"max_steps must be at least 1, not {agent.max_steps}"
+    if agent.max_depth < 0:
+        return f"max_depth must be at least 0, not {agent.max_depth}"
     names: set[str] = set()
     for tool in agent.tools:
         if not isinstance(tool, Tool):
@@ -175,6 +187,14 @@ def _problem(agent: Agent, known_tools: dict[str, Tool]) -> str | None:
         if other is not None and other is not tool:
             return f"its tool {tool.name!r} is not the tool another agent has under that name"
         names.add(tool.name)
+    for tool in agent.tools:
+        # An agent called as a tool runs under the same rules, even when the app does not serve it itself.
+        if (
+            isinstance(tool, AgentTool)
+            and tool.agent is not None
+            and (problem := _problem(tool.agent, known_tools))
+        ):
+            return f"its sub-agent {tool.agent.name!r}: {problem}"
     for tool_name, times in agent.stop_after_tool_calls.items():
         if tool_name not in names:
             return f"stop_after_tool_calls names {tool_name!r}, which is not one of its tools"

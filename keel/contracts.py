@@ -26,6 +26,9 @@ RECORD_RUN = "record_run"
 CHECK_STOP_WHEN = "check_stop_when"
 # Lists the tools of the agent's MCP servers when a run starts (only runs of agents with MCP servers).
 LIST_MCP_TOOLS = "list_mcp_tools"
+# The activities that open a sub-agent's child run (its first messages and record) and bring its answer back.
+OPEN_SUB_RUN = "open_sub_run"
+SAVE_SUB_RUN_RESULT = "save_sub_run_result"
 STATE_QUERY = "state"
 EVENTS_QUERY = "events"
 # Signals: fixed names, usable from `temporal workflow signal` and the Web UI.
@@ -240,6 +243,18 @@ class PurposeSpec(BaseModel):
     output: OutputSpec | None = None
     # The names of the agent's MCP servers (keel/mcp.py); their tools are listed when the run starts.
     mcp_servers: list[str] = Field(default_factory=list)
+    # The agents this one may call as tools (`Agent.as_tool`), by tool name: snapshots taken with this one,
+    # since workflow code cannot import the app to build them when the call comes.
+    sub_agents: "dict[str, SubAgentSpec]" = Field(default_factory=dict)
+    # How deep delegation may go below a run of this agent (a child of a child... is one level deeper).
+    max_depth: int = Field(3, ge=0)
+
+
+class SubAgentSpec(BaseModel):
+    """An agent called as a tool: its snapshot and its system prompt, fixed when the calling run started."""
+
+    purpose: PurposeSpec
+    instructions: str
 
 
 class AgentRunInput(BaseModel):
@@ -259,6 +274,10 @@ class AgentRunInput(BaseModel):
     heavy_task_queue: str = "agent-heavy"
     # Set when the run continued as new: what the run had done so far (see workflows/agent_run.py).
     carried: "CarriedRun | None" = None
+    # Set on a sub-agent's run (a child workflow): the run that called it, and how deep below the top run
+    # it is (the top run is 0).
+    parent_run_id: str | None = None
+    depth: int = 0
 
 
 class LlmStepInput(BaseModel):
@@ -288,8 +307,9 @@ class ToolPolicy(BaseModel):
     needs_approval: bool = False
     max_calls_per_run: int | None = None
     # worker: run_tool runs it; workflow: built in (ask_user); client: the frontend runs it;
-    # nobody: the run doesn't offer a tool of that name, and the model is told so.
-    handled_by: Literal["worker", "workflow", "client", "nobody"] = "worker"
+    # nobody: the run doesn't offer a tool of that name, and the model is told so; agent: another agent,
+    # run as a child workflow (`Agent.as_tool`).
+    handled_by: Literal["worker", "workflow", "client", "nobody", "agent"] = "worker"
     # A heavy tool runs as an activity on the heavy task queue (its own worker pool, long timeouts);
     # every other worker tool runs inline in the agent worker as a local activity.
     heavy: bool = False
@@ -361,6 +381,33 @@ class SaveMessageInput(BaseModel):
     message: Message
     # For a client tool's output: checked against this schema before it reaches the model.
     output_schema: dict[str, Any] | None = None
+
+
+class SubRunOpening(BaseModel):
+    """What `open_sub_run` writes before a sub-agent's child run starts: its conversation (its instructions,
+    then the calling model's input as the user's message) and its record, linked to its parent."""
+
+    run: AgentRunInput
+    instructions: str
+    input: str
+
+
+class SubRunOpened(BaseModel):
+    """`open_sub_run`'s answer: the child run whose conversation and record are now in PostgreSQL."""
+
+    agent_run_id: str
+
+
+class SubRunResult(BaseModel):
+    """What `save_sub_run_result` turns into the calling run's tool result: the child run's final answer,
+    or why it has none."""
+
+    agent_run_id: str
+    seq: int
+    call: ToolCall
+    child_run_id: str
+    status: "RunStatus"
+    detail: str | None = None
 
 
 # --- Signal and update payloads ---
@@ -639,3 +686,4 @@ class RunNote(BaseModel):
 
 # AgentRunInput refers to CarriedRun, which needs the event types defined after it.
 AgentRunInput.model_rebuild()
+PurposeSpec.model_rebuild()

@@ -71,6 +71,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.run_notes import RunNotes
     from workflows.stop_conditions import Stop, conditions_for, first_stop, time_budget_detail
     from workflows.structured_output import OUTPUT_VALIDATION_FAILED, OutputJudge
+    from workflows.sub_agents import SubAgents
     from workflows.tool_calls import ToolCalls
 
 # Errors the run's own data can raise in workflow code: they end the run instead of failing its workflow
@@ -93,7 +94,14 @@ class AgentRun:
         self._output = OutputJudge(run, self._ledger, self._activities)
         self._mcp = MCPToolbox(run)
         self._tool_calls = ToolCalls(
-            run, self._ledger, self._desk, self._reporter, self._recorder, self._activities, self._mcp
+            run,
+            self._ledger,
+            self._desk,
+            self._reporter,
+            self._recorder,
+            self._activities,
+            self._mcp,
+            SubAgents(run, self._ledger, self._activities),
         )
         # Set by a cancel signal or the time budget; the step in flight is then cancelled.
         self._interrupt: Stop | None = None

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.people import PeopleDesk
     from workflows.reporting import RunReporter
     from workflows.run_notes import RunNotes
+    from workflows.sub_agents import Refused, SubAgents
 
 
 # eq=False: a collaborator is itself, not equal to another one with the same parts.
@@ -55,6 +56,7 @@ class ToolCalls:
     recorder: RunNotes
     activities: ActivityRunner
     mcp: MCPToolbox
+    sub_agents: SubAgents
 
     async def act(self, step: int, call: ToolCall, policy: ToolPolicy) -> None:
         seq = self.ledger.take_seq()
@@ -87,6 +89,8 @@ class ToolCalls:
             )
         if policy.handled_by == "client":
             return await self._client_result(step, call, seq)
+        if policy.handled_by == "agent":
+            return await self._delegate(step, call, seq)
         if policy.needs_approval and not (record := await self._approval(step, call, seq)).approved:
             why = "the approval expired" if record.expired else f"denied by {record.approver or 'a person'}"
             reason = f": {record.reason}" if record.reason else ""
@@ -116,6 +120,26 @@ class ToolCalls:
             **self._placement(policy, seq),
         )
         self.reporter.set_doing(call.id, None)
+        return outcome
+
+    async def _delegate(self, step: int, call: ToolCall, seq: int) -> ToolOutcome:
+        """Another agent as this tool (Agent.as_tool): its child run's answer is the result."""
+        child = self.sub_agents.child_input(call, seq)
+        if isinstance(child, Refused):
+            return await self._not_run(step, call, seq, child.why)
+        self.ledger.count_tool_run(call.name)
+        self.reporter.set_doing(call.id, f"running agent {call.name}")
+        started_at = workflow.now()
+        outcome = await self.sub_agents.run_child(call, seq, child)
+        self.reporter.set_doing(call.id, None)
+        self.recorder.note_tool(
+            step,
+            call,
+            seq,
+            "error" if outcome.is_error else "ok",
+            started_at=started_at,
+            result={"agent_run_id": child.agent_run_id},
+        )
         return outcome
 
     def _placement(self, policy: ToolPolicy, seq: int) -> dict[str, Any]:

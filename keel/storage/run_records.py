@@ -522,6 +522,7 @@ _RUN_COLUMNS = (
     "unpriced_calls",
     "queued_behind",
     "output",
+    "parent_run_id",
 )
 _RUN_MERGE = {
     "status": "CASE WHEN EXCLUDED.status_version >= agent_runs.status_version"
@@ -552,10 +553,13 @@ async def run_started(
     user_id: str | None,
     input_summary: str,
     queued_behind: str | None = None,
+    parent_run_id: str | None = None,
 ) -> None:
-    """The gateway's first record of a run, written with its conversation, before the workflow starts."""
+    """The gateway's first record of a run, written with its conversation, before the workflow starts (or,
+    for a sub-agent's child run, by the calling run's `open_sub_run` activity)."""
     values = {
         "queued_behind": queued_behind,
+        "parent_run_id": parent_run_id,
         "id": agent_run_id,
         "chat_id": chat_id,
         "user_id": user_id,
