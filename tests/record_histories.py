@@ -137,6 +137,11 @@ async def own_stop_when(http: httpx.AsyncClient) -> str:
     return run_id
 
 
+async def sub_agent(http: httpx.AsyncClient) -> str:
+    run_id, _ = await _start(http, "write a lesson on fractions", purpose="editor")
+    return run_id
+
+
 SCENARIOS: dict[str, Scenario] = {
     "inline-tool": inline_tool,
     "approved-publish": approved_publish,
@@ -149,6 +154,7 @@ SCENARIOS: dict[str, Scenario] = {
     "released-its-queue": released_its_queue,
     "structured-output": structured_output,
     "own-stop-when": own_stop_when,
+    "sub-agent": sub_agent,
 }
 
 
