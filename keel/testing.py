@@ -549,7 +549,7 @@ class AgentTest:
             if self._data_dir is None:
                 self._data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keel-test-")))
             database_url = self._database_url
-            if database_url is None:
+            if not database_url:  # unset or empty: the shared embedded PostgreSQL, as before
                 database_url = await asyncio.to_thread(_shared_postgres)
             pool: asyncpg.Pool = await create_pool(database_url, max_size=4)
             stack.push_async_callback(pool.close)
