@@ -31,12 +31,16 @@ from keel.app import App
 from keel.contracts import (
     CALL_LLM,
     CHECK_STOP_WHEN,
+    HANDOFF_MESSAGE_NAME,
     LIST_MCP_TOOLS,
     OPEN_SUB_RUN,
     RUN_TOOL,
+    SAVE_HANDOFF,
     SAVE_MESSAGE,
     SAVE_SUB_RUN_RESULT,
     ErrorType,
+    HandoffInput,
+    HandoffSaved,
     LlmStepInput,
     LlmStepResult,
     MCPListing,
@@ -50,6 +54,7 @@ from keel.contracts import (
     SubRunOpened,
     SubRunOpening,
     SubRunResult,
+    SubRunSaved,
     ToolCall,
     ToolInput,
     ToolOutcome,
@@ -91,6 +96,7 @@ class AgentActivities:
             self.list_mcp_tools,
             self.open_sub_run,
             self.save_sub_run_result,
+            self.save_handoff,
         ]
 
     @activity.defn(name=CALL_LLM)
@@ -99,7 +105,8 @@ class AgentActivities:
             model, model_name = resolve_model(step.model, triggers=self.app.triggers())
         except UnknownModelRoute as err:
             raise ApplicationError(str(err), type=ErrorType.unknown_model_route, non_retryable=True) from None
-        conversation = await until_stored(lambda: self.store.conversation(step.agent_run_id, step.reply_seq))
+        stored = await until_stored(lambda: self.store.conversation(step.agent_run_id, step.reply_seq))
+        conversation = instructions_in_force(stored)
         # A tool this deployment no longer has (the run started with an earlier one) is not offered; if the
         # model calls it anyway, it hears that there is no such tool.
         server_tools = {name for name in step.tools if name in self.app.tools}
@@ -341,7 +348,7 @@ class AgentActivities:
         return SubRunOpened(agent_run_id=run.agent_run_id)
 
     @activity.defn(name=SAVE_SUB_RUN_RESULT)
-    async def save_sub_run_result(self, ended: SubRunResult) -> ToolOutcome:
+    async def save_sub_run_result(self, ended: SubRunResult) -> SubRunSaved:
         """The calling run's tool result from its child run: the child's final answer (its structured
         output as JSON when it has one), or an error saying how the child ended without one."""
         answer = await self._final_answer(ended.child_run_id)
@@ -356,7 +363,20 @@ class AgentActivities:
             role="tool", content=content, tool_call_id=ended.call.id, name=ended.call.name, is_error=is_error
         )
         await until_stored(lambda: self.store.put_message(ended.agent_run_id, ended.seq, result))
-        return ToolOutcome(tool_call_id=ended.call.id, result_seq=ended.seq, is_error=is_error)
+        usage = (
+            await run_records.usage_of(self.store.pool, ended.child_run_id)
+            if ended.status == "failed"
+            else None
+        )
+        return SubRunSaved(tool_call_id=ended.call.id, result_seq=ended.seq, is_error=is_error, usage=usage)
+
+    @activity.defn(name=SAVE_HANDOFF)
+    async def save_handoff(self, handoff: HandoffInput) -> HandoffSaved:
+        """A handoff's system message: the next agent's instructions, which from now on replace those the
+        run started with (`instructions_in_force`). An upsert: safe to retry."""
+        message = Message(role="system", name=HANDOFF_MESSAGE_NAME, content=handoff.instructions)
+        await until_stored(lambda: self.store.put_message(handoff.agent_run_id, handoff.seq, message))
+        return HandoffSaved(seq=handoff.seq)
 
     async def _final_answer(self, agent_run_id: str) -> str | None:
         """A run's last reply with words in it, or None."""
@@ -365,6 +385,24 @@ class AgentActivities:
             if message.role == "assistant" and (message.output_json or message.content):
                 return message.output_json or message.content
         return None
+
+
+def instructions_in_force(conversation: list[Message]) -> list[Message]:
+    """The conversation as the model is shown it: after a handoff, the latest handoff's instructions go
+    first in place of the run's first ones, and earlier handoffs' are dropped; other system messages (the
+    application context) stay where they are. A conversation without a handoff is returned as it is."""
+    handoffs = [m for m in conversation if _is_handoff(m)]
+    if not handoffs:
+        return conversation
+    first = conversation[0]
+    first_instructions = first if first.role == "system" and not first.name else None
+    rest = [m for m in conversation if m is not first_instructions and not _is_handoff(m)]
+    # The name only marks the message in the store; providers are sent plain system instructions.
+    return [handoffs[-1].model_copy(update={"name": None}), *rest]
+
+
+def _is_handoff(message: Message) -> bool:
+    return message.role == "system" and message.name == HANDOFF_MESSAGE_NAME
 
 
 def _schema_problem(content: str, schema: dict[str, Any]) -> str | None:

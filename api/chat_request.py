@@ -384,7 +384,8 @@ def pending_answers(ui: UIMessage) -> tuple[list[ApprovalDecision], list[ToolRes
                     tool_call_id=call_id, approved=approval.approved, reason=approval.reason, approver="chat"
                 )
             )
-        elif part.state == "output-available":
+        elif part.state == "output-available" and getattr(part, "preliminary", None) is not True:
+            # A preliminary output is a sub-agent's progress the gateway sent, not the client's answer.
             results.append(ToolResultSubmission(tool_call_id=call_id, output=part.output))
         elif part.state == "output-error":
             results.append(ToolResultSubmission(tool_call_id=call_id, error=part.error_text or "failed"))

@@ -7,8 +7,10 @@ starts (keel/run_start.py). Every method takes the user asking: a run or chat th
 exactly as an unknown one. Refusals are HTTPExceptions, as the gateway's helpers already raise them.
 """
 
+import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, TypeVar, overload
 
@@ -41,6 +43,7 @@ from keel.contracts import (
     RunEvent,
     RunFinished,
     RunState,
+    RunStatus,
     TextProduced,
     ToolResultSubmission,
     UserAnswer,
@@ -106,6 +109,7 @@ class RunService:
                 request.requested_budgets(),
                 request.stop_after_tool_calls,
                 run=context,
+                agents=self.gw.app.reachable,
             )
             messages = first_messages(agent, context, conversation)
         except Exception as err:  # the app's own function: its failure is the deployment's, not the client's
@@ -219,25 +223,95 @@ class RunService:
 
     # --- Deciding, answering, cancelling (POST /api/runs/{id}/...) ---
 
+    # A run's sub-agents wait for people through it too: what the run itself does not wait for goes to the
+    # child run (or grandchild) that does, so the parent's endpoints answer its whole tree.
+
     async def decide(
         self, agent_run_id: str, tool_call_id: str, user: User, *, approved: bool, reason: str | None
     ) -> ApprovalRecord:
-        """Approve or deny a tool call the run waits for; the decision names the authenticated user."""
+        """Approve or deny a tool call the run, or one of its sub-agents' runs, waits for; the decision
+        names the authenticated user."""
         decision = ApprovalDecision(
             tool_call_id=tool_call_id, approved=approved, reason=reason, approver=user.name or "api"
         )
         await require_run(self.gw, agent_run_id, user)
-        return await self._update(agent_run_id, APPROVAL_UPDATE, decision, ApprovalRecord)
+        try:
+            return await self._update(agent_run_id, APPROVAL_UPDATE, decision, ApprovalRecord)
+        except HTTPException as refused:
+            if refused.status_code != 404:
+                raise
+            child = await self._one_below(
+                agent_run_id,
+                refused,
+                lambda s: any(a.tool_call_id == tool_call_id for a in s.pending_approvals),
+            )
+            return await self._update(child, APPROVAL_UPDATE, decision, ApprovalRecord)
 
-    async def answer(self, agent_run_id: str, text: str, user: User) -> None:
-        """Answer the question the run asked."""
+    async def answer(self, agent_run_id: str, text: str, user: User, tool_call_id: str | None = None) -> str:
+        """Answer the question the run asked, or one its sub-agents' runs asked (the one asking
+        `tool_call_id`, when named). Returns the id of the run that took the answer."""
         await require_run(self.gw, agent_run_id, user)
-        await self._update(agent_run_id, ANSWER_UPDATE, UserAnswer(text=text))
+
+        def asks(state: RunState) -> bool:
+            question = state.pending_question
+            return question is not None and tool_call_id in (None, question.tool_call_id)
+
+        target = agent_run_id
+        if tool_call_id is not None and not asks(await self.gw.state(agent_run_id)):
+            refused = HTTPException(
+                404, f"run {agent_run_id!r} asked no question in tool call {tool_call_id!r}"
+            )
+            target = await self._one_below(agent_run_id, refused, asks)
+        try:
+            await self._update(target, ANSWER_UPDATE, UserAnswer(text=text))
+        except HTTPException as refused:
+            if refused.status_code != 409 or target != agent_run_id:
+                raise
+            target = await self._one_below(agent_run_id, refused, asks)
+            await self._update(target, ANSWER_UPDATE, UserAnswer(text=text))
+        return target
 
     async def submit_tool_result(self, agent_run_id: str, result: ToolResultSubmission, user: User) -> None:
-        """The output (or the error) of a client-side tool call the run waits for."""
+        """The output (or the error) of a client-side tool call the run, or one of its sub-agents' runs,
+        waits for."""
         await require_run(self.gw, agent_run_id, user)
-        await self._update(agent_run_id, TOOL_RESULT_UPDATE, result)
+        try:
+            await self._update(agent_run_id, TOOL_RESULT_UPDATE, result)
+        except HTTPException as refused:
+            if refused.status_code != 404:
+                raise
+            call_id = result.tool_call_id
+            child = await self._one_below(
+                agent_run_id,
+                refused,
+                lambda s: any(p.tool_call_id == call_id for p in s.pending_tool_results),
+            )
+            await self._update(child, TOOL_RESULT_UPDATE, result)
+
+    async def _one_below(
+        self, agent_run_id: str, refused: HTTPException, waits: Callable[[RunState], bool]
+    ) -> str:
+        """The one run below this one (its sub-agents' runs, theirs...) that `waits` for what was sent;
+        the run's own refusal when none does, a 409 when several do and the request did not say which."""
+        found = await self._runs_below(agent_run_id, waits)
+        if not found:
+            raise refused
+        if len(found) > 1:
+            raise HTTPException(
+                409, f"several sub-agent runs of {agent_run_id!r} wait for this: {', '.join(found)}; name one"
+            )
+        return found[0]
+
+    async def _runs_below(self, agent_run_id: str, waits: Callable[[RunState], bool]) -> list[str]:
+        """The runs below this one, still running, that `waits` holds for: children first, then theirs."""
+        found: list[str] = []
+        parents = [await self.gw.state(agent_run_id)]
+        while parents:
+            ids = [r.agent_run_id for s in parents for r in s.sub_runs if r.status is RunStatus.running]
+            children = list(await asyncio.gather(*(self.gw.state(run_id) for run_id in ids)))
+            found += [child.agent_run_id for child in children if waits(child)]
+            parents = children
+        return found
 
     async def cancel(self, agent_run_id: str, reason: str | None, user: User) -> None:
         """Ask the run to stop; 409 when it has already finished."""
@@ -315,12 +389,17 @@ class RunService:
         return await run_records.list_runs(self.gw.store.pool, filters)
 
     async def timeline(self, agent_run_id: str, user: User) -> dict[str, Any]:
-        """The run's record with its LLM calls and tool runs; 404 when there is none, or it is not theirs."""
+        """The run's record with its LLM calls and tool runs, the runs its sub-agents started below it
+        (`descendants`) and the tree's usage; 404 when there is none, or it is not theirs."""
         found = (
             await run_records.timeline(self.gw.store.pool, agent_run_id) if is_run_id(agent_run_id) else None
         )
         if found is None or not user.owns(found["run"].get("user_id")):
             raise HTTPException(404, f"no records of run {agent_run_id!r}")
+        # Its sub-agents' runs below it, and the usage of the whole tree (each LLM call once).
+        found["descendants"] = await run_records.descendants(self.gw.store.pool, agent_run_id)
+        tree = [agent_run_id, *(row["agent_run_id"] for row in found["descendants"])]
+        found["tree_usage"] = await run_records.own_usage(self.gw.store.pool, tree)
         return found
 
 

@@ -28,6 +28,12 @@ SDK client is then left holding a call, and none takes the last step for one tha
 A run with structured output (Agent(output_type=...)) ends with its validated answer as a `data-output`
 part (`{"type": "data-output", "id": <run id>, "data": <object>}`), the last chunk before `finish`.
 
+A run that calls sub-agents (Agent.as_tool) carries their progress too: a `SubRunStarted` event gives the
+call a first preliminary output naming the child run, and while the call is open the stream follows the
+child (api/sub_run_progress.py) and sends its message so far as the call's preliminary output, each one
+whole. Those snapshots depend on timing, not on the run's history, so they have no id: they never move
+Last-Event-ID, and a stream that resumes sends the latest one again after the chunks it replays.
+
 The chunks are the typed models of keel/ui_protocol/chunks.py; api/sse.py encodes them.
 
 Retries stay clean: each attempt of an LLM call writes its own text part (`text-<seq>`, then
@@ -45,6 +51,7 @@ from typing import Any, Literal, TypeVar
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
+from api.sub_run_progress import SubRunFollower
 from keel import ui_protocol as ui
 from keel.contracts import (
     ASK_USER_TOOL,
@@ -53,6 +60,7 @@ from keel.contracts import (
     ApprovalDecided,
     ApprovalRequested,
     ClientToolRequested,
+    HandedOff,
     Message,
     QuestionAsked,
     RunEvent,
@@ -60,6 +68,7 @@ from keel.contracts import (
     RunStatus,
     StepFinished,
     StepStarted,
+    SubRunStarted,
     TextProduced,
     ToolCallRequested,
     ToolResultReady,
@@ -243,9 +252,10 @@ async def _ended_from_outside(handle: WorkflowHandle[Any, Any], seq: int) -> Run
 
 @dataclass(frozen=True)
 class Chunk:
-    """A chunk of the run's stream and its id there (the SSE event's `id:`)."""
+    """A chunk of the run's stream and its id there (the SSE event's `id:`); None for a sub-agent's
+    progress, which is sent again whole rather than resumed."""
 
-    id: int
+    id: int | None
     body: ui.UIMessageChunk
 
 
@@ -273,6 +283,13 @@ class _Events:
     events: list[RunEvent]
 
 
+@dataclass(frozen=True)
+class _Progressed:
+    """A followed sub-agent's run has something new to show, for the call `tool_call_id`."""
+
+    tool_call_id: str
+
+
 class RunStream:
     """One run's chunks, merged from its workflow events and its token deltas (see the module's docs)."""
 
@@ -283,6 +300,7 @@ class RunStream:
         deltas: DeltaChannel,
         agent_run_id: str,
         watchers: RunWatchers | None = None,
+        open_run: Callable[[str], WorkflowHandle[Any, Any]] | None = None,
     ) -> None:
         self.handle = handle
         self.store = store
@@ -290,6 +308,8 @@ class RunStream:
         self.agent_run_id = agent_run_id
         # Shared with the other streams of this process; None: this stream follows the run on its own.
         self.watchers = watchers
+        # How to reach another run, to follow this one's sub-agents; None: their progress is not shown.
+        self.open_run = open_run
         self._subscribed = float("inf")  # when this stream began hearing of new deltas
 
     async def chunks(self) -> AsyncGenerator[Chunk | SegmentEnd, None]:
@@ -303,6 +323,7 @@ class RunStream:
         subscription = await self.deltas.subscribe(self.agent_run_id, queue)
         self._subscribed = asyncio.get_running_loop().time()
         pump = asyncio.create_task(self._pump(queue))
+        followers: dict[str, SubRunFollower] = {}
         try:
             while not translator.finished:
                 item = await queue.get()
@@ -317,14 +338,51 @@ class RunStream:
                     out += await self._batch(translator, item)
                 elif item is RESYNC:
                     out += await self._catch_up(translator)
+                elif isinstance(item, _Progressed):
+                    follower = followers.get(item.tool_call_id)
+                    out += [] if follower is None else translator.progress(follower)
                 elif isinstance(item, BaseException):
                     raise item
+                out += self._follow_sub_runs(translator, followers, queue, reopened=_opens(out))
                 for chunk in out:
                     yield chunk
         finally:
             # No awaiting here: this also runs when a client that went away cancels the stream.
             pump.cancel()
             subscription.close()
+            for follower in followers.values():
+                follower.stop()
+
+    def _follow_sub_runs(
+        self,
+        translator: "_Translator",
+        followers: dict[str, SubRunFollower],
+        queue: asyncio.Queue[object],
+        *,
+        reopened: bool,
+    ) -> list[Chunk | SegmentEnd]:
+        """Follow the children of the calls now open, stop following the others; a new segment begins
+        with the latest progress of each child still followed."""
+        if self.open_run is None:
+            return []
+        for call_id in [c for c in followers if c not in translator.sub_runs]:
+            followers.pop(call_id).stop()
+        for call_id, started in translator.sub_runs.items():
+            if call_id not in followers:
+                followers[call_id] = SubRunFollower(
+                    started, self._child_chunks(started.agent_run_id), lambda c: queue.put(_Progressed(c))
+                )
+        return [c for f in followers.values() if reopened for c in translator.progress(f)]
+
+    async def _child_chunks(self, agent_run_id: str) -> AsyncIterator[ui.UIMessageChunk]:
+        """A child run's chunks, from its start to its end, across its pauses."""
+        assert self.open_run is not None
+        child = RunStream(
+            self.open_run(agent_run_id), self.store, self.deltas, agent_run_id, self.watchers, self.open_run
+        )
+        async for item in child.chunks():
+            if isinstance(item, Chunk):
+                yield item.body
 
     async def _pump(self, queue: asyncio.Queue[object]) -> None:
         batches = follow_run(self.handle) if self.watchers is None else self.watchers.follow(self.handle)
@@ -411,6 +469,7 @@ async def segment(stream: RunStream, start: StreamStart) -> AsyncIterator[Chunk]
             return
         started = start.after_id is None and start.after_pause is None
         emitted = False
+        last_id = -1  # the last chunk with an id so far
         async for item in chunks:
             if isinstance(item, SegmentEnd):
                 if emitted:
@@ -419,7 +478,15 @@ async def segment(stream: RunStream, start: StreamStart) -> AsyncIterator[Chunk]
                     started = True
                 continue
             if not started:
-                if start.after_id is None or item.id <= start.after_id:
+                if start.after_id is None:
+                    continue
+                if item.id is None:
+                    # A sub-agent's progress: it comes once the replay has caught up, so it belongs to the
+                    # response as soon as the chunk the client had last is behind.
+                    if last_id < start.after_id:
+                        continue
+                elif item.id <= start.after_id:
+                    last_id = item.id
                     continue
                 started = True
             emitted = True
@@ -550,6 +617,8 @@ class _Translator:
         self.call: _Call | None = None
         # Tool calls streamed without an outcome yet, in the order they were made: what each waits for.
         self.open_calls: dict[str, _OpenCall] = {}
+        # The open calls that run a sub-agent, and the child run of each.
+        self.sub_runs: dict[str, SubRunStarted] = {}
         self.waiting: list[RunEvent] = []
         # After a pause the next segment opens with the next event, not while the run still waits.
         self.reopen = False
@@ -600,8 +669,27 @@ class _Translator:
                 out.append(
                     self._chunk(ui.ToolApprovalRequestChunk(approval_id=call_id, tool_call_id=call_id))
                 )
+            case SubRunStarted(tool_call_id=call_id):
+                self.sub_runs[call_id] = event
+                first = ui.SubRunProgress(
+                    agent_run_id=event.agent_run_id,
+                    agent=event.agent,
+                    status=RunStatus.running,
+                    detail=None,
+                    parts=[],
+                )
+                out.append(self._chunk(_progress_chunk(call_id, first)))
+            case HandedOff():
+                # Inline where it falls: the agent speaking from here on (Agent(handoffs=...)).
+                handoff = ui.HandoffData(
+                    from_agent=event.from_agent,
+                    to_agent=event.to_agent,
+                    title=event.to_title or event.to_agent,
+                )
+                out.append(self._chunk(ui.HandoffDataChunk(id=f"handoff-{event.seq}", data=handoff)))
             case ToolResultReady(tool_call_id=call_id, message_seq=seq, is_error=is_error, denied=denied):
                 self.open_calls.pop(call_id, None)
+                self.sub_runs.pop(call_id, None)
                 if denied:
                     out.append(self._chunk(ui.ToolOutputDeniedChunk(tool_call_id=call_id)))
                 elif is_error:
@@ -673,7 +761,16 @@ class _Translator:
                 text = open_call.unfinished(status, detail)
                 out.append(self._chunk(ui.ToolOutputErrorChunk(tool_call_id=call_id, error_text=text)))
         self.open_calls.clear()
+        self.sub_runs.clear()
         return out
+
+    def progress(self, follower: SubRunFollower) -> list[Chunk | SegmentEnd]:
+        """A followed child's progress, as its call's preliminary output, while the call is open and a
+        segment is: between segments no response is open to take it (the next one begins with it)."""
+        call_id = follower.started.tool_call_id
+        if call_id not in self.sub_runs or self.reopen or self.finished:
+            return []
+        return [Chunk(None, _progress_chunk(call_id, follower.progress()))]
 
     def batch_end(self) -> list[Chunk | SegmentEnd]:
         """A step emits its waiting events all at once, so a batch that ends with some ends their group."""
@@ -770,6 +867,15 @@ _FINISH_REASONS: dict[RunStatus, ui.FinishReason] = {
     RunStatus.completed: "stop",
     RunStatus.failed: "error",
 }
+
+
+def _opens(out: Sequence[Chunk | SegmentEnd]) -> bool:
+    """Whether these chunks begin a segment."""
+    return any(isinstance(c, Chunk) and isinstance(c.body, ui.StartChunk) for c in out)
+
+
+def _progress_chunk(call_id: str, progress: ui.SubRunProgress) -> ui.ToolOutputAvailableChunk:
+    return ui.ToolOutputAvailableChunk(tool_call_id=call_id, output=progress.wire(), preliminary=True)
 
 
 def _part_id(reply_seq: int, attempt: int) -> str:

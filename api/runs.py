@@ -37,6 +37,12 @@ class ApprovalBody(StrictBody):
 
 class AnswerBody(StrictBody):
     text: str = Field(min_length=1, max_length=100_000)
+    tool_call_id: str | None = Field(
+        None,
+        max_length=200,
+        description="The question's tool call (`ask_user`), to say which of the run's sub-agents asking "
+        "one this answers; not needed when only one asks",
+    )
 
 
 class ToolResultBody(StrictBody):
@@ -86,17 +92,22 @@ async def run_events(
     return await resumed_response(service.gw, agent_run_id, after, finished=state.status.is_final)
 
 
-@router.post("/{agent_run_id}/approvals/{tool_call_id}", summary="Approve or deny a tool call waiting for it")
+@router.post(
+    "/{agent_run_id}/approvals/{tool_call_id}",
+    summary="Approve or deny a tool call waiting for it, in the run or in one of its sub-agents' runs",
+)
 async def decide(
     agent_run_id: str, tool_call_id: str, body: ApprovalBody, service: RunServiceDep, user: CurrentUser
 ) -> ApprovalRecord:
     return await service.decide(agent_run_id, tool_call_id, user, approved=body.approved, reason=body.reason)
 
 
-@router.post("/{agent_run_id}/answer", summary="Answer the question the agent asked")
+@router.post(
+    "/{agent_run_id}/answer", summary="Answer the question the agent (or one of its sub-agents) asked"
+)
 async def answer(agent_run_id: str, body: AnswerBody, service: RunServiceDep, user: CurrentUser) -> Accepted:
-    await service.answer(agent_run_id, body.text, user)
-    return Accepted(agent_run_id=agent_run_id, status="answered")
+    answered = await service.answer(agent_run_id, body.text, user, body.tool_call_id)
+    return Accepted(agent_run_id=answered, status="answered")
 
 
 @router.post("/{agent_run_id}/tool-results/{tool_call_id}", summary="The result of a client-side tool call")

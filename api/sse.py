@@ -61,10 +61,12 @@ def stream_response(
 async def sse_events(
     gw: Gateway, agent_run_id: str, chunks: Callable[[RunStream], AsyncIterator[Chunk]]
 ) -> AsyncIterator[ServerSentEvent]:
-    stream = RunStream(gw.run(agent_run_id), gw.store, gw.deltas, agent_run_id, WATCHERS)
+    stream = RunStream(gw.run(agent_run_id), gw.store, gw.deltas, agent_run_id, WATCHERS, gw.run)
     try:
         async for chunk in chunks(stream):
-            yield ServerSentEvent(encode(chunk.body), id=str(chunk.id), sep="\n")
+            yield ServerSentEvent(
+                encode(chunk.body), id=None if chunk.id is None else str(chunk.id), sep="\n"
+            )
     except (RPCError, OSError, asyncpg.PostgresError, LookupError) as err:
         # Headers are gone already; the stream itself says what went wrong. The run goes on regardless.
         log.warning("stream of %s broke: %s", agent_run_id, err)

@@ -3,9 +3,13 @@
 - `GET /api/runs`: runs from `agent_runs`, newest first, filtered by status, purpose, user, chat and time.
   With `chat_id` it lists the chat's runs from `chat_runs` (runs from before run records included), as it
   always did; every row still has `agent_run_id` and `started_at`.
+  Every row names its `parent_run_id` (a sub-agent's child run) or null; `top=true` leaves child runs out.
 - `GET /api/runs/{id}/timeline`: one run with its LLM calls and tool runs, merged into one timeline with
   latency, tokens, cost, errors and approvals, and the run's address in the Temporal Web UI (null when
   KEEL_TEMPORAL_UI_URL is not set: the pages then show no link rather than one that leads nowhere).
+  With it the run tree: `children`, the summaries of the runs its sub-agents started (each under the tool
+  call that started it, and with its own children, up to run_records.TREE_DEPTH levels: a child's own
+  timeline is one more request), and `tree_usage`, the tokens and cost of the run and all of them.
 
 The records are read by the run service (api/run_service.py), which also decides whose runs a user sees.
 """
@@ -48,6 +52,8 @@ class RunSummary(BaseModel):
     input_summary: str | None = None
     output_summary: str | None = None
     temporal_run_id: str | None = None
+    # The run whose sub-agent this run is; None for a run somebody started.
+    parent_run_id: str | None = None
     # None when the gateway does not know where the Web UI is (KEEL_TEMPORAL_UI_URL unset).
     temporal_url: str | None = None
 
@@ -69,11 +75,32 @@ class TimelineItem(BaseModel):
     record: dict[str, Any]
 
 
+class ChildRun(BaseModel):
+    """A sub-agent's run in its parent's tree: its summary, the parent's tool call that started it (null
+    until that call has its result), and the runs it started in turn."""
+
+    run: RunSummary
+    tool_call_id: str | None = None
+    children: list["ChildRun"] = []
+
+
+class TreeUsage(BaseModel):
+    """A run's usage with its sub-agents' runs: every LLM call in the tree, each counted once."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+
 class Timeline(BaseModel):
     run: RunSummary
     llm_calls: list[dict[str, Any]]
     tool_runs: list[dict[str, Any]]
     items: list[TimelineItem]
+    # The parent's page in the Temporal Web UI, for a child run (null without a parent, or without a UI).
+    parent_temporal_url: str | None = None
+    children: list[ChildRun] = []
+    tree_usage: TreeUsage = TreeUsage()
 
 
 @router.get("/api/runs", summary="Runs, newest first: filter by status, purpose, user, chat and start time")
@@ -87,6 +114,7 @@ async def list_runs(
     since: Annotated[datetime | None, Query(description="started at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="started before (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    top: Annotated[bool, Query(description="only runs people started: leave sub-agents' runs out")] = False,
 ) -> list[RunSummary]:
     filters = run_records.RunFilter(
         status=status.value if status else None,
@@ -96,6 +124,7 @@ async def list_runs(
         since=since,
         until=until,
         limit=limit,
+        top_level=top,
     )
     return [_summary(service.gw, row) for row in await service.list_runs(filters, me)]
 
@@ -107,7 +136,30 @@ async def run_timeline(agent_run_id: str, service: RunServiceDep, me: CurrentUse
     items = [_item("llm_call", r, r.get("route") or "", run.started_at) for r in found["llm_calls"]]
     items += [_item("tool_run", r, r["tool_name"], run.started_at) for r in found["tool_runs"]]
     items.sort(key=lambda i: (i.offset_ms if i.offset_ms is not None else float("inf"), i.seq, i.attempt))
-    return Timeline(run=run, llm_calls=found["llm_calls"], tool_runs=found["tool_runs"], items=items)
+    return Timeline(
+        run=run,
+        llm_calls=found["llm_calls"],
+        tool_runs=found["tool_runs"],
+        items=items,
+        parent_temporal_url=temporal_url(service.gw, run.parent_run_id, None) if run.parent_run_id else None,
+        children=_tree(service.gw, agent_run_id, found["descendants"]),
+        tree_usage=TreeUsage(**found["tree_usage"]),
+    )
+
+
+def _tree(gw: Gateway, root: str, descendants: list[dict[str, Any]]) -> list[ChildRun]:
+    """The descendants' rows as the tree under `root`, each run's children in the order they started."""
+    nodes = [(row["parent_run_id"], _child(gw, row)) for row in descendants]
+    under: dict[str, list[ChildRun]] = {}
+    for parent_id, node in nodes:
+        under.setdefault(parent_id, []).append(node)
+    for _, node in nodes:
+        node.children = under.get(node.run.agent_run_id, [])
+    return under.get(root, [])
+
+
+def _child(gw: Gateway, row: dict[str, Any]) -> ChildRun:
+    return ChildRun(run=_summary(gw, row), tool_call_id=row.get("tool_call_id"))
 
 
 def _summary(gw: Gateway, row: dict[str, Any]) -> RunSummary:

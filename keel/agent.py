@@ -8,6 +8,7 @@
         model="openai:gpt-4o-mini",        # a route or a fallback chain; None: KEEL_MODEL
         tools=[lookup_order, refund],
         mcp=[MCPServer.stdio("files", "mcp-server-files")],   # optional: MCP servers' tools too (keel/mcp.py)
+        handoffs=[billing, "triage"],      # optional: agents this one may hand the conversation to
         max_steps=8,
         output_type=RefundDecision,        # optional: the final answer is a validated RefundDecision
     )
@@ -25,7 +26,16 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
-from keel.contracts import ASK_USER_TOOL, Budgets, ClientTool, PurposeSpec, SubAgentSpec, ToolPolicy, Usage
+from keel.contracts import (
+    ASK_USER_TOOL,
+    HANDOFF_TOOL_PREFIX,
+    Budgets,
+    ClientTool,
+    PurposeSpec,
+    SubAgentSpec,
+    ToolPolicy,
+    Usage,
+)
 from keel.mcp import MCPServer
 from keel.output import output_spec
 from keel.tools import Tool
@@ -104,6 +114,11 @@ class Agent:
     # How deep delegation may go below a run of this agent: its sub-agents are one level down, theirs two.
     # A call deeper than that is refused, and the model hears why.
     max_depth: int = 3
+    # Agents this one may hand the conversation to (the same run goes on as that agent): Agent objects, or
+    # the names of other agents of the same app (names allow cycles: triage -> billing -> triage).
+    handoffs: "Sequence[Agent | str]" = ()
+    # What this agent is for, told to the models of agents that may hand over to it.
+    handoff_description: str = ""
 
     def as_tool(
         self, *, description: str, name: str | None = None, triggers: tuple[str, ...] = ()
@@ -139,15 +154,47 @@ class Agent:
         budgets: Budgets | None = None,
         stop_after_tool_calls: Mapping[str, int] | None = None,
         run: RunContext | None = None,
+        *,
+        agents: Mapping[str, "Agent"] | None = None,
     ) -> PurposeSpec:
         """The snapshot a run starts with. A request's `budgets` and `stop_after_tool_calls` may only lower
         the agent's own limits, never raise them. `run`, the request's context, gives the instructions of
-        the agents this one calls as tools (an empty context when None)."""
+        the agents this one calls as tools or hands over to (an empty context when None). `agents`, the
+        app's agents by name (App.reachable), resolves handoffs given by name."""
+        own = self._own_spec(default_model, budgets, stop_after_tool_calls, run, agents)
+        if not self.handoffs:
+            return own
+        context = run or RunContext({}, None, None)
+        reachable = handoff_reach(self, agents or {})
+        return own.model_copy(
+            update={
+                "handoff_agents": {
+                    name: SubAgentSpec(
+                        purpose=own
+                        if agent is self
+                        else agent._own_spec(default_model, budgets, stop_after_tool_calls, run, agents),
+                        instructions=agent.instructions_for(context),
+                    )
+                    for name, agent in reachable.items()
+                }
+            }
+        )
+
+    def _own_spec(
+        self,
+        default_model: str,
+        budgets: Budgets | None,
+        stop_after_tool_calls: Mapping[str, int] | None,
+        run: RunContext | None,
+        agents: Mapping[str, "Agent"] | None,
+    ) -> PurposeSpec:
+        """This agent's snapshot without the run's map of handoff agents."""
+        targets = [handoff_name(entry) for entry in self.handoffs]
         return PurposeSpec(
             slug=self.name,
             model=self.model or default_model,
             # ask_user is built in: every agent can ask, and allow_questions decides what happens.
-            tools=[*(t.name for t in self.tools), ASK_USER_TOOL],
+            tools=[*(t.name for t in self.tools), ASK_USER_TOOL, *(HANDOFF_TOOL_PREFIX + n for n in targets)],
             budgets=tighter(self.budgets, budgets) if budgets else self.budgets,
             approval_timeout_s=self.approval_timeout_s,
             allow_questions=self.allow_questions,
@@ -156,11 +203,13 @@ class Agent:
             output=None if self.output_type is None else output_spec(self.output_type, self.output_retries),
             mcp_servers=[server.name for server in self.mcp],
             sub_agents={
-                t.name: t.sub_agent_spec(default_model, run or RunContext({}, None, None))
+                t.name: t.sub_agent_spec(default_model, run or RunContext({}, None, None), agents)
                 for t in self.tools
                 if isinstance(t, AgentTool)
             },
             max_depth=self.max_depth,
+            handoffs=targets,
+            title=self.title,
         )
 
 
@@ -184,12 +233,71 @@ class AgentTool(Tool):
     def policy(self, arguments: dict[str, Any]) -> ToolPolicy:
         return ToolPolicy(max_calls_per_run=self.max_calls_per_run, handled_by="agent")
 
-    def sub_agent_spec(self, default_model: str, run: RunContext) -> SubAgentSpec:
+    def sub_agent_spec(
+        self, default_model: str, run: RunContext, agents: Mapping[str, Agent] | None = None
+    ) -> SubAgentSpec:
         """The snapshot a calling run carries of this agent: its spec and its instructions for `run`."""
         assert self.agent is not None  # as_tool always sets it
         return SubAgentSpec(
-            purpose=self.agent.spec(default_model, run=run), instructions=self.agent.instructions_for(run)
+            purpose=self.agent.spec(default_model, run=run, agents=agents),
+            instructions=self.agent.instructions_for(run),
         )
+
+
+class NoArguments(BaseModel):
+    """A handoff tool takes no arguments: the conversation itself goes over."""
+
+
+def _never_run() -> str:
+    """A handoff tool's function: the workflow switches agent instead."""
+    raise RuntimeError("a handoff tool is handled by the workflow, never run as a function")
+
+
+@dataclass(frozen=True, eq=False)
+class HandoffTool(Tool):
+    """`transfer_to_<agent>`: the tool through which a model hands the conversation to another agent."""
+
+    target: str = ""
+
+    def policy(self, arguments: dict[str, Any]) -> ToolPolicy:
+        return ToolPolicy(handled_by="handoff")
+
+
+def handoff_tool(target: Agent) -> HandoffTool:
+    """The tool that hands over to `target`, described from its title and handoff_description; the offline
+    scripted model calls it when the user's message says `transfer to <name>`."""
+    about = f": {target.handoff_description}" if target.handoff_description else ""
+    return HandoffTool(
+        name=HANDOFF_TOOL_PREFIX + target.name,
+        description=f"Hand the conversation over to {target.title or target.name}{about}",
+        fn=_never_run,
+        arguments=NoArguments,
+        triggers=(f"transfer to {target.name}",),
+        target=target.name,
+    )
+
+
+def handoff_name(entry: "Agent | str") -> str:
+    """The name of a handoff target, given as an Agent or by name."""
+    return entry.name if isinstance(entry, Agent) else entry
+
+
+def handoff_reach(first: Agent, agents: Mapping[str, Agent]) -> dict[str, Agent]:
+    """Every agent reachable by handoffs from `first` (itself included), by name; each once, so cycles end.
+    A name `agents` does not know is a ValueError (the app refuses such an agent when it loads)."""
+    found: dict[str, Agent] = {}
+    waiting: list[Agent | str] = [first]
+    while waiting:
+        entry = waiting.pop(0)
+        name = handoff_name(entry)
+        if name in found:
+            continue
+        agent = entry if isinstance(entry, Agent) else agents.get(entry)
+        if agent is None:
+            raise ValueError(f"agent {first.name!r} hands off to {name!r}, which is not an agent of the app")
+        found[name] = agent
+        waiting += agent.handoffs
+    return found
 
 
 def stop_when_name(predicate: StopWhen) -> str:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from keel.agent import NAME, Agent, AgentTool, StopWhen, stop_when_name
-from keel.contracts import ASK_USER_TOOL, OUTPUT_TOOL
+from keel.agent import NAME, Agent, AgentTool, StopWhen, handoff_name, handoff_tool, stop_when_name
+from keel.contracts import ASK_USER_TOOL, HANDOFF_TOOL_PREFIX, OUTPUT_TOOL
 from keel.mcp import SEPARATOR, MCPServer
 from keel.output import output_problem
 from keel.routes import RouteError, parse_chain
@@ -44,6 +44,9 @@ class App:
     tools: dict[str, Tool] = field(default_factory=dict)
     # Every MCP server its agents take tools from, by name (one configuration per name).
     mcp_servers: dict[str, MCPServer] = field(default_factory=dict)
+    # Every agent a run may become or call (served, sub-agents, handoff targets), by name: how a handoff
+    # given by name is resolved (Agent.spec(agents=...)).
+    reachable: dict[str, Agent] = field(default_factory=dict)
 
     def agent(self, name: str) -> Agent:
         try:
@@ -110,17 +113,76 @@ def build_app(source: str, agents: Iterable[object]) -> App:
         servers.update({s.name: s for s in agent.mcp})
     if not by_name:
         raise AppError(f"{source}: no agents (define keel.Agent objects at module level, or name a list)")
-    return App(source=source, agents=by_name, tools=tools, mcp_servers=servers)
+    reachable = _reachable(by_name)
+    for agent in reachable.values():
+        if (problem := _handoff_problem(agent, reachable, tools, by_name)) is not None:
+            raise AppError(f"{source}: agent {agent.name!r}: {problem}")
+    for agent in reachable.values():
+        tools.update({t.name: t for a in _with_sub_agents(agent) for t in a.tools})
+        tools.update({t.name: t for t in (handoff_tool(reachable[handoff_name(e)]) for e in agent.handoffs)})
+    return App(source=source, agents=by_name, tools=tools, mcp_servers=servers, reachable=reachable)
 
 
-def _with_sub_agents(agent: Agent) -> list[Agent]:
-    """An agent and the agents it calls as tools, all the way down: a worker runs a sub-agent's tools and
-    stop conditions even when the app does not serve the sub-agent itself."""
+def _with_sub_agents(agent: Agent, seen: set[int] | None = None) -> list[Agent]:
+    """An agent and the agents it calls as tools or hands over to (given as Agent objects), all the way
+    down, each once: a worker runs their tools and stop conditions even when the app does not serve them
+    itself. The visited set ends handoff cycles."""
+    seen = set() if seen is None else seen
+    if id(agent) in seen:
+        return []
+    seen.add(id(agent))
     found = [agent]
     for tool in agent.tools:
         if isinstance(tool, AgentTool) and tool.agent is not None:
-            found += _with_sub_agents(tool.agent)
+            found += _with_sub_agents(tool.agent, seen)
+    for entry in agent.handoffs:
+        if isinstance(entry, Agent):
+            found += _with_sub_agents(entry, seen)
     return found
+
+
+def _reachable(served: dict[str, Agent]) -> dict[str, Agent]:
+    """Every agent of the app by name, the served ones first (their names win over a sub-agent's)."""
+    found = dict(served)
+    for agent in served.values():
+        for reached in _with_sub_agents(agent):
+            found.setdefault(reached.name, reached)
+    return found
+
+
+def _handoff_problem(
+    agent: Agent, reachable: dict[str, Agent], tools: dict[str, Tool], served: dict[str, Agent]
+) -> str | None:
+    """What is wrong with an agent's handoffs: a name that is no agent of the app, a target given as an
+    object that is not the agent the app has under its name, a tool named like a handoff tool."""
+    if not isinstance(agent.handoff_description, str):
+        return "handoff_description must be a string"
+    if agent.name not in served and (problem := _problem(agent, tools)) is not None:
+        # An agent reached only by handoffs runs under the same rules as the others.
+        return problem
+    targets: set[str] = set()
+    for entry in agent.handoffs:
+        if not isinstance(entry, Agent | str):
+            return f"handoffs holds {entry!r}: each entry is a keel.Agent or an agent's name"
+        name = handoff_name(entry)
+        if name not in reachable:
+            return (
+                f"it hands off to {name!r}, which is not an agent of the app: {', '.join(sorted(reachable))}"
+            )
+        if isinstance(entry, Agent) and reachable[name] is not entry:
+            return f"it hands off to an agent named {name!r} that is not the app's agent of that name"
+        if name == agent.name:
+            return "it hands off to itself"
+        if name in targets:
+            return f"it hands off to {name!r} twice"
+        targets.add(name)
+    for tool in agent.tools:
+        if (
+            tool.name.startswith(HANDOFF_TOOL_PREFIX)
+            and tool.name.removeprefix(HANDOFF_TOOL_PREFIX) in reachable
+        ):
+            return f"its tool {tool.name!r} has the name of the tool that hands off to that agent"
+    return None
 
 
 def _agents_of(source: str) -> list[object]:

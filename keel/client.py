@@ -71,8 +71,14 @@ class AssistantMessage:
             case ToolApprovalRequestChunk(tool_call_id=call_id, approval_id=approval_id):
                 part = tools[call_id]
                 part.state, part.approval = "approval-requested", ToolApproval(id=approval_id)
+            case ToolOutputAvailableChunk(tool_call_id=call_id, output=output, preliminary=True):
+                # A sub-agent's progress so far (SubRunProgress): kept, each replacing the one before, and
+                # the call stays unfinished — a part posted back as output-available would be its result.
+                tools[call_id].output = output
+                _mark_preliminary(tools[call_id], True)
             case ToolOutputAvailableChunk(tool_call_id=call_id, output=output):
                 tools[call_id].state, tools[call_id].output = "output-available", output
+                _mark_preliminary(tools[call_id], False)
             case ToolOutputErrorChunk(tool_call_id=call_id, error_text=error_text):
                 tools[call_id].state, tools[call_id].error_text = "output-error", error_text
             case ToolOutputDeniedChunk(tool_call_id=call_id):
@@ -91,6 +97,16 @@ class AssistantMessage:
     def as_ui_message(self) -> dict[str, Any]:
         """The message as `useChat` posts it back: its text and tool parts, with the answers added to them."""
         return UIMessage(id=self.id, role="assistant", parts=list(self.parts)).wire()
+
+
+def _mark_preliminary(part: ToolUIPart, preliminary: bool) -> None:
+    """`preliminary: true` on a part whose output is progress, as the AI SDK's client marks it; gone once
+    the call has its result. (A part's fields it doesn't declare are its extra ones.)"""
+    extra = part.model_extra if part.model_extra is not None else {}
+    if preliminary:
+        extra["preliminary"] = True
+    else:
+        extra.pop("preliminary", None)
 
 
 class ChatError(Exception):

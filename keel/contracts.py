@@ -29,6 +29,12 @@ LIST_MCP_TOOLS = "list_mcp_tools"
 # The activities that open a sub-agent's child run (its first messages and record) and bring its answer back.
 OPEN_SUB_RUN = "open_sub_run"
 SAVE_SUB_RUN_RESULT = "save_sub_run_result"
+# Stores a handoff's system message (the next agent's instructions) when a run hands over to another agent.
+SAVE_HANDOFF = "save_handoff"
+# Handoffs: the tool through which a model hands the conversation to agent X is `transfer_to_X`, and the
+# system message that carries X's instructions is marked with this name.
+HANDOFF_TOOL_PREFIX = "transfer_to_"
+HANDOFF_MESSAGE_NAME = "handoff"
 STATE_QUERY = "state"
 EVENTS_QUERY = "events"
 # Signals: fixed names, usable from `temporal workflow signal` and the Web UI.
@@ -248,6 +254,13 @@ class PurposeSpec(BaseModel):
     sub_agents: "dict[str, SubAgentSpec]" = Field(default_factory=dict)
     # How deep delegation may go below a run of this agent (a child of a child... is one level deeper).
     max_depth: int = Field(3, ge=0)
+    # Handoffs (Agent(handoffs=...)): the agents this one may hand the conversation to, by name, and, on
+    # the run's snapshot, every agent reachable by handoffs from its first one (that one included), each
+    # with its instructions; their own `handoff_agents` are empty (one flat map per run, cycles allowed).
+    handoffs: list[str] = Field(default_factory=list)
+    handoff_agents: "dict[str, SubAgentSpec]" = Field(default_factory=dict)
+    # The agent's title for people (Agent.title; empty: its name), shown when a run hands over to it.
+    title: str = ""
 
 
 class SubAgentSpec(BaseModel):
@@ -308,8 +321,9 @@ class ToolPolicy(BaseModel):
     max_calls_per_run: int | None = None
     # worker: run_tool runs it; workflow: built in (ask_user); client: the frontend runs it;
     # nobody: the run doesn't offer a tool of that name, and the model is told so; agent: another agent,
-    # run as a child workflow (`Agent.as_tool`).
-    handled_by: Literal["worker", "workflow", "client", "nobody", "agent"] = "worker"
+    # run as a child workflow (`Agent.as_tool`); handoff: `transfer_to_<agent>`, the run goes on as that
+    # agent (Agent(handoffs=...)).
+    handled_by: Literal["worker", "workflow", "client", "nobody", "agent", "handoff"] = "worker"
     # A heavy tool runs as an activity on the heavy task queue (its own worker pool, long timeouts);
     # every other worker tool runs inline in the agent worker as a local activity.
     heavy: bool = False
@@ -398,6 +412,13 @@ class SubRunOpened(BaseModel):
     agent_run_id: str
 
 
+class SubRunSaved(ToolOutcome):
+    """The calling run's tool result from a child run; with the usage its record holds when the child
+    failed, since a failed workflow returns no state to read it from."""
+
+    usage: "Usage | None" = None
+
+
 class SubRunResult(BaseModel):
     """What `save_sub_run_result` turns into the calling run's tool result: the child run's final answer,
     or why it has none."""
@@ -408,6 +429,23 @@ class SubRunResult(BaseModel):
     child_run_id: str
     status: "RunStatus"
     detail: str | None = None
+
+
+class HandoffInput(BaseModel):
+    """What `save_handoff` stores at `seq`: the system message that gives the run to `to_agent`, carrying
+    its instructions (already in the run's snapshot, so history holds nothing new)."""
+
+    agent_run_id: str
+    seq: int
+    from_agent: str
+    to_agent: str
+    instructions: str
+
+
+class HandoffSaved(BaseModel):
+    """`save_handoff`'s answer: where the handoff's system message is stored."""
+
+    seq: int
 
 
 # --- Signal and update payloads ---
@@ -538,6 +576,32 @@ class ClientToolRequested(BaseModel):
     tool_call_id: str
 
 
+class SubRunStarted(BaseModel):
+    """A tool call of the run started a sub-agent's child run (Agent.as_tool): the child's id, so a
+    stream of this run can follow the child, and its agent."""
+
+    type: Literal["sub_run_started"] = "sub_run_started"
+    seq: int
+    step: int
+    tool_call_id: str
+    agent_run_id: str
+    agent: str
+
+
+class HandedOff(BaseModel):
+    """The run handed the conversation to another agent (a `transfer_to_<agent>` call): from the next step
+    on, that agent's instructions, tools and limits are in force."""
+
+    type: Literal["handed_off"] = "handed_off"
+    seq: int
+    step: int
+    tool_call_id: str
+    from_agent: str
+    to_agent: str
+    # The new agent's title for people, from the run's snapshot (None: it has none).
+    to_title: str | None = None
+
+
 class StepFinished(BaseModel):
     type: Literal["step_finished"] = "step_finished"
     seq: int
@@ -565,6 +629,8 @@ RunEvent = Annotated[
     | ApprovalDecided
     | QuestionAsked
     | ClientToolRequested
+    | SubRunStarted
+    | HandedOff
     | StepFinished
     | RunFinished,
     Field(discriminator="type"),
@@ -600,6 +666,8 @@ class CarriedRun(BaseModel):
     fix_output: bool = False
     # The MCP tools listed when the run started (None: the agent has no MCP servers).
     mcp_tools: list[MCPToolSpec] | None = None
+    # The sub-agents' child runs started so far.
+    sub_runs: list["SubRunRef"] = Field(default_factory=list)
 
 
 class BudgetsLeft(BaseModel):
@@ -607,6 +675,15 @@ class BudgetsLeft(BaseModel):
     tokens: int | None = None
     cost_usd: float | None = None
     seconds: float | None = None
+
+
+class SubRunRef(BaseModel):
+    """A sub-agent's child run, as the run that called it knows it: running until its answer is back."""
+
+    tool_call_id: str
+    agent_run_id: str
+    agent: str
+    status: RunStatus = RunStatus.running
 
 
 class RunState(BaseModel):
@@ -633,6 +710,8 @@ class RunState(BaseModel):
     # (`output_seq`, its final reply); the gateway reads the object from PostgreSQL for GET /api/runs/{id}.
     output_seq: int | None = None
     output: dict[str, Any] | None = None
+    # The sub-agents' child runs this run started, in the order it started them.
+    sub_runs: list[SubRunRef] = Field(default_factory=list)
 
 
 # --- Run records: the workflow's own facts, written by the `record_run` activity (keel/storage/run_records.py) ---

@@ -616,13 +616,14 @@ class AgentTest:
         chosen = self.app.agent(agent) if agent else self.app.default_agent
         agent_run_id = new_run_id()
         conversation = [Message(role="user", content=message)]
-        messages = first_messages(chosen, RunContext(context or {}, user_id, chat_id), conversation)
+        run_context = RunContext(context or {}, user_id, chat_id)
+        messages = first_messages(chosen, run_context, conversation)
         model = TestModel(script, input_messages=len(messages))
         _MODELS[agent_run_id] = model
         self._runs.append(agent_run_id)
         # Whatever model the agent names, this run's is its script.
         route = f"{TEST_PROVIDER}:{agent_run_id}"
-        spec = chosen.spec(route).model_copy(update={"model": route})
+        spec = _on_route(chosen.spec(route, run=run_context, agents=self.app.reachable), route)
         workflow_input = run_input(
             spec,
             messages,
@@ -637,6 +638,16 @@ class AgentTest:
         run = TestRun(self, handle, spec, model)
         await run.settle()
         return run
+
+
+def _on_route(spec: PurposeSpec, route: str) -> PurposeSpec:
+    """The run's snapshot with every agent it may become by a handoff on the test's route, so the script
+    plays on after a handoff."""
+    agents = {
+        name: handed.model_copy(update={"purpose": handed.purpose.model_copy(update={"model": route})})
+        for name, handed in spec.handoff_agents.items()
+    }
+    return spec.model_copy(update={"model": route, "handoff_agents": agents})
 
 
 def _app_of(agents: Agent | Sequence[Agent] | App | str) -> App:

@@ -3,12 +3,13 @@ against the session's one Temporal dev server and one PostgreSQL, so a `kill -9`
 test. Also an SSE client that keeps what it read when the gateway under it dies."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,15 @@ class CrashStack:
     def __exit__(self, *exc: object) -> None:
         for process in self.processes:
             process.stop()
+
+
+@contextlib.asynccontextmanager
+async def gateway_client(stack: CrashStack) -> AsyncIterator[httpx.AsyncClient]:
+    """An agent worker and a gateway of the stack, started, and a client of that gateway."""
+    processes = [stack.worker(), stack.gateway()]
+    await stack.start(*processes)
+    async with httpx.AsyncClient(base_url=processes[-1].url or "", timeout=60) as client:
+        yield client
 
 
 @dataclass

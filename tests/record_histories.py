@@ -10,6 +10,7 @@ finished run's history as JSON.
 """
 
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -142,6 +143,30 @@ async def sub_agent(http: httpx.AsyncClient) -> str:
     return run_id
 
 
+async def sub_agent_approved_through_its_parent(http: httpx.AsyncClient) -> str:
+    """The publisher's run waits for an approval; it is given through the editor's run."""
+    run_id = ""
+    async with http.stream(
+        "POST", "/api/chat", json=chat_body("release the lesson on fractions", purpose="editor")
+    ) as response:
+        run_id = response.headers["x-agent-run-id"]
+        async for line in response.aiter_lines():
+            chunk = json.loads(line[6:]) if line.startswith("data: {") else {}
+            output = chunk.get("output") if chunk.get("preliminary") else None
+            asking = [p for p in (output or {}).get("parts", []) if p.get("state") == "approval-requested"]
+            if asking:
+                call = asking[0]["toolCallId"]
+                decided = await http.post(f"/api/runs/{run_id}/approvals/{call}", json={"approved": True})
+                decided.raise_for_status()
+    await wait_for_status(http, run_id, "completed", within=30)
+    return run_id
+
+
+async def handoff(http: httpx.AsyncClient) -> str:
+    run_id, _ = await _start(http, "transfer to billing and find invoice 42", purpose="triage")
+    return run_id
+
+
 SCENARIOS: dict[str, Scenario] = {
     "inline-tool": inline_tool,
     "approved-publish": approved_publish,
@@ -155,6 +180,8 @@ SCENARIOS: dict[str, Scenario] = {
     "structured-output": structured_output,
     "own-stop-when": own_stop_when,
     "sub-agent": sub_agent,
+    "sub-agent-approved-through-its-parent": sub_agent_approved_through_its_parent,
+    "handoff": handoff,
 }
 
 

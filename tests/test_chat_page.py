@@ -136,6 +136,39 @@ async def test_approving_publish_package_publishes_it(page: "Page", keel: Keel) 
     assert await page.locator("li.msg.assistant").count() == 1, "the resubmission continued the same run"
 
 
+async def test_a_delegated_lesson_shows_the_writers_work_inside_and_its_publication_is_approved_there(
+    page: "Page", keel: Keel
+) -> None:
+    await page.goto(keel.gateway_url)
+    await send(page, "plan, write and publish a lesson on tab groups", purpose="course-editor")
+
+    # The editor's call of the writer shows the writer's own run inside it, live: its calls, and the
+    # publication waiting for a person, with the buttons right there.
+    run = last_run(page)
+    delegated = run.locator('.tool[data-tool="write_lesson"]')
+    writer = delegated.locator(".subrun")
+    publish = writer.locator('.tool[data-tool="publish_package"]')
+    await expect(publish).to_have_attribute("data-state", "approval-requested")
+    await expect(writer.locator(".subrun-head")).to_contain_text("LearnPack lesson writer")
+    await expect(writer.locator('.tool[data-tool="generate_markdown"]')).to_have_attribute(
+        "data-state", "output-available"
+    )
+    folder = keel.data_dir / "packages" / "learn-tab-groups"
+    assert not folder.exists()
+
+    await publish.get_by_role("button", name="Approve").click()
+
+    # Approved through the editor's run; the writer publishes and answers; the editor finishes.
+    await expect(run.locator(".runline .status")).to_have_attribute("data-status", "completed")
+    await expect(delegated).to_have_attribute("data-state", "output-available")
+    await expect(delegated.locator("pre").last).to_contain_text("publish_package returned")
+    # The writer's work stays, folded under the result; its run is one click away.
+    await expect(writer.locator(":scope > details > summary")).to_have_text("How LearnPack lesson writer worked")
+    child_id = await writer.get_attribute("data-agent-run-id") or ""
+    assert child_id.startswith("run-") and child_id != await run_id_of(page)
+    assert (folder / "README.md").exists()
+
+
 async def test_denying_publish_package_publishes_nothing(page: "Page", keel: Keel) -> None:
     await page.goto(keel.gateway_url)
     await send(page, "plan, write and publish a lesson on web pages", purpose="learnpack-lesson-writer")

@@ -104,11 +104,11 @@ async def test_every_agent_is_a_tool_with_a_message_in(keel: Keel) -> None:
         listed = await session.list_tools()
 
     tools = {t.name: t for t in listed.tools}
-    assert set(tools) == {"assistant", "learnpack-lesson-writer"}
+    assert set(tools) == {"assistant", "learnpack-lesson-writer", "lesson-reviewer", "course-editor"}
     for tool in tools.values():
         assert tool.input_schema["required"] == ["message"]
         assert set(tool.input_schema["properties"]) == {"message", "context"}
-        assert tool.output_schema is None  # neither example agent has an output_type
+        assert tool.output_schema is None  # no example agent has an output_type
         assert tool.description and tool.description.startswith("Keel agent")
 
 

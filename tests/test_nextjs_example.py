@@ -282,6 +282,35 @@ async def test_approving_publish_package_publishes_it_in_the_same_answer(
     assert (keel.data_dir / "packages" / "learn-linked-lists" / "README.md").exists()
 
 
+async def test_a_delegated_lesson_shows_the_writer_inside_and_its_publication_is_approved_there(
+    page: "Page", app: str, keel: Keel
+) -> None:
+    await page.goto(app)
+    chat_posts = count_chat_posts(page)
+    await send(page, "plan, write and publish a lesson on sets", purpose="course-editor")
+
+    # useChat keeps the writer's progress (preliminary tool results) on the editor's call of it.
+    delegated = tool(page, "write_lesson")
+    writer = delegated.locator(".subrun")
+    publish = writer.locator('.tool[data-tool="publish_package"]')
+    await expect(publish.locator(".tool-state")).to_have_text("needs your approval")
+    await expect(writer).to_have_attribute("data-status", "waiting_for_approval")
+    await expect(delegated.locator(".tool-state").first).to_have_text(
+        "learnpack-lesson-writer: waiting for your approval"
+    )
+
+    await publish.get_by_role("button", name="Approve").click()  # through the editor's run, by the proxy
+
+    await expect_run(page, "completed", "completed")
+    await expect(delegated.locator(".tool-state").first).to_have_text("done")
+    await expect(delegated.locator(".field", has_text="Result").first).to_contain_text("publish_package returned")
+    await expect(delegated.locator("details.subrun-work summary")).to_have_text(
+        "How learnpack-lesson-writer worked"
+    )
+    assert chat_posts() == 1  # the child's approval went to the run's endpoint, not through a resubmission
+    assert (keel.data_dir / "packages" / "learn-sets" / "README.md").exists()
+
+
 async def test_denying_publish_package_publishes_nothing(page: "Page", app: str, keel: Keel) -> None:
     await page.goto(app)
     await send(page, "plan, write and publish a lesson on hash maps", purpose="learnpack-lesson-writer")

@@ -15,6 +15,8 @@ import pytest
 from temporalio.client import Client
 
 from activities.models.scripted import DISCLAIMER
+from keel.contracts import Usage
+from keel.storage import run_records
 from keel.storage.run_records import RecordWriter, Row
 from keel.storage.store import RunStore
 from tests.conftest import VendorWorker
@@ -404,3 +406,28 @@ async def test_a_live_writers_spool_is_left_alone(store: RunStore, tmp_path: Pat
         with contextlib.suppress(Exception):
             await alive.close(0.1)
         await unreachable.close()
+
+
+async def test_a_runs_usage_is_read_back_from_its_record(store: RunStore) -> None:
+    # What a parent adds to its own usage when its sub-agent's run failed outright (no state came back).
+    agent_run_id = f"run-{uuid.uuid4()}"
+    await run_records.run_started(
+        store.pool,
+        agent_run_id=agent_run_id,
+        purpose="writer",
+        model="scripted",
+        chat_id=None,
+        user_id=None,
+        input_summary="a lesson",
+    )
+    assert await run_records.usage_of(store.pool, agent_run_id) == Usage()
+    await store.pool.execute(
+        "UPDATE agent_runs SET prompt_tokens = 120, completion_tokens = 30, cost_usd = 0.25,"
+        " unpriced_calls = 1 WHERE id = $1",
+        agent_run_id,
+    )
+
+    usage = await run_records.usage_of(store.pool, agent_run_id)
+
+    assert usage == Usage(prompt_tokens=120, completion_tokens=30, cost_usd=0.25, unpriced_calls=1)
+    assert await run_records.usage_of(store.pool, "run-none") is None

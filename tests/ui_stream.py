@@ -32,7 +32,7 @@ ALLOWED_FIELDS = {
     "text-delta": {"id", "delta"},
     "text-end": {"id"},
     "tool-input-available": {"toolCallId", "toolName", "input"},
-    "tool-output-available": {"toolCallId", "output"},
+    "tool-output-available": {"toolCallId", "output", "preliminary"},
     "tool-output-error": {"toolCallId", "errorText"},
     "tool-approval-request": {"approvalId", "toolCallId"},
     "tool-output-denied": {"toolCallId"},
@@ -88,6 +88,12 @@ def parse_text(text: str, response: httpx.Response) -> UIStream:
     return stream
 
 
+def is_sub_run_progress(chunk: dict[str, Any]) -> bool:
+    """A sub-agent's progress: a preliminary output (the first, at the child's start, is numbered; the
+    ones the live tail sends are not)."""
+    return chunk["type"] == "tool-output-available" and chunk.get("preliminary") is True
+
+
 def assert_well_formed(stream: UIStream, *, resumed: bool = False) -> None:
     """The rules the AI SDK client enforces, plus Keel's own: one start, one finish, [DONE] last."""
     assert stream.response.headers["content-type"].startswith("text/event-stream")
@@ -96,13 +102,16 @@ def assert_well_formed(stream: UIStream, *, resumed: bool = False) -> None:
     chunks = stream.chunks
     assert chunks[0]["type"] == "start" and chunks[-1]["type"] == "finish"
     assert [c["type"] for c in chunks].count("start") == 1
-    # Every chunk has an id, and ids only grow (errors reported by the stream itself have none).
+    # Every chunk has an id, and ids only grow: but errors reported by the stream itself, and a
+    # sub-agent's progress (sent whole again on a resume, never resumed from), have none.
+    for chunk, chunk_id in zip(chunks, stream.ids, strict=True):
+        assert chunk_id is not None or chunk["type"] == "error" or is_sub_run_progress(chunk), chunk
     ids = [i for c, i in zip(chunks, stream.ids, strict=True) if c["type"] != "error"]
     numbered = [i for i in ids if i is not None]
-    assert numbered == ids, "every chunk has an SSE id"
     assert numbered == sorted(set(numbered)), "SSE ids strictly increase"
     open_texts: set[str] = set()
     known_calls: set[str] = set()
+    settled_calls: set[str] = set()
     in_step = False
     for chunk in chunks:
         kind = chunk["type"]
@@ -133,6 +142,10 @@ def assert_well_formed(stream: UIStream, *, resumed: bool = False) -> None:
             "tool-approval-request",
         ):
             assert chunk["toolCallId"] in known_calls or resumed, f"{kind} for an unknown call"
+            # A preliminary output never follows the call's outcome: it would take the result's place.
+            assert chunk["toolCallId"] not in settled_calls, f"{kind} after the call's outcome"
+            if kind != "tool-approval-request" and not is_sub_run_progress(chunk):
+                settled_calls.add(chunk["toolCallId"])
     assert not open_texts and not in_step
 
 

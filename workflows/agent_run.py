@@ -64,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.activity_options import CALL_LLM_OPTIONS, CHECK_STOP_WHEN_OPTIONS
     from workflows.activity_runner import ActivityRunner, RunFailed
     from workflows.chat_queue import ChatQueue
+    from workflows.handoffs import Handoffs
     from workflows.ledger import RunLedger
     from workflows.mcp_tools import MCPToolbox
     from workflows.people import PeopleDesk, Refusal
@@ -93,6 +94,14 @@ class AgentRun:
         self._recorder = RunNotes(run, self._ledger, self._reporter, self._activities)
         self._output = OutputJudge(run, self._ledger, self._activities)
         self._mcp = MCPToolbox(run)
+        self._handoffs = Handoffs(run, self._ledger, self._reporter, self._activities, self._mcp)
+        self._sub_agents = SubAgents(
+            run,
+            self._ledger,
+            self._reporter,
+            self._activities,
+            list(run.carried.sub_runs if run.carried else []),
+        )
         self._tool_calls = ToolCalls(
             run,
             self._ledger,
@@ -101,7 +110,8 @@ class AgentRun:
             self._recorder,
             self._activities,
             self._mcp,
-            SubAgents(run, self._ledger, self._activities),
+            self._sub_agents,
+            self._handoffs,
         )
         # Set by a cancel signal or the time budget; the step in flight is then cancelled.
         self._interrupt: Stop | None = None
@@ -232,6 +242,7 @@ class AgentRun:
             output_failures=self._output.failures,
             fix_output=self._output.must_fix,
             mcp_tools=self._mcp.tools,
+            sub_runs=self._sub_agents.started,
         )
 
     # --- the end of the run ---
@@ -310,6 +321,9 @@ class AgentRun:
                 for call in reply.tool_calls
             )
         )
+        if (new_agent := await self._handoffs.switch()) is not None:
+            # The run goes on as another agent: its limits, tools and instructions from the next step on.
+            self._purpose = new_agent
         stop = await self._judged_answer(reply) if reply.output_status is not None else None
         self._reporter.emit(StepFinished, step=step)
         self._ledger.asked_for_tools = bool(reply.tool_calls) or self._output.must_fix
@@ -440,6 +454,7 @@ class AgentRun:
             pending_tool_results=self._desk.pending_tool_results(),
             approvals=self._desk.approvals(),
             output_seq=self._output.answer_seq,
+            sub_runs=self._sub_agents.started,
         )
 
     @workflow.query(name=EVENTS_QUERY)

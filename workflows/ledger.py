@@ -18,7 +18,8 @@ class RunLedger:
     """Where the run stands; the loop moves it on, everyone else reads it."""
 
     def __init__(self, run: AgentRunInput) -> None:
-        self._budgets = run.purpose.budgets
+        # Read at each use, not copied: a handoff changes the run's agent, and its budgets with it.
+        self._run = run
         carried = run.carried
         self.started_at: datetime = workflow.now() if carried is None else carried.started_at
         self.step = 0 if carried is None else carried.step
@@ -75,13 +76,13 @@ class RunLedger:
         return (workflow.now() - self.started_at).total_seconds()
 
     def seconds_left(self) -> float | None:
-        limit = self._budgets.max_duration_s
+        limit = self._run.purpose.budgets.max_duration_s
         if limit is None:
             return None
         return max(0.0, limit - self.elapsed_s())
 
     def budgets_left(self) -> BudgetsLeft:
-        budgets = self._budgets
+        budgets = self._run.purpose.budgets
         left = self.seconds_left()
         return BudgetsLeft(
             steps=max(0, budgets.max_steps - self.step),

@@ -23,7 +23,6 @@ with workflow.unsafe.imports_passed_through():
         ErrorType,
         PendingQuestion,
         PendingToolResult,
-        PurposeSpec,
         RunStatus,
         ToolCall,
         ToolResultSubmission,
@@ -47,7 +46,8 @@ class PeopleDesk:
     """What the run waits for from people, and the replies that end each wait."""
 
     def __init__(self, run: AgentRunInput) -> None:
-        self._purpose: PurposeSpec = run.purpose
+        # The run's agent is read at each use: a handoff changes it (workflows/handoffs.py).
+        self._run = run
         # Every approval asked for, by tool call id: the audit trail, carried across continue-as-new.
         self._approvals: dict[str, ApprovalRecord] = (
             {} if run.carried is None else {r.tool_call_id: r for r in run.carried.approvals}
@@ -166,7 +166,7 @@ class PeopleDesk:
 
     def _timeout(self) -> timedelta:
         # Computed where each wait begins, as the run always has: a timeout out of range fails right there.
-        return timedelta(seconds=self._purpose.approval_timeout_s)
+        return timedelta(seconds=self._run.purpose.approval_timeout_s)
 
     # --- the replies, as signals (ignored when refused) and updates (refused by their validators) ---
 

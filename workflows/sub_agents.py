@@ -5,7 +5,9 @@ The child is bounded by its parent: it gets at most the steps, tokens, cost and 
 and at most the delegation depth the parent has left; Temporal cancels it when the parent is cancelled (the
 call's task is cancelled with the step, and the child with it), and its usage is added to the parent's.
 Its conversation and record are written by an activity before it starts, and its final answer comes back
-through one, so no message body enters either history.
+through one, so no message body enters either history. A `SubRunStarted` event names the child to the
+run's streams, which follow it (api/run_stream.py), and the `state` query lists the run's children
+(`sub_runs`), so a decision sent to the parent can find the child that waits for it (api/run_service.py).
 """
 
 import asyncio
@@ -29,7 +31,10 @@ with workflow.unsafe.imports_passed_through():
         SubAgentSpec,
         SubRunOpened,
         SubRunOpening,
+        SubRunRef,
         SubRunResult,
+        SubRunSaved,
+        SubRunStarted,
         ToolCall,
         ToolOutcome,
     )
@@ -37,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.activity_options import SAVE_MESSAGE_OPTIONS
     from workflows.activity_runner import ActivityRunner
     from workflows.ledger import RunLedger
+    from workflows.reporting import RunReporter
 
 # How many of a run's sub-agents may run at once; further calls wait for one to finish.
 MAX_PARALLEL_SUB_AGENTS = 4
@@ -60,7 +66,10 @@ class SubAgents:
 
     run: AgentRunInput
     ledger: RunLedger
+    reporter: RunReporter
     activities: ActivityRunner
+    # Every child run started so far, in order (carried across continue-as-new).
+    started: list[SubRunRef] = field(default_factory=list)
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_PARALLEL_SUB_AGENTS))
 
     def child_input(self, call: ToolCall, seq: int) -> AgentRunInput | Refused:
@@ -117,7 +126,7 @@ class SubAgents:
             }
         )
 
-    async def run_child(self, call: ToolCall, seq: int, child: AgentRunInput) -> ToolOutcome:
+    async def run_child(self, step: int, call: ToolCall, seq: int, child: AgentRunInput) -> ToolOutcome:
         """Open the child run, wait for it, add its usage to this run's, and store its answer as the
         call's result. Cancelling the call (the parent cancelled) cancels the child and waits for it."""
         async with self._slots:
@@ -131,8 +140,8 @@ class SubAgents:
                 options=SAVE_MESSAGE_OPTIONS,
                 failure=f"could not open a run of sub-agent {call.name}",
             )
-            status, detail = await self._outcome_of(call, child)
-            return await self.activities.execute(
+            status, detail = await self._outcome_of(step, call, child)
+            saved = await self.activities.execute(
                 SAVE_SUB_RUN_RESULT,
                 SubRunResult(
                     agent_run_id=self.run.agent_run_id,
@@ -142,11 +151,30 @@ class SubAgents:
                     status=status,
                     detail=detail,
                 ),
-                ToolOutcome,
+                SubRunSaved,
                 summary=f"result of {call.name}",
                 options=SAVE_MESSAGE_OPTIONS,
                 failure=f"could not store the result of sub-agent {call.name}",
             )
+            if saved.usage is not None:
+                # A failed child returned no state: its usage comes from its record.
+                self.ledger.usage += saved.usage
+            return saved
+
+    def _started(self, step: int, call: ToolCall, child: AgentRunInput) -> SubRunRef:
+        """Note the child that has just started, for the state query and (runs from this release on, which
+        the patch marks) as an event of the run's stream: once it exists, so a stream can follow it."""
+        ref = SubRunRef(tool_call_id=call.id, agent_run_id=child.agent_run_id, agent=child.purpose.slug)
+        self.started.append(ref)
+        if workflow.patched("keel-sub-run-events"):
+            self.reporter.emit(
+                SubRunStarted,
+                step=step,
+                tool_call_id=call.id,
+                agent_run_id=child.agent_run_id,
+                agent=child.purpose.slug,
+            )
+        return ref
 
     def _memo(self, child: AgentRunInput) -> dict[str, str]:
         """The child's memo: its parent, and its user as a run the gateway starts names it."""
@@ -155,22 +183,29 @@ class SubAgents:
             memo["user_id"] = child.user_id
         return memo
 
-    async def _outcome_of(self, call: ToolCall, child: AgentRunInput) -> tuple[RunStatus, str | None]:
+    async def _outcome_of(
+        self, step: int, call: ToolCall, child: AgentRunInput
+    ) -> tuple[RunStatus, str | None]:
+        handle = await workflow.start_child_workflow(
+            WORKFLOW_TYPE,
+            child,
+            id=child.agent_run_id,
+            result_type=RunState,
+            cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+            parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+            memo=self._memo(child),
+            static_summary=f"{child.purpose.slug}: {child.input_summary}",
+        )
+        ref = self._started(step, call, child)
         try:
-            state: RunState = await workflow.execute_child_workflow(
-                WORKFLOW_TYPE,
-                child,
-                id=child.agent_run_id,
-                result_type=RunState,
-                cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
-                parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
-                memo=self._memo(child),
-                static_summary=f"{child.purpose.slug}: {child.input_summary}",
-            )
+            state: RunState = await handle
         except ChildWorkflowError as err:
             if isinstance(err.cause, CancelledError):
+                ref.status = RunStatus.cancelled
                 raise asyncio.CancelledError() from err
             # The child failed (its record says why); the parent's model hears it and may go on.
+            ref.status = RunStatus.failed
             return RunStatus.failed, str(err.cause or err)
+        ref.status = state.status
         self.ledger.usage += state.usage
         return state.status, state.detail

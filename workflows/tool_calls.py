@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         SAVE_MESSAGE_OPTIONS,
     )
     from workflows.activity_runner import ActivityRunner
+    from workflows.handoffs import Handoffs
     from workflows.ledger import RunLedger
     from workflows.mcp_tools import MCPToolbox
     from workflows.people import PeopleDesk
@@ -57,6 +58,7 @@ class ToolCalls:
     activities: ActivityRunner
     mcp: MCPToolbox
     sub_agents: SubAgents
+    handoffs: Handoffs
 
     async def act(self, step: int, call: ToolCall, policy: ToolPolicy) -> None:
         seq = self.ledger.take_seq()
@@ -91,6 +93,8 @@ class ToolCalls:
             return await self._client_result(step, call, seq)
         if policy.handled_by == "agent":
             return await self._delegate(step, call, seq)
+        if policy.handled_by == "handoff":
+            return await self._hand_over(step, call, seq)
         if policy.needs_approval and not (record := await self._approval(step, call, seq)).approved:
             why = "the approval expired" if record.expired else f"denied by {record.approver or 'a person'}"
             reason = f": {record.reason}" if record.reason else ""
@@ -130,7 +134,7 @@ class ToolCalls:
         self.ledger.count_tool_run(call.name)
         self.reporter.set_doing(call.id, f"running agent {call.name}")
         started_at = workflow.now()
-        outcome = await self.sub_agents.run_child(call, seq, child)
+        outcome = await self.sub_agents.run_child(step, call, seq, child)
         self.reporter.set_doing(call.id, None)
         self.recorder.note_tool(
             step,
@@ -141,6 +145,15 @@ class ToolCalls:
             result={"agent_run_id": child.agent_run_id},
         )
         return outcome
+
+    async def _hand_over(self, step: int, call: ToolCall, seq: int) -> ToolOutcome:
+        """`transfer_to_<agent>`: accepted now, carried out once the step's calls are done (handoffs.py)."""
+        accepted = self.handoffs.accept(step, call)
+        if isinstance(accepted, Refused):
+            return await self._not_run(step, call, seq, accepted.why)
+        self.ledger.count_tool_run(call.name)
+        self.recorder.note_tool(step, call, seq, "ok", result={"handed_to": accepted.to_agent})
+        return await self._save_result(call, seq, self.handoffs.result_text(accepted), is_error=False)
 
     def _placement(self, policy: ToolPolicy, seq: int) -> dict[str, Any]:
         """Where the tool runs: inline as a local activity, or on the heavy workers' task queue (runs from

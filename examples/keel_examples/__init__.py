@@ -3,7 +3,10 @@ what Keel serves when KEEL_APP names no app of yours.
 
 - `assistant`: a calculator, a clock and a wait (a heavy tool that asks for approval past 10 seconds);
 - `learnpack-lesson-writer`: the seed's LearnPack flow: plan a syllabus, write the lesson, publish the
-  package (a side effect, so it asks a person first, and runs once per run).
+  package (a side effect, so it asks a person first, and runs once per run);
+- `lesson-reviewer`: reviews a lesson's Markdown;
+- `course-editor`: delegates (Agent.as_tool): the lesson writer and the reviewer each run as a child run of
+  the editor's, shown inside its answer, and the writer's publication is approved from the editor's chat.
 """
 
 from keel import Agent
@@ -30,4 +33,38 @@ lesson_writer = Agent(
     tools=[plan_syllabus, generate_markdown, publish_package],
     # Lessons are written in one go: a run that needs an answer ends as needs_input instead of waiting.
     allow_questions=False,
+)
+
+reviewer = Agent(
+    name="lesson-reviewer",
+    title="Lesson reviewer",
+    instructions=(
+        "You review a short programming lesson written in Markdown: say briefly what is unclear or wrong "
+        "and what to change, or that it is ready."
+    ),
+)
+
+course_editor = Agent(
+    name="course-editor",
+    title="Course editor (delegates)",
+    instructions=(
+        "You edit a programming course. Give the writing of a lesson to the lesson writer and its review to "
+        "the reviewer, each with everything it needs to know, then tell the user what was done. Ask the "
+        "writer to publish only when the user asked for publishing."
+    ),
+    tools=[
+        lesson_writer.as_tool(
+            name="write_lesson",
+            description=(
+                "The LearnPack lesson writer plans and writes one lesson, and publishes it when the task "
+                "says so (a person approves the publication). Give it the topic and what the user asked."
+            ),
+            triggers=("write", "lesson"),
+        ),
+        reviewer.as_tool(
+            name="review_lesson",
+            description="The reviewer reviews a lesson. Give it the lesson's Markdown.",
+            triggers=("review",),
+        ),
+    ],
 )

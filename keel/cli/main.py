@@ -22,6 +22,7 @@ from typing import Any, NoReturn, TextIO
 
 import httpx
 
+from keel.cli.sub_runs import BOLD, DIM, GREEN, RED, YELLOW, SubRunPrinter, short
 from keel.client import AssistantMessage, ChatClient, ChatError
 from keel.ui_protocol import (
     ErrorChunk,
@@ -53,9 +54,6 @@ class Out:
 
     def line(self, text: str = "", code: str | None = None) -> None:
         self.write((self.paint(text, code) if code else text) + "\n")
-
-
-DIM, GREEN, RED, YELLOW, BOLD = "2", "32", "31", "33", "1"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,9 +194,12 @@ def _new(folder: Path, out: Out) -> int:
 
 def _run(client: ChatClient, out: Out, text: str, purpose: str | None, *, approve_all: bool) -> int:
     body, message = client.start(text, purpose=purpose)
+    sub_runs = SubRunPrinter(
+        out, lambda child, part: _answer_child(client, out, message.id, child, part, approve_all)
+    )
     try:
         while True:
-            _show(client.stream(body, message), message, out)
+            _show(client.stream(body, message), message, out, sub_runs)
             if message.finish_reason != "tool-calls" or message.status == "completed":
                 break
             if not _answer_waiting(message, out, approve_all):
@@ -224,19 +225,27 @@ def _run(client: ChatClient, out: Out, text: str, purpose: str | None, *, approv
     return 0 if message.status == "completed" else 1
 
 
-def _show(chunks: Iterable[UIMessageChunk], message: AssistantMessage, out: Out) -> None:
+def _show(
+    chunks: Iterable[UIMessageChunk], message: AssistantMessage, out: Out, sub_runs: SubRunPrinter
+) -> None:
     tools = message.tools
     for chunk in chunks:
+        if not (isinstance(chunk, ToolOutputAvailableChunk) and chunk.preliminary):
+            sub_runs.interrupted()
         match chunk:
             case TextDeltaChunk(delta=delta):
                 out.write(delta)
             case TextEndChunk():
                 out.write("\n")
             case ToolInputAvailableChunk(tool_name=name, input=arguments):
-                out.line(f"→ {name}({_short(arguments)})", DIM)
+                out.line(f"→ {name}({short(arguments)})", DIM)
+            case ToolOutputAvailableChunk(tool_call_id=call_id, output=output, preliminary=True):
+                sub_runs.progress(call_id, output)  # a sub-agent at work: its block, under the call
             case ToolOutputAvailableChunk(tool_call_id=call_id, output=output):
-                out.line(f"✓ {tools()[call_id].tool_name}: {_short(output)}", GREEN)
+                sub_runs.ended(call_id, "completed")
+                out.line(f"✓ {tools()[call_id].tool_name}: {short(output)}", GREEN)
             case ToolOutputErrorChunk(tool_call_id=call_id, error_text=error_text):
+                sub_runs.ended(call_id, "failed")
                 out.line(f"✗ {tools()[call_id].tool_name}: {error_text}", RED)
             case ToolOutputDeniedChunk(tool_call_id=call_id):
                 out.line(f"✗ {tools()[call_id].tool_name}: denied", RED)
@@ -255,7 +264,7 @@ def _answer_waiting(message: AssistantMessage, out: Out, approve_all: bool) -> b
     for part in message.tools().values():
         if part.state == "approval-requested":
             reply = (
-                "y" if approve_all else _ask(out, f"Approve {part.tool_name}({_short(part.input)})? [y/N] ")
+                "y" if approve_all else _ask(out, f"Approve {part.tool_name}({short(part.input)})? [y/N] ")
             )
             if reply is None:
                 return False
@@ -269,6 +278,25 @@ def _answer_waiting(message: AssistantMessage, out: Out, approve_all: bool) -> b
             part.state, part.output = "output-available", reply
             answered = True
     return answered
+
+
+def _answer_child(
+    client: ChatClient, out: Out, run_id: str, child_run_id: str, part: dict[str, Any], approve_all: bool
+) -> None:
+    """A sub-agent's call waits for approval: ask here, and send the decision through the run's own
+    approvals endpoint, which passes it on to the child (or grandchild) waiting for that call. Nobody to
+    ask: say how to decide it later."""
+    name, call_id = str(part.get("type", "")).removeprefix("tool-"), str(part.get("toolCallId"))
+    reply = (
+        "y"
+        if approve_all
+        else _ask(out, f"Approve {name}({short(part.get('input'))}) for {child_run_id}? [y/N] ")
+    )
+    if reply is None:
+        out.line(f"it waits: keel approve {run_id} {call_id} (or keel deny)", YELLOW)
+        return
+    approved = reply.strip().lower() in ("y", "yes")
+    client.post(f"/api/runs/{run_id}/approvals/{call_id}", {"approved": approved, "reason": None})
 
 
 def _ask(out: Out, question: str) -> str | None:
@@ -340,11 +368,6 @@ def _api_keys(args: argparse.Namespace, out: Out) -> int:
             await pool.close()
 
     return asyncio.run(act())
-
-
-def _short(value: Any, limit: int = 100) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from keel.contracts import Usage
 from keel.text import one_line
 
 log = logging.getLogger("keel.storage.run_records")
@@ -647,7 +648,7 @@ async def write_run_note(
 _RUN_FIELDS = (
     "r.id AS agent_run_id, r.temporal_run_id, r.chat_id, r.user_id, r.purpose_slug AS purpose, r.status,"
     " r.step_count, r.model, r.model_route, r.started_at, r.finished_at, r.error_type, r.error_message,"
-    " r.detail, r.input_summary, r.output_summary,"
+    " r.detail, r.input_summary, r.output_summary, r.parent_run_id,"
     " COALESCE(r.prompt_tokens, agg.prompt_tokens) AS prompt_tokens,"
     " COALESCE(r.completion_tokens, agg.completion_tokens) AS completion_tokens,"
     " COALESCE(r.cost_usd, agg.cost_usd) AS cost_usd, r.unpriced_calls,"
@@ -670,6 +671,8 @@ class RunFilter:
     since: datetime | None = None
     until: datetime | None = None
     limit: int = 50
+    # Only runs nobody delegated to: sub-agents' child runs are left out (they show under their parent).
+    top_level: bool = False
 
 
 async def list_runs(pool: asyncpg.Pool, f: RunFilter) -> list[dict[str, Any]]:
@@ -690,6 +693,8 @@ async def list_runs(pool: asyncpg.Pool, f: RunFilter) -> list[dict[str, Any]]:
     if f.until is not None:
         args.append(f.until)
         where.append(f"r.started_at < ${len(args)}")
+    if f.top_level:
+        where.append("r.parent_run_id IS NULL")
     args.append(f.limit)
     sql = (
         f"SELECT {_RUN_FIELDS} FROM agent_runs r {_LLM_TOTALS}"
@@ -735,6 +740,58 @@ async def timeline(pool: asyncpg.Pool, agent_run_id: str) -> dict[str, Any] | No
             agent_run_id,
         )
     return {"run": dict(run), "llm_calls": [dict(r) for r in llm], "tool_runs": [dict(r) for r in tools]}
+
+
+# How many levels of sub-agents a run's tree loads at once; agents rarely delegate more than two deep.
+TREE_DEPTH = 5
+
+
+async def descendants(pool: asyncpg.Pool, agent_run_id: str, depth: int = TREE_DEPTH) -> list[dict[str, Any]]:
+    """The runs below this one (its sub-agents' child runs, theirs, ... `depth` levels), oldest first,
+    each with `depth` (1: a child), and `tool_call_id`: the parent's tool call that started it, known once
+    the call has its result (its tool run's result names the child run)."""
+    rows = await pool.fetch(
+        "WITH RECURSIVE tree AS ("
+        " SELECT id, 1 AS depth FROM agent_runs WHERE parent_run_id = $1"
+        " UNION ALL SELECT a.id, tree.depth + 1 FROM agent_runs a JOIN tree ON a.parent_run_id = tree.id"
+        " WHERE tree.depth < $2)"
+        f" SELECT {_RUN_FIELDS}, tree.depth, call.tool_call_id"
+        f" FROM tree JOIN agent_runs r ON r.id = tree.id {_LLM_TOTALS}"
+        " LEFT JOIN LATERAL (SELECT t.tool_call_id FROM tool_runs t WHERE t.agent_run_id = r.parent_run_id"
+        " AND t.result_snapshot->>'agent_run_id' = r.id LIMIT 1) call ON true"
+        " ORDER BY r.started_at, r.id",
+        agent_run_id,
+        depth,
+    )
+    return [dict(r) for r in rows]
+
+
+async def usage_of(pool: asyncpg.Pool, agent_run_id: str) -> Usage | None:
+    """A run's usage as its record has it (its children's included), or None without a record."""
+    row = await pool.fetchrow(
+        "SELECT prompt_tokens, completion_tokens, cost_usd, unpriced_calls FROM agent_runs WHERE id = $1",
+        agent_run_id,
+    )
+    if row is None:
+        return None
+    return Usage(
+        prompt_tokens=row["prompt_tokens"] or 0,
+        completion_tokens=row["completion_tokens"] or 0,
+        cost_usd=row["cost_usd"] or 0.0,
+        unpriced_calls=row["unpriced_calls"] or 0,
+    )
+
+
+async def own_usage(pool: asyncpg.Pool, agent_run_ids: Sequence[str]) -> dict[str, Any]:
+    """The tokens and cost of these runs' own LLM calls, added up: a run and its descendants together make
+    the tree's usage, each call counted once (a finished run's own totals include its children's)."""
+    row = await pool.fetchrow(
+        "SELECT COALESCE(sum(prompt_tokens), 0)::bigint AS prompt_tokens,"
+        " COALESCE(sum(completion_tokens), 0)::bigint AS completion_tokens, sum(cost_usd) AS cost_usd"
+        " FROM llm_calls WHERE agent_run_id = ANY($1::text[])",
+        list(agent_run_ids),
+    )
+    return dict(row) if row is not None else {}
 
 
 async def approval_backlog(pool: asyncpg.Pool) -> tuple[int, float]:

@@ -113,6 +113,9 @@ class ToolApprovalRequestChunk(BaseChunk):
 class ToolOutputAvailableChunk(ToolCallChunk):
     type: Literal["tool-output-available"] = "tool-output-available"
     output: Any
+    # The AI SDK's preliminary tool results: each replaces the one before, and the output without the flag
+    # is the call's result. Keel sends a sub-agent's progress so (`SubRunProgress`).
+    preliminary: bool | None = None
 
 
 class ToolOutputErrorChunk(ToolCallChunk):
@@ -160,6 +163,39 @@ class RetryData(WireModel):
     discarded_text_id: str | None
 
 
+class SubRunProgress(WireModel):
+    """A sub-agent's run as its caller's stream shows it, while it runs: the preliminary output of the
+    tool call that started it. `parts` are the child's own message parts so far (its text, its tool calls
+    and where each stands, an approval it waits for), as its own stream would build them; a grandchild's
+    progress is inside its tool part's output in turn. The call's final output is the child's answer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent_run_id: str
+    agent: str
+    status: RunStatus
+    detail: str | None = None
+    parts: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class HandoffData(WireModel):
+    """A handoff: the run's conversation went from one agent to another (Agent(handoffs=...)); `title` is
+    the new agent's title for people (its name when it has none)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    from_agent: str
+    to_agent: str
+    title: str
+
+
+class HandoffDataChunk(DataChunk):
+    """`data-handoff`: the agent speaking changed here, one part per handoff (id `handoff-<event seq>`)."""
+
+    type: Literal["data-handoff"] = "data-handoff"
+    data: HandoffData
+
+
 class RunDataChunk(DataChunk):
     """`data-run`: the run's id and status, replaced in place as it changes."""
 
@@ -181,7 +217,7 @@ class OutputDataChunk(DataChunk):
     data: Any
 
 
-_KEEL_DATA = {"data-run", "data-retry", "data-output"}
+_KEEL_DATA = {"data-run", "data-retry", "data-output", "data-handoff"}
 
 
 def _chunk_type(value: Any) -> str | None:
@@ -209,6 +245,7 @@ UIMessageChunk = Annotated[
     | Annotated[RunDataChunk, Tag("data-run")]
     | Annotated[RetryDataChunk, Tag("data-retry")]
     | Annotated[OutputDataChunk, Tag("data-output")]
+    | Annotated[HandoffDataChunk, Tag("data-handoff")]
     | Annotated[DataChunk, Tag("data")],
     Discriminator(_chunk_type),
 ]

@@ -1,6 +1,6 @@
 """Agents that call other agents as tools (`Agent.as_tool`), written with nothing but Keel's public API:
 an editor that delegates to a writer and a reviewer, a writer that would delegate research further down,
-a publisher whose own tool waits for a person, and a chief with a small step budget."""
+a publisher whose own tool waits for a person, an interviewer who asks the user, and a chief with a small step budget."""
 
 from keel import Agent, tool
 
@@ -31,6 +31,17 @@ WRITE = writer.as_tool(description="Writes a lesson.", triggers=("write",))
 reviewer = Agent(name="reviewer", instructions="You review lessons.")
 
 publisher = Agent(name="publisher", instructions="You publish lessons.", tools=[publish])
+
+# No tools of its own: it asks the user (ask_user, which every agent has) when told to ask.
+interviewer = Agent(name="interviewer", instructions="You interview the author.")
+
+# Its run ends once the interview is done (the offline model would otherwise ask the user itself too).
+host = Agent(
+    name="host",
+    instructions="You host an interview.",
+    tools=[interviewer.as_tool(description="Interviews the author.", triggers=("interview",))],
+    stop_after_tool_calls={"interviewer": 1},
+)
 
 editor = Agent(
     name="editor",

@@ -48,8 +48,17 @@ export function toolNameOf(part) {
 // run ended as cancelled". Shown as the run ending, not as the tool failing.
 const ENDED_WITHOUT_RESULT = /: the run ended as /;
 
+// A sub-agent's run inside the call that started it (Agent.as_tool): Keel streams its progress as the
+// call's preliminary outputs, each the child's message so far ({agentRunId, agent, status, detail, parts}).
+export function subRunOf(part) {
+  const output = part.output;
+  return part.preliminary && output && typeof output === "object" && output.agentRunId ? output : null;
+}
+
 export function toolStateInWords(part, run) {
   const ended = isFinal(run?.status);
+  const child = subRunOf(part);
+  if (child) return ended ? "no result: the run ended" : `${child.agent}: ${statusInWords(child.status)}`;
   switch (part.state) {
     case "input-streaming":
       return ended ? "no result: the run ended" : "preparing";

@@ -19,6 +19,7 @@ import {
   shouldResubmit,
   splitStored,
   statusInWords,
+  subRunOf,
   toolNameOf,
   toolStateInWords,
   waitingExplanation,
@@ -228,6 +229,7 @@ function Chat({ saved, onNewChat }) {
           <select id="purpose" value={purpose} onChange={(e) => setPurpose(e.target.value)}>
             <option value="assistant">assistant</option>
             <option value="learnpack-lesson-writer">learnpack-lesson-writer</option>
+            <option value="course-editor">course-editor (delegates)</option>
           </select>
         </label>
         <button type="button" onClick={onNewChat} disabled={busy}>
@@ -378,9 +380,16 @@ function Value({ value }) {
   );
 }
 
+// The last progress seen of each sub-agent call, so its work stays visible (folded) once its result has
+// replaced the preliminary output in useChat's message.
+const lastProgress = new Map();
+
 function ToolCall({ part, run, ready, onDecide, onAnswer }) {
   const name = toolNameOf(part);
   const ended = isFinal(run?.status);
+  const child = subRunOf(part);
+  if (child) lastProgress.set(part.toolCallId, child);
+  const worked = !child && lastProgress.get(part.toolCallId);
   return (
     <div className={`tool${name === "ask_user" ? " ask" : ""}`} data-tool={name} data-state={part.state}>
       <div className="tool-head">
@@ -415,8 +424,15 @@ function ToolCall({ part, run, ready, onDecide, onAnswer }) {
           </button>
         </div>
       )}
-      {part.state === "output-available" && name !== "ask_user" && (
+      {child && <SubRun progress={child} parentRunId={run?.agentRunId} open={!ended} />}
+      {part.state === "output-available" && name !== "ask_user" && !child && (
         <Field label="Result" value={part.output} />
+      )}
+      {worked && (
+        <details className="subrun-work">
+          <summary>How {worked.agent} worked</summary>
+          <SubRun progress={worked} parentRunId={run?.agentRunId} open={false} />
+        </details>
       )}
       {part.state === "output-error" && (
         <div className="field error">
@@ -463,5 +479,81 @@ function Question({ part, open, onAnswer }) {
         </div>
       )}
     </>
+  );
+}
+
+// A sub-agent's run as its caller's stream shows it: its text, its tool calls, and what it waits for.
+// Its approvals and questions are answered through the calling run's endpoints; Keel passes each on to
+// the run below that waits for it.
+function SubRun({ progress, parentRunId, open }) {
+  return (
+    <div className="subrun" data-agent-run-id={progress.agentRunId} data-status={progress.status}>
+      <div className="subrun-head">
+        <strong>{progress.agent}</strong> <code>{progress.agentRunId}</code> · {statusInWords(progress.status)}
+      </div>
+      {progress.parts.map((part, index) => {
+        if (part.type === "text") return part.text ? <Text key={`text-${index}`} text={part.text} /> : null;
+        if (!part.type?.startsWith("tool-")) return null;
+        return (
+          <SubRunCall key={part.toolCallId} part={part} child={progress} parentRunId={parentRunId} open={open} />
+        );
+      })}
+    </div>
+  );
+}
+
+function SubRunCall({ part, child, parentRunId, open }) {
+  const name = toolNameOf(part);
+  const [sent, setSent] = useState(false);
+  const [answer, setAnswer] = useState("");
+  const grandchild = subRunOf(part);
+  const waitingForApproval = open && !sent && part.state === "approval-requested";
+  const asking = open && !sent && name === "ask_user" && part.state === "input-available" && child.status === "waiting_for_input";
+  async function send(path, body) {
+    setSent(true);
+    const response = await fetch(`/api/runs/${encodeURIComponent(parentRunId)}/${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    if (!response.ok) setSent(false);
+  }
+  return (
+    <div className="tool" data-tool={name} data-state={part.state}>
+      <div className="tool-head">
+        <strong>{name}</strong> <span className="tool-state">{toolStateInWords(part, child)}</span>
+      </div>
+      {name === "ask_user" ? (
+        <div className="question">{part.input?.question}</div>
+      ) : (
+        part.input !== undefined && <Field label="Arguments" value={part.input} />
+      )}
+      {waitingForApproval && (
+        <div className="decide">
+          <button type="button" className="approve" onClick={() => send(`approvals/${encodeURIComponent(part.toolCallId)}`, { approved: true })}>
+            Approve
+          </button>
+          <button type="button" className="deny" onClick={() => send(`approvals/${encodeURIComponent(part.toolCallId)}`, { approved: false })}>
+            Deny
+          </button>
+        </div>
+      )}
+      {asking && (
+        <div className="reply">
+          <input aria-label="Your answer" value={answer} onChange={(e) => setAnswer(e.target.value)} placeholder="Your answer…" />
+          <button type="button" disabled={!answer.trim()} onClick={() => send("answer", { text: answer.trim(), tool_call_id: part.toolCallId })}>
+            Reply
+          </button>
+        </div>
+      )}
+      {grandchild && <SubRun progress={grandchild} parentRunId={parentRunId} open={open} />}
+      {part.state === "output-available" && !grandchild && <Field label="Result" value={part.output} />}
+      {part.state === "output-error" && (
+        <div className="field error">
+          <div className="label">Error</div>
+          {part.errorText}
+        </div>
+      )}
+    </div>
   );
 }
