@@ -12,8 +12,9 @@ import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 from temporalio.client import Client
@@ -23,7 +24,9 @@ from temporalio.worker import Worker
 from activities.agent_activities import AgentActivities
 from activities.mcp_client import MCPClients, OnListed
 from activities.records import ObservingInterceptor, RecordActivities, RunRecorder
-from keel.app import load_app_or_exit
+from activities.scheduled_runs import ScheduledRunActivities
+from activities.webhooks import WebhookActivities
+from keel.app import App, load_app_or_exit
 from keel.contracts import MCPToolSpec
 from keel.mcp import MCPServer
 from keel.observability import metrics
@@ -31,6 +34,7 @@ from keel.observability.logs import configure_logging, temporal_core_logging
 from keel.observability.tracing import configure_tracing, with_tracing
 from keel.settings import Settings, get_settings
 from keel.stack.embedded import free_port
+from keel.storage import idempotency
 from keel.storage.deltas import PostgresDeltaChannel, prune_deltas
 from keel.storage.mcp_listings import record_listing
 from keel.storage.reconciler import first_look_back, reconcile
@@ -38,6 +42,8 @@ from keel.storage.run_records import RecordWriter
 from keel.storage.store import RunStore, create_pool
 from keel.temporal import connect_temporal, temporal_connect_options
 from workflows.agent_run import AgentRun
+from workflows.scheduled_run import ScheduledRun
+from workflows.webhooks import WebhookDelivery
 
 log = logging.getLogger("keel.worker")
 
@@ -68,11 +74,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
         task_queue=task_queue,
         # The heavy queue runs heavy tools only; the run queue runs the workflow, its LLM calls and records,
         # and the inline tools, which are local activities of the workflow.
-        workflows=[] if heavy else [AgentRun],
+        workflows=[] if heavy else [AgentRun, ScheduledRun, WebhookDelivery],
         activities=(
             [activities.run_tool]
             if heavy
-            else [*activities.run_queue_activities(), RecordActivities(pool).record_run]
+            else [
+                *activities.run_queue_activities(),
+                RecordActivities(pool).record_run,
+                _scheduled_runs(settings, app, pool).open_scheduled_run,
+                *_webhook_activities(pool, settings),
+            ]
         ),
         max_concurrent_activities=settings.heavy_concurrency if heavy else None,
         interceptors=[ObservingInterceptor(records)],
@@ -81,9 +92,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_s),
     )
     housekeeping = []
-    if queue == "agent" and settings.delta_retention_hours:
-        retention = timedelta(hours=settings.delta_retention_hours)
-        housekeeping.append(asyncio.create_task(_prune_deltas_hourly(pool, retention)))
+    if queue == "agent":
+        retention = (
+            timedelta(hours=settings.delta_retention_hours) if settings.delta_retention_hours else None
+        )
+        key_ttl = timedelta(hours=settings.idempotency_ttl_hours)
+        housekeeping.append(asyncio.create_task(_prune_hourly(pool, retention, key_ttl)))
     if queue == "agent" and settings.reconcile_seconds:
         housekeeping.append(asyncio.create_task(_reconcile_often(pool, client, settings.reconcile_seconds)))
     try:
@@ -100,6 +114,24 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
         await pool.close()
 
 
+def _scheduled_runs(settings: Settings, app: App, pool: asyncpg.Pool) -> ScheduledRunActivities:
+    """A schedule's firing opens its run as the gateway opens one: this deploy's agent, KEEL_MODEL, its queues and
+    webhook endpoints."""
+    return ScheduledRunActivities(
+        store=RunStore(pool),
+        app=app,
+        default_model=settings.model,
+        heavy_task_queue=settings.heavy_task_queue,
+        webhooks=settings.webhook_endpoints,
+    )
+
+
+def _webhook_activities(pool: asyncpg.Pool, settings: Settings) -> list[Callable[..., Any]]:
+    """The runs' webhook deliveries (workflows/webhooks.py), on the agent queue beside the run records."""
+    webhooks = WebhookActivities(pool, settings)
+    return [webhooks.deliver_webhook, webhooks.webhook_gave_up]
+
+
 def _listing_recorder(pool: asyncpg.Pool) -> OnListed:
     """Each fresh listing of an MCP server, recorded for GET /api/purposes; a failed write only logs."""
 
@@ -112,15 +144,17 @@ def _listing_recorder(pool: asyncpg.Pool) -> OnListed:
     return record
 
 
-async def _prune_deltas_hourly(pool: asyncpg.Pool, retention: timedelta) -> None:
-    """Delete finished runs' token deltas once they are older than the retention (every agent worker does;
-    the deletes are idempotent, so several at once only share the work)."""
+async def _prune_hourly(pool: asyncpg.Pool, retention: timedelta | None, key_ttl: timedelta) -> None:
+    """Delete finished runs' token deltas once they are older than the retention, and expired idempotency
+    keys (every agent worker does; the deletes are idempotent, so several at once only share the work)."""
     while True:
         try:
-            if deleted := await prune_deltas(pool, retention):
+            if retention is not None and (deleted := await prune_deltas(pool, retention)):
                 log.info("pruned %d token deltas of runs finished over %s ago", deleted, retention)
+            if forgotten := await idempotency.prune(pool, key_ttl):
+                log.info("forgot %d idempotency keys older than %s", forgotten, key_ttl)
         except Exception as err:  # housekeeping: a failure waits for the next hour, never stops the worker
-            log.warning("could not prune token deltas (will try again in an hour): %s", err)
+            log.warning("could not prune (will try again in an hour): %s", err)
         await asyncio.sleep(3600)
 
 

@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, params
 
-from api import chat, limits, observe, pages, purposes, runs, viewer
+from api import chat, limits, observe, pages, purposes, runs, schedules, viewer, webhooks
 from api.auth import Authenticator, admin_dependency, current_user
 from api.codec import codec_app
 from api.gateway import Gateway
@@ -33,6 +33,8 @@ _ROUTERS: list[tuple[APIRouter, list[params.Depends]]] = [
     (observe.router, _PUBLIC),  # GET /metrics, GET /healthz
     (pages.router, _PUBLIC),  # /, /runs, the icon
     (purposes.router, _USER),  # GET /api/purposes
+    (schedules.router, _USER),  # /api/schedules: scheduled agents (Temporal Schedules)
+    (webhooks.router, _USER),  # /api/webhooks/deliveries: list, redeliver
 ]
 
 

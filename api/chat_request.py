@@ -46,6 +46,8 @@ MAX_BUDGET_COST_USD = 10_000.0
 MAX_BUDGET_DURATION_S = 30 * 24 * 3600
 MAX_TEXT = 100_000
 MAX_CONTEXT_BYTES = 20_000
+# A run's metadata (POST /api/runs), as JSON.
+MAX_METADATA_BYTES = 16_000
 # All client tool declarations of one request together, as JSON: they travel in the workflow's input, which
 # Temporal caps (2 MB), and are sent to the model on every step.
 MAX_TOOLS_BYTES = 100_000
@@ -306,11 +308,55 @@ class ChatRequest(StrictBody):
         ]
 
 
+class RunRequest(StrictBody):
+    """`POST /api/runs`: a run started server to server. `purpose`, `messages`, `context` and `budgets` mean
+    what they mean in `POST /api/chat`; the run belongs to no chat. A field it doesn't know is refused (a
+    misspelt `webhook_url` must not go unnoticed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    purpose: str | None = Field(None, max_length=100, description="A purpose slug; `assistant` by default")
+    messages: list[UIMessage] = Field(
+        min_length=1, max_length=500, description="UI messages, the user's last"
+    )
+    context: JsonObject | None = Field(None, description="Application context shown to the model")
+    metadata: JsonObject | None = Field(
+        None,
+        description="Your own data about the run: in its state, its record and its webhooks; not shown to the model",
+    )
+    webhook_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="Where this run's events are POSTed, signed, besides the app's endpoints (KEEL_WEBHOOK_URLS); "
+        "http(s) and public unless KEEL_WEBHOOK_ALLOW_PRIVATE",
+    )
+    budgets: RequestBudgets | None = Field(None, description="Lower the purpose's budgets for this run")
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_fits_a_record(cls, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        size = len(json.dumps(metadata or {}))
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata takes {size} bytes of JSON; at most {MAX_METADATA_BYTES}")
+        return metadata
+
+    def requested_budgets(self) -> Budgets | None:
+        """The limits this request asks for (None: the purpose's own)."""
+        if self.budgets is None or self.budgets == RequestBudgets():
+            return None
+        return Budgets(
+            max_steps=self.budgets.max_steps or MAX_BUDGET_STEPS,
+            max_tokens=self.budgets.max_tokens,
+            max_cost_usd=self.budgets.max_cost_usd,
+            max_duration_s=self.budgets.max_duration_s,
+        )
+
+
 class BadChatRequest(ValueError):
     """A body that is valid JSON of the right shape but can't start a run; answered with 400."""
 
 
-def to_conversation(request: ChatRequest) -> list[Message]:
+def to_conversation(request: ChatRequest | RunRequest) -> list[Message]:
     """The chat history as Keel messages. The purpose's system prompt is added by the caller.
 
     System messages from the client are dropped: the purpose owns the system prompt.

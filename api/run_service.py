@@ -8,24 +8,27 @@ exactly as an unknown one. Refusals are HTTPExceptions, as the gateway's helpers
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Annotated, Any, TypeVar, overload
 
 import asyncpg
 from fastapi import Depends, HTTPException
 from pydantic import BaseModel
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api.auth import User, check_owner, require_chat, require_run
-from api.chat_request import BadChatRequest, ChatRequest, pending_answers, to_conversation
+from api.chat_request import BadChatRequest, ChatRequest, RunRequest, pending_answers, to_conversation
 from api.double_texting import make_room, queue_behind
 from api.gateway import Gateway, GatewayDep, http_error, is_run_id, refusal
 from api.limits import check_run_start
-from api.run_stream import StreamStart, pause_after
+from api.run_stream import StreamStart, follow_run, pause_after
 from keel.agent import Agent, RunContext
 from keel.app import UnknownAgent
 from keel.contracts import (
@@ -50,8 +53,9 @@ from keel.contracts import (
 )
 from keel.observability import metrics
 from keel.run_start import first_messages, record_start, run_input, start_run
-from keel.storage import run_records
+from keel.storage import idempotency, run_records
 from keel.storage.store import RunStore
+from keel.webhooks import endpoint_problem, run_endpoints
 
 log = logging.getLogger("keel.api")
 Result = TypeVar("Result")
@@ -93,21 +97,28 @@ class RunService:
         )
         return run.agent_run_id
 
-    def _new_run(self, request: ChatRequest, user: User) -> tuple[Agent, AgentRunInput, list[Message]]:
+    def _new_run(
+        self, request: ChatRequest | RunRequest, user: User
+    ) -> tuple[Agent, AgentRunInput, list[Message]]:
         """The request's agent, the new run's input and its first messages; 400 for an unknown agent or a
-        conversation that can't be one, 500 when the app's own instructions fail."""
+        conversation that can't be one, 500 when the app's own instructions fail. A chat's request names
+        its chat and may declare client tools; a server's (POST /api/runs) its metadata and webhook."""
+        chat = request if isinstance(request, ChatRequest) else None
+        server = request if isinstance(request, RunRequest) else None
         try:
             agent = self.gw.app.agent(request.purpose) if request.purpose else self.gw.app.default_agent
             conversation = to_conversation(request)
         except (UnknownAgent, BadChatRequest) as err:
             raise HTTPException(400, str(err)) from None
-        context = RunContext(context=request.context or {}, user_id=user.id, chat_id=request.id)
+        context = RunContext(
+            context=request.context or {}, user_id=user.id, chat_id=chat.id if chat else None
+        )
         try:
             # Its sub-agents' instructions are written from the same context, as its own are.
             spec = agent.spec(
                 self.gw.settings.model,
                 request.requested_budgets(),
-                request.stop_after_tool_calls,
+                chat.stop_after_tool_calls if chat else None,
                 run=context,
                 agents=self.gw.app.reachable,
             )
@@ -120,12 +131,114 @@ class RunService:
         run = run_input(
             spec,
             messages,
-            chat_id=request.id,
+            chat_id=context.chat_id,
             user_id=user.id,
-            client_tools=[*agent.client_tools, *request.client_tools()],
+            client_tools=[*agent.client_tools, *(chat.client_tools() if chat else [])],
             heavy_task_queue=self.gw.settings.heavy_task_queue,
+            webhooks=run_endpoints(
+                server.webhook_url if server else None, self.gw.settings.webhook_endpoints
+            ),
+            metadata=server.metadata if server else None,
         )
         return agent, run, messages
+
+    # --- Starting a run server to server (POST /api/runs) ---
+
+    async def start_server_run(
+        self, request: RunRequest, user: User, idempotency_key: str | None
+    ) -> tuple[str, RunStatus, bool]:
+        """Start a run outside any chat; with an Idempotency-Key, the run the key already names (for the same
+        body) instead. Returns the run's id, its status, and whether it was started before this request."""
+        self._check_webhook_url(request.webhook_url)
+        agent, run, messages = self._new_run(request, user)
+        check_run_start(self.gw.settings, user)
+        replayed = False
+        if idempotency_key is not None:
+            claim = await self._claim(idempotency_key, request, user, run.agent_run_id)
+            replayed = not claim.claimed
+            if replayed:
+                state = await self._state_if_started(claim.agent_run_id)
+                if state is not None:
+                    return claim.agent_run_id, state.status, True
+                # The request that claimed the key has not started it yet, or never will (its gateway went
+                # away): start it, under the same id, from this request's identical body; only one start
+                # of that id ever succeeds.
+                run = run.model_copy(update={"agent_run_id": claim.agent_run_id})
+        try:
+            await record_start(self.gw.store, run, messages)
+        except (OSError, asyncpg.PostgresError) as err:
+            raise HTTPException(503, f"PostgreSQL is unavailable, no run was started: {err}") from None
+        if not await self._launch_once(run):
+            # Another request with the key started it a moment ago (the one that claimed the key may be
+            # this one): still this request's answer.
+            return run.agent_run_id, RunStatus.running, replayed
+        metrics.RUNS_STARTED.labels(agent.name).inc()
+        log.info(
+            "started run %s (purpose %s, server to server)",
+            run.agent_run_id,
+            agent.name,
+            extra={"agent_run_id": run.agent_run_id, "purpose": agent.name},
+        )
+        return run.agent_run_id, RunStatus.running, replayed
+
+    def _check_webhook_url(self, url: str | None) -> None:
+        """422 for a `webhook_url` this gateway will not deliver to: not http(s), not public (unless
+        KEEL_WEBHOOK_ALLOW_PRIVATE), or no secret to sign with (Keel never sends a webhook unsigned)."""
+        settings = self.gw.settings
+        if url is None:
+            return
+        if not settings.webhook_secrets:
+            raise HTTPException(
+                422,
+                "webhook_url: this gateway has no KEEL_WEBHOOK_SECRET to sign webhooks with, so it takes none",
+            )
+        if problem := endpoint_problem(url, allow_private=settings.webhook_allow_private):
+            raise HTTPException(422, f"webhook_url: {problem}")
+
+    async def _claim(self, key: str, request: RunRequest, user: User, run_id: str) -> idempotency.Claim:
+        ttl = timedelta(hours=self.gw.settings.idempotency_ttl_hours)
+        digest = idempotency.body_digest(request.model_dump(mode="json", exclude_unset=True))
+        try:
+            return await idempotency.claim(self.gw.store.pool, user.id or "", key, digest, run_id, ttl)
+        except idempotency.KeyReused:
+            raise HTTPException(
+                422, f"Idempotency-Key {key!r} was already used with another request body"
+            ) from None
+        except (OSError, asyncpg.PostgresError) as err:
+            raise HTTPException(503, f"PostgreSQL is unavailable, no run was started: {err}") from None
+
+    async def _state_if_started(self, agent_run_id: str) -> RunState | None:
+        try:
+            return await self.gw.state(agent_run_id)
+        except HTTPException as err:
+            if err.status_code == 404:
+                return None
+            raise
+
+    async def _launch_once(self, run: AgentRunInput) -> bool:
+        """Start the run's workflow unless it exists already (a request with the same key started it a moment
+        ago): never a second execution under the run's id, even after the first one ended. True when this
+        call started it."""
+        try:
+            await start_run(self.gw.temporal, run, self.gw.settings.task_queue, once=True)
+        except WorkflowAlreadyStartedError:
+            return False
+        except RPCError as err:
+            why = f"Temporal is unavailable, no run was started: {err.message}"
+            await run_records.run_not_started(self.gw.store.pool, run.agent_run_id, why)
+            raise HTTPException(503, why) from None
+        return True
+
+    async def wait(self, agent_run_id: str, user: User, timeout_s: float) -> RunState:
+        """The run's state once it is final or waits for a person, or after `timeout_s` as it is then."""
+        state = await self.owned_state(agent_run_id, user)
+        if not _settled(state):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    async for _ in follow_run(self.gw.run(agent_run_id), after=state.last_event_seq):
+                        if _settled(await self.gw.state(agent_run_id)):
+                            break
+        return await self.state(agent_run_id, user)
 
     async def _launch(self, chat: RunStore, run: AgentRunInput) -> None:
         """Start the run's workflow (and queue it, under `enqueue`). If Temporal refuses, the run never
@@ -401,6 +514,15 @@ class RunService:
         tree = [agent_run_id, *(row["agent_run_id"] for row in found["descendants"])]
         found["tree_usage"] = await run_records.own_usage(self.gw.store.pool, tree)
         return found
+
+
+def _settled(state: RunState) -> bool:
+    """Whether a run is where a waiting caller wants to hear of it: ended, or waiting for someone."""
+    return state.status.is_final or state.status in (
+        RunStatus.waiting_for_approval,
+        RunStatus.waiting_for_input,
+        RunStatus.waiting_for_tool_result,
+    )
 
 
 def _last_answered(

@@ -5,14 +5,15 @@ the work."""
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 from pydantic_core import PydanticCustomError
 
 from api.auth import CurrentUser
-from api.chat_request import JsonValue, StrictBody
+from api.chat_request import JsonValue, RunRequest, StrictBody
 from api.run_service import RunServiceDep
 from api.sse import last_event_id, resumed_response
+from keel.api_models import Accepted, RunStarted
 from keel.contracts import ApprovalRecord, RunState, ToolResultSubmission
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
@@ -54,12 +55,48 @@ class CancelBody(StrictBody):
     reason: str | None = Field(None, max_length=2000)
 
 
-class Accepted(BaseModel):
-    agent_run_id: str
-    status: str
-
-
 # `GET /api/runs` (a chat's runs, and every run by status, purpose, user and time) is in api/viewer.py.
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Start a run server to server; with an Idempotency-Key, the same key and body give the same run",
+    responses={422: {"description": "An invalid body, or an Idempotency-Key already used with another body"}},
+)
+async def start_run(
+    body: RunRequest,
+    response: Response,
+    service: RunServiceDep,
+    user: CurrentUser,
+    idempotency_key: str | None = Header(
+        None,
+        min_length=1,
+        max_length=255,
+        description="Names this request: repeated with the same body (by you, on any gateway, within "
+        "KEEL_IDEMPOTENCY_TTL_HOURS), it answers with the same run instead of starting another",
+    ),
+) -> RunStarted:
+    agent_run_id, status, replayed = await service.start_server_run(body, user, idempotency_key)
+    response.headers["x-agent-run-id"] = agent_run_id
+    if replayed:
+        response.headers["idempotent-replayed"] = "true"
+    return RunStarted(agent_run_id=agent_run_id, status=status)
+
+
+@router.get(
+    "/{agent_run_id}/wait",
+    summary="Wait until the run is final or waits for a person (long poll); its state then, or at the timeout",
+)
+async def wait_for_run(
+    agent_run_id: str,
+    service: RunServiceDep,
+    user: CurrentUser,
+    timeout_s: float = Query(
+        30, alias="timeout", gt=0, le=300, description="Seconds to wait at most; the state is answered then"
+    ),
+) -> RunState:
+    return await service.wait(agent_run_id, user, timeout_s)
 
 
 @router.get(

@@ -10,6 +10,7 @@
   With it the run tree: `children`, the summaries of the runs its sub-agents started (each under the tool
   call that started it, and with its own children, up to run_records.TREE_DEPTH levels: a child's own
   timeline is one more request), and `tree_usage`, the tokens and cost of the run and all of them.
+  And `webhooks`: the run's webhook deliveries (api/webhooks.py), oldest first.
 
 The records are read by the run service (api/run_service.py), which also decides whose runs a user sees.
 """
@@ -25,7 +26,8 @@ from api.auth import CurrentUser
 from api.gateway import Gateway
 from api.run_service import RunServiceDep
 from keel.contracts import RunStatus
-from keel.storage import run_records
+from keel.storage import run_records, webhook_deliveries
+from keel.webhooks import WebhookDeliveryView
 
 router = APIRouter(tags=["run viewer"])
 
@@ -101,6 +103,7 @@ class Timeline(BaseModel):
     parent_temporal_url: str | None = None
     children: list[ChildRun] = []
     tree_usage: TreeUsage = TreeUsage()
+    webhooks: list[WebhookDeliveryView] = []
 
 
 @router.get("/api/runs", summary="Runs, newest first: filter by status, purpose, user, chat and start time")
@@ -144,7 +147,15 @@ async def run_timeline(agent_run_id: str, service: RunServiceDep, me: CurrentUse
         parent_temporal_url=temporal_url(service.gw, run.parent_run_id, None) if run.parent_run_id else None,
         children=_tree(service.gw, agent_run_id, found["descendants"]),
         tree_usage=TreeUsage(**found["tree_usage"]),
+        webhooks=await _webhooks_of(service.gw, agent_run_id),
     )
+
+
+async def _webhooks_of(gw: Gateway, agent_run_id: str) -> list[WebhookDeliveryView]:
+    """The run's webhook deliveries, oldest first (the caller has already been found to own the run)."""
+    filters = webhook_deliveries.DeliveryFilter(agent_run_id=agent_run_id, limit=200)
+    rows = await webhook_deliveries.list_deliveries(gw.store.pool, filters)
+    return [WebhookDeliveryView(**row) for row in reversed(rows)]
 
 
 def _tree(gw: Gateway, root: str, descendants: list[dict[str, Any]]) -> list[ChildRun]:

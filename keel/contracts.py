@@ -291,6 +291,11 @@ class AgentRunInput(BaseModel):
     # it is (the top run is 0).
     parent_run_id: str | None = None
     depth: int = 0
+    # The endpoints the run's events are POSTed to (its own `webhook_url`, then the app's KEEL_WEBHOOK_URLS),
+    # fixed when it starts; the secrets that sign them never enter the run.
+    webhooks: list[str] = Field(default_factory=list)
+    # The caller's own data about the run (`POST /api/runs`): in its record, its state and its webhooks.
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class LlmStepInput(BaseModel):
@@ -712,6 +717,8 @@ class RunState(BaseModel):
     output: dict[str, Any] | None = None
     # The sub-agents' child runs this run started, in the order it started them.
     sub_runs: list[SubRunRef] = Field(default_factory=list)
+    # The caller's own data about the run (POST /api/runs `metadata`).
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 # --- Run records: the workflow's own facts, written by the `record_run` activity (keel/storage/run_records.py) ---

@@ -11,10 +11,11 @@ starting a run is I/O (PostgreSQL, Temporal).
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDReusePolicy
 
 from keel.agent import Agent, RunContext
 from keel.contracts import WORKFLOW_TYPE, AgentRunInput, ClientTool, Message, PurposeSpec, RunState
@@ -49,10 +50,13 @@ def run_input(
     user_id: str | None = None,
     client_tools: Sequence[ClientTool] = (),
     heavy_task_queue: str | None = None,
+    webhooks: Sequence[str] = (),
+    metadata: Mapping[str, Any] | None = None,
 ) -> AgentRunInput:
     """The workflow input of a new run (a new id unless one is given) over `messages`, which go into
     PostgreSQL at seq 0.. before the workflow starts (`record_start`). Its summary is the last message on
-    one line, clipped. `heavy_task_queue` None keeps the contract's default queue name."""
+    one line, clipped. `heavy_task_queue` None keeps the contract's default queue name; `webhooks` are the
+    endpoints its events go to, `metadata` the caller's own data about it."""
     run = AgentRunInput(
         agent_run_id=agent_run_id or new_run_id(),
         purpose=purpose,
@@ -61,6 +65,8 @@ def run_input(
         user_id=user_id,
         client_tools=list(client_tools),
         input_summary=one_line(messages[-1].content, SUMMARY_CHARS) if messages else "",
+        webhooks=list(webhooks),
+        metadata=dict(metadata or {}),
     )
     if heavy_task_queue is None:
         return run
@@ -82,13 +88,17 @@ async def record_start(store: RunStore, run: AgentRunInput, messages: Sequence[M
         user_id=run.user_id,
         input_summary=run.input_summary,
         queued_behind=run.queued_behind,
+        metadata=run.metadata,
     )
 
 
-async def start_run(client: Client, run: AgentRunInput, task_queue: str) -> WorkflowHandle[Any, RunState]:
+async def start_run(
+    client: Client, run: AgentRunInput, task_queue: str, *, once: bool = False
+) -> WorkflowHandle[Any, RunState]:
     """Start the run's workflow: its workflow id is the run's id; the Web UI shows the agent and the request
     as its summary; its memo names its user. Temporal's default id policies hold: every run id is new, and
-    a start under an id that is already running fails."""
+    a start under an id that is already running fails. `once`: it fails under an id that ever ran, too (a
+    run started again by an idempotent request must never run twice)."""
     return await client.start_workflow(
         WORKFLOW_TYPE,
         run,
@@ -97,4 +107,7 @@ async def start_run(client: Client, run: AgentRunInput, task_queue: str) -> Work
         static_summary=f"{run.purpose.slug}: {run.input_summary}",
         memo={"user_id": run.user_id} if run.user_id else None,
         result_type=RunState,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE
+        if once
+        else WorkflowIDReusePolicy.ALLOW_DUPLICATE,
     )

@@ -9,10 +9,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keel.routes import parse_chain
+from keel.webhooks import endpoint_problem, secret_key, split_list
 
 
 class Settings(BaseSettings):
@@ -235,6 +236,15 @@ class Settings(BaseSettings):
         "`0` publishes each at once and batches only what arrives during a publish; raise it to trade a "
         "little latency for fewer PostgreSQL writes under heavy load.",
     )
+    idempotency_ttl_hours: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 30,
+        validation_alias="KEEL_IDEMPOTENCY_TTL_HOURS",
+        description="How long an `Idempotency-Key` of `POST /api/runs` names its run: the same key and body "
+        "within this get the same run; after it, the key is forgotten (the agent workers delete expired "
+        "keys hourly) and starts a new run.",
+    )
     delta_retention_hours: float = Field(
         24.0,
         ge=0,
@@ -317,6 +327,38 @@ class Settings(BaseSettings):
         description="An idle connection between two requests is closed after this many seconds (gateway; "
         "uvicorn's keep-alive timeout). Behind a load balancer, set it above the balancer's idle timeout.",
     )
+    # Webhooks (keel/webhooks.py, docs/how-to/webhooks.md): where run events go, how they are signed, and
+    # whether they may reach private addresses.
+    webhook_urls: str = Field(
+        "",
+        validation_alias="KEEL_WEBHOOK_URLS",
+        description="The app's webhook endpoints, comma-separated: every run's events (`run.completed`, "
+        "`run.waiting_for_approval`, ...) are POSTed to each, after the run's own `webhook_url`. Fixed for a "
+        "run when it starts. Setting it without `KEEL_WEBHOOK_SECRET` is refused at startup.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        validation_alias="KEEL_WEBHOOK_SECRET",
+        description="The secret deliveries are signed with (Standard Webhooks): `whsec_` + base64 of 24 to "
+        "64 random bytes. While rotating, several, comma-separated: each delivery carries one signature per "
+        "secret, so receivers knowing the old or the new one both verify it. Unset: no delivery is sent "
+        "(they are never unsigned) and `webhook_url` is refused. Never logged.",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        validation_alias="KEEL_WEBHOOK_ALLOW_PRIVATE",
+        description="`true` lets deliveries reach loopback, private, link-local and other non-public "
+        "addresses (a receiver on your own network, tests). Off, such a delivery is refused for good, names "
+        "that resolve to such an address included.",
+    )
+    webhook_retry_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        validation_alias="KEEL_WEBHOOK_RETRY_SECONDS",
+        description="Seconds before a failed delivery's first retry (worker); each retry waits twice as long "
+        "as the one before, at most an hour, until it is delivered or 24 hours have passed.",
+    )
 
     @field_validator(
         "temporal_tls",
@@ -359,6 +401,31 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value
+
+    @model_validator(mode="after")
+    def _webhooks_deliverable(self) -> "Settings":
+        """A mistyped secret or endpoint, or endpoints nothing could sign for, stop every process at startup."""
+        for secret in self.webhook_secrets:
+            try:
+                secret_key(secret)
+            except ValueError as err:
+                raise ValueError(f"KEEL_WEBHOOK_SECRET: {err}") from None
+        for url in self.webhook_endpoints:
+            if problem := endpoint_problem(url, allow_private=self.webhook_allow_private):
+                raise ValueError(f"KEEL_WEBHOOK_URLS: {problem}")
+        if self.webhook_endpoints and not self.webhook_secrets:
+            raise ValueError(
+                "KEEL_WEBHOOK_URLS is set but KEEL_WEBHOOK_SECRET is not: deliveries are always signed"
+            )
+        return self
+
+    @property
+    def webhook_endpoints(self) -> list[str]:
+        return split_list(self.webhook_urls)
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        return split_list(self.webhook_secret.get_secret_value()) if self.webhook_secret else []
 
     def require_database_url(self) -> str:
         if not self.database_url:

@@ -163,7 +163,9 @@ async def test_a_delegated_lesson_shows_the_writers_work_inside_and_its_publicat
     await expect(delegated).to_have_attribute("data-state", "output-available")
     await expect(delegated.locator("pre").last).to_contain_text("publish_package returned")
     # The writer's work stays, folded under the result; its run is one click away.
-    await expect(writer.locator(":scope > details > summary")).to_have_text("How LearnPack lesson writer worked")
+    await expect(writer.locator(":scope > details > summary")).to_have_text(
+        "How LearnPack lesson writer worked"
+    )
     child_id = await writer.get_attribute("data-agent-run-id") or ""
     assert child_id.startswith("run-") and child_id != await run_id_of(page)
     assert (folder / "README.md").exists()

@@ -303,7 +303,9 @@ async def test_a_delegated_lesson_shows_the_writer_inside_and_its_publication_is
 
     await expect_run(page, "completed", "completed")
     await expect(delegated.locator(".tool-state").first).to_have_text("done")
-    await expect(delegated.locator(".field", has_text="Result").first).to_contain_text("publish_package returned")
+    await expect(delegated.locator(".field", has_text="Result").first).to_contain_text(
+        "publish_package returned"
+    )
     await expect(delegated.locator("details.subrun-work summary")).to_have_text(
         "How learnpack-lesson-writer worked"
     )

@@ -72,8 +72,16 @@ def test_the_gateway_keeps_to_its_openapi_schema(gateways: dict[str, str]) -> No
                 assert mode is GenerationMode.NEGATIVE  # an operation with no input can't be sent wrong
             except Exception as err:  # collect every operation's failures, then report them together
                 failures.append(f"{operation.label} ({mode.value}): {err}")
+    _delete_schedules(url, headers)
     if failures:
         pytest.fail("\n\n".join(failures))
+
+
+def _delete_schedules(url: str, headers: dict[str, str]) -> None:
+    """The valid examples created real schedules, some firing every second: none outlives the test."""
+    listed = httpx.get(f"{url}/api/schedules", headers=headers, timeout=30)
+    for schedule in listed.json() if listed.status_code == 200 else []:
+        httpx.delete(f"{url}/api/schedules/{schedule['schedule_id']}", headers=headers, timeout=30)
 
 
 # --- What schemathesis never sends: JSON that Python's parser accepts and nothing after it can hold ---

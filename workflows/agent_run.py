@@ -74,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.structured_output import OUTPUT_VALIDATION_FAILED, OutputJudge
     from workflows.sub_agents import SubAgents
     from workflows.tool_calls import ToolCalls
+    from workflows.webhooks import RunWebhooks
 
 # Errors the run's own data can raise in workflow code: they end the run instead of failing its workflow
 # task for ever. Anything else (a bug) still fails the task, so a fixed deploy can carry the run on.
@@ -90,6 +91,9 @@ class AgentRun:
         self._desk = PeopleDesk(run)
         self._queue = ChatQueue(run)
         self._reporter = RunReporter(run, self._ledger, self._desk, self._queue)
+        # Runs with webhook endpoints start a delivery at each event a backend hears of (workflows/webhooks.py).
+        self._webhooks = RunWebhooks(run, lambda: self._purpose.slug)
+        self._reporter.listener = self._webhooks.on_event
         self._activities = ActivityRunner(fail_run=self._fail)
         self._recorder = RunNotes(run, self._ledger, self._reporter, self._activities)
         self._output = OutputJudge(run, self._ledger, self._activities)
@@ -148,6 +152,7 @@ class AgentRun:
         except RunFailed as failure:
             await self._recorder.flush()
             await self._queue.release()
+            await self._webhooks.flush()
             # Failing the workflow makes the run show as Failed in the Temporal Web UI as well.
             raise ApplicationError(
                 str(failure), type=ErrorType.agent_run_failed, non_retryable=True
@@ -213,6 +218,7 @@ class AgentRun:
         if self._interrupt is not None:
             return self._interrupt
         await self._recorder.flush()
+        await self._webhooks.flush()
         step = self._ledger.step
         workflow.logger.info(
             "continuing as new after step %d (%d history events)",
@@ -251,6 +257,7 @@ class AgentRun:
         state = self._finish(stop)
         await self._recorder.flush()
         await self._queue.release()
+        await self._webhooks.flush()
         return state
 
     def _finish(self, stop: Stop) -> RunState:
@@ -455,6 +462,7 @@ class AgentRun:
             approvals=self._desk.approvals(),
             output_seq=self._output.answer_seq,
             sub_runs=self._sub_agents.started,
+            metadata=self._run.metadata,
         )
 
     @workflow.query(name=EVENTS_QUERY)

@@ -5,6 +5,7 @@ The `events` query serves the events (the gateway turns them into the chat strea
 the run records read the status.
 """
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -67,6 +68,8 @@ class RunReporter:
         self.error_type: str | None = None
         # What the run is doing right now (an LLM call, tools running), by what does it.
         self._doing: dict[str, str] = {}
+        # Told of every event as it is emitted (workflows/webhooks.py: the run's webhook deliveries).
+        self.listener: Callable[[RunEvent], None] | None = None
 
     @property
     def events(self) -> list[RunEvent]:
@@ -92,6 +95,8 @@ class RunReporter:
             },
         )
         self.describe()
+        if self.listener is not None:
+            self.listener(event)
         return event
 
     def end(self, stop: Stop) -> bool:

@@ -6,6 +6,9 @@
     keel runs [--status S] [--purpose P]
     keel approve RUN CALL [--reason R]      keel deny RUN CALL [--reason R]      keel cancel RUN
     keel api-key create --user U [--admin]  keel api-key revoke PREFIX  keel api-key list
+    keel schedule create ID --purpose P --message M (--cron EXPR | --every SECONDS)
+    keel schedule list | pause ID | unpause ID | delete ID
+    keel webhooks list [--run ID] [--status S]   keel webhooks redeliver WEBHOOK_ID
 
 The client commands send KEEL_TOKEN (a JWT or an API key) as `Authorization: Bearer` when it is set.
 
@@ -21,9 +24,11 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import httpx
+from pydantic import ValidationError
 
 from keel.cli.sub_runs import BOLD, DIM, GREEN, RED, YELLOW, SubRunPrinter, short
 from keel.client import AssistantMessage, ChatClient, ChatError
+from keel.schedules import ScheduleRequest, ScheduleView
 from keel.ui_protocol import (
     ErrorChunk,
     OutputDataChunk,
@@ -99,7 +104,44 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="revoke a key by its prefix (keel_…, as listed)")
     revoke.add_argument("prefix", help="the key's prefix, keel_ and 12 hex digits")
     key_commands.add_parser("list", help="every key's prefix, user, role and state (never the key)")
+    _schedule_parser(commands)
+    _webhooks_parser(commands)
     return parser
+
+
+def _webhooks_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """`keel webhooks list|redeliver`: the runs' webhook deliveries, through the gateway."""
+    webhooks = commands.add_parser("webhooks", help="webhook deliveries: list them, send one again")
+    verbs = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    listing = verbs.add_parser("list", help="deliveries, newest first")
+    listing.add_argument("--run", help="only this run's (run-…)")
+    listing.add_argument("--status", choices=("pending", "delivered", "failed", "refused"), help="only these")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    again = verbs.add_parser("redeliver", help="send a delivery again, with the same webhook-id")
+    again.add_argument("id", help="the delivery's webhook-id (msg_…), as listed")
+
+
+def _schedule_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """`keel schedule create|list|pause|unpause|delete`: scheduled agents, through the gateway."""
+    schedule = commands.add_parser("schedule", help="run an agent on a schedule (Temporal Schedules)")
+    verbs = schedule.add_subparsers(dest="schedule_command", required=True)
+    create = verbs.add_parser("create", help="create a schedule: an agent, a message, a cron or an interval")
+    create.add_argument("id", help="the schedule's id: letters, digits, ., _, -")
+    create.add_argument("--purpose", required=True, help="the agent each firing runs")
+    create.add_argument("--message", required=True, help="what each run is asked")
+    timing = create.add_mutually_exclusive_group(required=True)
+    timing.add_argument("--cron", help='a cron expression, e.g. "0 9 * * 1-5"')
+    timing.add_argument("--every", type=int, metavar="SECONDS", help="fire every SECONDS seconds")
+    create.add_argument("--timezone", default="UTC", help="the IANA time zone of --cron (default UTC)")
+    create.add_argument(
+        "--overlap",
+        default="skip",
+        choices=("skip", "buffer_one", "buffer_all", "cancel_other", "terminate_other", "allow_all"),
+        help="what a firing does while the last one's run still goes (default skip)",
+    )
+    verbs.add_parser("list", help="your schedules, their state and next firing")
+    for verb in ("pause", "unpause", "delete"):
+        verbs.add_parser(verb, help=f"{verb} a schedule").add_argument("id", help="the schedule's id")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,14 +179,16 @@ def main(argv: list[str] | None = None) -> int:
             return _run(client, out, args.message, args.purpose, approve_all=args.yes)
         if args.command == "runs":
             return _runs(client, out, args.status, args.purpose, args.limit)
+        if args.command == "schedule":
+            return _schedule(client, out, args)
+        if args.command == "webhooks":
+            return _webhooks(client, out, args)
         if args.command in ("approve", "deny"):
-            record = client.post(
-                f"/api/runs/{args.run}/approvals/{args.call}",
-                {"approved": args.command == "approve", "reason": args.reason},
-            )
-            out.line(f"{args.call}: {'approved' if record['approved'] else 'denied'}")
+            decide = client.approve if args.command == "approve" else client.deny
+            record = decide(args.run, args.call, args.reason)
+            out.line(f"{args.call}: {'approved' if record.approved else 'denied'}")
             return 0
-        client.post(f"/api/runs/{args.run}/cancel", {"reason": args.reason})
+        client.cancel(args.run, args.reason)
         out.line(f"{args.run}: cancelling")
         return 0
     except ChatError as err:
@@ -213,7 +257,7 @@ def _run(client: ChatClient, out: Out, text: str, purpose: str | None, *, approv
     except KeyboardInterrupt:
         if message.id:
             try:
-                client.post(f"/api/runs/{message.id}/cancel", {"reason": "Ctrl-C in keel run"})
+                client.cancel(message.id, "Ctrl-C in keel run")
             except KeyboardInterrupt:  # a second Ctrl-C: stop asking, say what state the run may be in
                 out.line(f"\nnot cancelled, it may still be running: keel cancel {message.id}", YELLOW)
                 return 130
@@ -296,7 +340,7 @@ def _answer_child(
         out.line(f"it waits: keel approve {run_id} {call_id} (or keel deny)", YELLOW)
         return
     approved = reply.strip().lower() in ("y", "yes")
-    client.post(f"/api/runs/{run_id}/approvals/{call_id}", {"approved": approved, "reason": None})
+    (client.approve if approved else client.deny)(run_id, call_id)
 
 
 def _ask(out: Out, question: str) -> str | None:
@@ -319,6 +363,80 @@ def _runs(client: ChatClient, out: Out, status: str | None, purpose: str | None,
     out.line("  ".join(c.ljust(widths[c]) for c in columns), BOLD)
     for row in rows:
         out.line("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+    return 0
+
+
+def _schedule(client: ChatClient, out: Out, args: argparse.Namespace) -> int:
+    if args.schedule_command == "create":
+        try:
+            request = ScheduleRequest(
+                schedule_id=args.id,
+                purpose=args.purpose,
+                message=args.message,
+                cron=args.cron,
+                interval_seconds=args.every,
+                timezone=args.timezone,
+                overlap=args.overlap,
+            )
+        except ValidationError as err:  # refused here as the gateway would, without asking it
+            problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+            out.line(f"keel: {problems}", RED)
+            return 2
+        created = client.create_schedule(request)
+        out.line(f"{created.schedule_id}: created; next run {_next_run(created)}", GREEN)
+        return 0
+    if args.schedule_command == "list":
+        schedules = client.list_schedules()
+        if not schedules:
+            out.line("no schedules")
+        for found in schedules:
+            timing = (
+                f"cron {found.cron} ({found.timezone})" if found.cron else f"every {found.interval_seconds}s"
+            )
+            state = "paused" if found.paused else f"next {_next_run(found)}"
+            out.line(
+                f"{found.schedule_id}  {found.purpose}  {timing}  {found.overlap}  {state}  runs {found.actions}"
+            )
+        return 0
+    if args.schedule_command == "delete":
+        client.delete_schedule(args.id)
+        out.line(f"{args.id}: deleted")
+        return 0
+    changed = client.pause_schedule(args.id, paused=args.schedule_command == "pause")
+    out.line(f"{changed.schedule_id}: {'paused' if changed.paused else 'unpaused'}")
+    return 0
+
+
+def _next_run(schedule: ScheduleView) -> str:
+    return f"{schedule.next_runs[0]:%Y-%m-%d %H:%M:%S %Z}" if schedule.next_runs else "none"
+
+
+def _webhooks(client: ChatClient, out: Out, args: argparse.Namespace) -> int:
+    if args.webhooks_command == "redeliver":
+        again = client.redeliver_webhook(args.id)
+        out.line(f"{again.id}: redelivering {again.event_type} to {again.endpoint}", GREEN)
+        return 0
+    deliveries = client.list_webhook_deliveries(agent_run_id=args.run, status=args.status, limit=args.limit)
+    if not deliveries:
+        out.line("no webhook deliveries")
+        return 0
+    rows = [
+        [
+            d.id,
+            d.agent_run_id,
+            d.event_type,
+            d.status,
+            str(d.attempts),
+            str(d.last_status_code or ""),
+            d.endpoint,
+        ]
+        for d in deliveries
+    ]
+    header = ["webhook_id", "agent_run_id", "event", "status", "attempts", "http", "endpoint"]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    out.line("  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)), BOLD)
+    for row in rows:
+        out.line("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
     return 0
 
 

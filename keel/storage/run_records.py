@@ -524,6 +524,7 @@ _RUN_COLUMNS = (
     "queued_behind",
     "output",
     "parent_run_id",
+    "metadata",
 )
 _RUN_MERGE = {
     "status": "CASE WHEN EXCLUDED.status_version >= agent_runs.status_version"
@@ -555,12 +556,14 @@ async def run_started(
     input_summary: str,
     queued_behind: str | None = None,
     parent_run_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> None:
     """The gateway's first record of a run, written with its conversation, before the workflow starts (or,
     for a sub-agent's child run, by the calling run's `open_sub_run` activity)."""
     values = {
         "queued_behind": queued_behind,
         "parent_run_id": parent_run_id,
+        "metadata": metadata or None,
         "id": agent_run_id,
         "chat_id": chat_id,
         "user_id": user_id,
