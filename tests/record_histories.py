@@ -1,4 +1,4 @@
-"""Record AgentRun histories of this checkout's code, for tests/test_replay.py to replay with later code.
+"""Record the workflow histories (AgentRun, WebhookDelivery, ScheduledRun) of this checkout's code, for tests/test_replay.py to replay with later code.
 
     python -m tests.record_histories tests/histories/<version>
 
@@ -10,6 +10,7 @@ finished run's history as JSON.
 """
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+from temporalio.client import Client
 
 from keel.settings import Settings
 from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer, free_port, stop_process_group
@@ -162,6 +164,35 @@ async def sub_agent_approved_through_its_parent(http: httpx.AsyncClient) -> str:
     return run_id
 
 
+async def webhooks(http: httpx.AsyncClient) -> str:
+    """A server's run with its own webhook endpoint (the receiver this recorder runs): the run starts
+    WebhookDelivery child workflows, recorded too (see `_record_other_workflows`)."""
+    body = {
+        "purpose": "assistant",
+        "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "calculate 2 + 2"}]}],
+        "metadata": {"recorded": True},
+        "webhook_url": f"http://127.0.0.1:{RECEIVER_PORT}/hooks",
+    }
+    started = await http.post("/api/runs", json=body, headers={"idempotency-key": "recorded-webhooks"})
+    started.raise_for_status()
+    run_id: str = started.json()["agent_run_id"]
+    await wait_for_status(http, run_id, "completed", within=30)
+    return run_id
+
+
+async def scheduled(http: httpx.AsyncClient) -> str:
+    """A schedule's firing, triggered now: the ScheduledRun workflow, whose child is an ordinary run."""
+    body = {
+        "schedule_id": "recorded",
+        "purpose": "assistant",
+        "message": "what time is it",
+        "interval_seconds": 3600,
+    }
+    (await http.post("/api/schedules", json=body)).raise_for_status()
+    (await http.post("/api/schedules/recorded/pause")).raise_for_status()
+    return "schedule:recorded"
+
+
 async def handoff(http: httpx.AsyncClient) -> str:
     run_id, _ = await _start(http, "transfer to billing and find invoice 42", purpose="triage")
     return run_id
@@ -182,7 +213,13 @@ SCENARIOS: dict[str, Scenario] = {
     "sub-agent": sub_agent,
     "sub-agent-approved-through-its-parent": sub_agent_approved_through_its_parent,
     "handoff": handoff,
+    "webhooks": webhooks,
+    "scheduled-run": scheduled,
 }
+# The webhook receiver this recorder runs while it records (it answers 200 to anything).
+RECEIVER_PORT = free_port()
+# The other workflows Keel runs, recorded after the scenarios: every finished one, by type.
+OTHER_WORKFLOWS = ("WebhookDelivery", "ScheduledRun")
 
 
 def record(out: Path) -> None:
@@ -205,6 +242,9 @@ def record(out: Path) -> None:
         "KEEL_WORKER_METRICS_PORT": "0",
         # A second message on a busy chat queues, for the queue scenarios; the others use a chat each.
         "KEEL_DOUBLE_TEXTING": "enqueue",
+        # Webhooks to the recorder's own receiver on 127.0.0.1.
+        "KEEL_WEBHOOK_SECRET": "whsec_" + base64.b64encode(os.urandom(32)).decode(),
+        "KEEL_WEBHOOK_ALLOW_PRIVATE": "true",
     }
     processes = [
         _spawn([sys.executable, "worker.py"], env, work / "worker.log"),
@@ -225,9 +265,13 @@ def record(out: Path) -> None:
 async def _record_scenarios(url: str, temporal_address: str, out: Path) -> None:
     client = await connect_temporal(Settings(TEMPORAL_ADDRESS=temporal_address))
     out.mkdir(parents=True, exist_ok=True)
+    receiver = await asyncio.start_server(_answer_ok, "127.0.0.1", RECEIVER_PORT)
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         for name, scenario in SCENARIOS.items():
             run_id = await scenario(http)
+            if run_id.startswith("schedule:"):
+                await client.get_schedule_handle(run_id.removeprefix("schedule:")).trigger()
+                continue  # its firing is recorded with the other workflows
             await client.get_workflow_handle(run_id).result()  # only finished runs are recorded
             # Every Temporal run of the agent run, oldest first: more than one if it continued as new.
             executions = [e async for e in client.list_workflows(f'WorkflowId = "{run_id}"')]
@@ -237,6 +281,40 @@ async def _record_scenarios(url: str, temporal_address: str, out: Path) -> None:
                 suffix = f"-{number}" if len(executions) > 1 else ""
                 (out / f"{name}{suffix}.json").write_text(history.to_json())
             print(f"{name}: {run_id}, {len(executions)} Temporal run(s)")
+    await _record_other_workflows(client, out)
+    receiver.close()
+
+
+async def _record_other_workflows(client: Client, out: Path) -> None:
+    """Every WebhookDelivery and ScheduledRun, once finished: what the scenarios started besides runs."""
+    for workflow_type in OTHER_WORKFLOWS:
+        query = f'WorkflowType = "{workflow_type}"'
+        for _ in range(300):  # visibility lags a little behind the starts
+            if [e async for e in client.list_workflows(query)]:
+                break
+            await asyncio.sleep(0.1)
+        executions = sorted([e async for e in client.list_workflows(query)], key=lambda e: e.start_time)
+        for number, execution in enumerate(executions, start=1):
+            handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+            await handle.result()
+            (out / f"{workflow_type}-{number}.json").write_text((await handle.fetch_history()).to_json())
+        print(f"{workflow_type}: {len(executions)} workflow(s)")
+
+
+async def _answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    length = next(
+        (
+            int(v)
+            for k, _, v in (h.partition(":") for h in head.split("\r\n"))
+            if k.lower() == "content-length"
+        ),
+        0,
+    )
+    await reader.readexactly(length)
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    await writer.drain()
+    writer.close()
 
 
 if __name__ == "__main__":
