@@ -128,6 +128,30 @@ async def test_calls_of_two_sub_agents_in_one_step_run_at_the_same_time(
     assert reviewer["started_at"] < writer["finished_at"] and writer["started_at"] < reviewer["finished_at"]
 
 
+async def test_sub_agents_called_in_one_step_share_the_tokens_and_cost_their_parent_has_left(
+    http: httpx.AsyncClient, stack: CrashStack, store: RunStore
+) -> None:
+    budgets = {"max_tokens": 9_001, "max_cost_usd": 0.5}
+    stream = await chat(
+        http, chat_body("write and review a lesson in parallel", purpose="editor", budgets=budgets)
+    )
+
+    run = stream.response.headers["x-agent-run-id"]
+    client = await stack.temporal()
+    parent = await client.get_workflow_handle(run).query(STATE_QUERY, result_type=RunState)
+    children = [
+        await client.get_workflow_handle(c["id"]).query(STATE_QUERY, result_type=RunState)
+        for c in await children_of(store.pool, run)
+    ]
+    # Each got half of what the editor had left after its first step: together, never more than that.
+    first_step = await store.pool.fetchval(
+        "SELECT prompt_tokens + completion_tokens FROM llm_calls WHERE agent_run_id = $1 AND step = 1", run
+    )
+    assert [c.budgets.max_tokens for c in children] == [(9_001 - first_step) // 2] * 2
+    assert [c.budgets.max_cost_usd for c in children] == [0.25, 0.25]  # the scripted model costs nothing
+    assert parent.budgets.max_tokens == 9_001
+
+
 async def test_a_call_deeper_than_the_depth_limit_is_refused_with_an_error_result(
     http: httpx.AsyncClient, store: RunStore
 ) -> None:

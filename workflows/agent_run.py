@@ -322,6 +322,9 @@ class AgentRun:
             self._reporter.emit(TextProduced, step=step, message_seq=reply.reply_seq)
         for call in reply.tool_calls:
             self._reporter.emit(ToolCallRequested, step=step, call=call)
+        self._sub_agents.step_calls = sum(
+            reply.policies.get(call.id, ToolPolicy()).handled_by == "agent" for call in reply.tool_calls
+        )
         await asyncio.gather(
             *(
                 self._tool_calls.act(step, call, reply.policies.get(call.id, ToolPolicy()))

@@ -1,9 +1,10 @@
 """Agents as tools (`Agent.as_tool`): a call runs the other agent as a child `AgentRun` workflow, with its
 own run id, history and records, governed by the run that called it.
 
-The child is bounded by its parent: it gets at most the steps, tokens, cost and time the parent has left,
-and at most the delegation depth the parent has left; Temporal cancels it when the parent is cancelled (the
-call's task is cancelled with the step, and the child with it), and its usage is added to the parent's.
+The child is bounded by its parent: it gets at most the steps, tokens, cost and time the parent has left (the
+sub-agent calls of one step share its tokens and cost evenly), and at most the delegation depth it has
+left; Temporal cancels it when the parent is cancelled (the call's task is cancelled with the step, and the
+child with it), and its usage is added to the parent's.
 Its conversation and record are written by an activity before it starts, and its final answer comes back
 through one, so no message body enters either history. A `SubRunStarted` event names the child to the
 run's streams, which follow it (api/run_stream.py), and the `state` query lists the run's children
@@ -70,6 +71,9 @@ class SubAgents:
     activities: ActivityRunner
     # Every child run started so far, in order (carried across continue-as-new).
     started: list[SubRunRef] = field(default_factory=list)
+    # How many sub-agent calls the step in progress makes: they share what the run has left of its tokens
+    # and cost, so together they never spend more than that (steps and time are each child's own).
+    step_calls: int = 1
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_PARALLEL_SUB_AGENTS))
 
     def child_input(self, call: ToolCall, seq: int) -> AgentRunInput | Refused:
@@ -110,10 +114,11 @@ class SubAgents:
         ]
         if spent:
             return Refused(f"not called: this run has no {' or '.join(spent)} left to give a sub-agent")
+        share = max(1, self.step_calls)
         return Budgets(
             max_steps=left.steps,
-            max_tokens=left.tokens,
-            max_cost_usd=left.cost_usd,
+            max_tokens=None if left.tokens is None else max(1, left.tokens // share),
+            max_cost_usd=None if left.cost_usd is None else left.cost_usd / share,
             max_duration_s=left.seconds,
         )
 
