@@ -576,6 +576,14 @@ class AgentTest:
             for name in self._runs:
                 _MODELS.pop(name, None)
 
+    def _sub_agent_route(self, agent_run_id: str, agent: str, script: Sequence[Step]) -> str:
+        """The route of a sub-agent's script in this run: its child runs begin with the sub-agent's
+        instructions and their task (two messages), then play the script."""
+        name = f"{agent_run_id}.{agent}"
+        _MODELS[name] = TestModel(script, input_messages=2)
+        self._runs.append(name)
+        return f"{TEST_PROVIDER}:{name}"
+
     def _worker(self, pool: asyncpg.Pool) -> Worker:
         # Imported here: `keel` imports neither workflows nor activities, and a process that only reads
         # this module's types shouldn't pay for them.
@@ -608,9 +616,12 @@ class AgentTest:
         context: dict[str, Any] | None = None,
         user_id: str | None = None,
         chat_id: str | None = None,
+        sub_agents: Mapping[str, Sequence[Step]] | None = None,
     ) -> TestRun:
         """Start a run of `agent` (the app's default agent if None) on `message`, its model playing `script`;
-        returns once the run has finished or waits for someone."""
+        returns once the run has finished or waits for someone. `sub_agents` scripts the agents it calls
+        as tools (Agent.as_tool), by agent name, at any depth: each child run of that agent plays the
+        script from its start (a sub-agent without one keeps its own model)."""
         if self.env is None:
             raise RuntimeError("use AgentTest as `async with AgentTest(...) as t`")
         chosen = self.app.agent(agent) if agent else self.app.default_agent
@@ -623,7 +634,11 @@ class AgentTest:
         self._runs.append(agent_run_id)
         # Whatever model the agent names, this run's is its script.
         route = f"{TEST_PROVIDER}:{agent_run_id}"
-        spec = _on_route(chosen.spec(route, run=run_context, agents=self.app.reachable), route)
+        sub_routes = {
+            name: self._sub_agent_route(agent_run_id, name, sub_script)
+            for name, sub_script in (sub_agents or {}).items()
+        }
+        spec = _on_route(chosen.spec(route, run=run_context, agents=self.app.reachable), route, sub_routes)
         workflow_input = run_input(
             spec,
             messages,
@@ -640,14 +655,25 @@ class AgentTest:
         return run
 
 
-def _on_route(spec: PurposeSpec, route: str) -> PurposeSpec:
+def _on_route(spec: PurposeSpec, route: str, sub_routes: Mapping[str, str]) -> PurposeSpec:
     """The run's snapshot with every agent it may become by a handoff on the test's route, so the script
-    plays on after a handoff."""
+    plays on after a handoff; and its sub-agents, at any depth, on their own scripts' routes."""
     agents = {
-        name: handed.model_copy(update={"purpose": handed.purpose.model_copy(update={"model": route})})
+        name: handed.model_copy(update={"purpose": _on_route(handed.purpose, route, sub_routes)})
         for name, handed in spec.handoff_agents.items()
     }
-    return spec.model_copy(update={"model": route, "handoff_agents": agents})
+    return _with_sub_routes(spec, sub_routes).model_copy(update={"model": route, "handoff_agents": agents})
+
+
+def _with_sub_routes(spec: PurposeSpec, sub_routes: Mapping[str, str]) -> PurposeSpec:
+    """The snapshot with each scripted sub-agent (by agent name, at any depth) on its script's route."""
+    children = {}
+    for tool, child in spec.sub_agents.items():
+        purpose = _with_sub_routes(child.purpose, sub_routes)
+        if (sub_route := sub_routes.get(purpose.slug)) is not None:
+            purpose = purpose.model_copy(update={"model": sub_route})
+        children[tool] = child.model_copy(update={"purpose": purpose})
+    return spec.model_copy(update={"sub_agents": children})
 
 
 def _app_of(agents: Agent | Sequence[Agent] | App | str) -> App:

@@ -202,6 +202,38 @@ async def test_parallel_calls_in_one_step(kit: AgentTest) -> None:
 # --- the kit itself ---
 
 
+# --- course-editor: delegates to the lesson writer and the reviewer, each scripted on its own ---
+
+
+async def test_the_course_editor_delegates_to_scripted_sub_agents_and_gets_their_answers(
+    kit: AgentTest,
+) -> None:
+    lesson = "# Learn sets\n\nA set holds each value once."
+    run = await kit.run(
+        "write a lesson on sets and have it reviewed",
+        agent="course-editor",
+        script=[
+            call("write_lesson", input="Write a short lesson on sets."),
+            lambda seen: call(
+                "review_lesson", input=next(m.content for m in reversed(seen) if m.role == "tool")
+            ),
+            "Written and reviewed.",
+        ],
+        sub_agents={
+            LESSON: [call("plan_syllabus", topic="sets", sections=2), lesson],
+            "lesson-reviewer": [
+                lambda seen: "Ready." if "A set holds" in seen[-1].content else "Where is it?"
+            ],
+        },
+    )
+
+    assert run.status == "completed" and run.text == "Written and reviewed."
+    assert run.tools_called == ["write_lesson", "review_lesson"]
+    # Each child's final answer is its call's result: the writer's lesson reached the reviewer.
+    assert run.tool_call("write_lesson").result == lesson
+    assert run.tool_call("review_lesson").result == "Ready."
+
+
 async def test_a_script_that_runs_out_fails_the_run_saying_so(kit: AgentTest) -> None:
     run = await kit.run("what is 2+2?", script=[call("calculate", expression="2+2")])
 
