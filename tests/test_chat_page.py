@@ -171,6 +171,24 @@ async def test_a_delegated_lesson_shows_the_writers_work_inside_and_its_publicat
     assert (folder / "README.md").exists()
 
 
+async def test_a_handoff_shows_where_the_conversation_changed_hands_and_who_speaks_now(
+    page: "Page", keel: Keel
+) -> None:
+    await page.goto(keel.gateway_url)
+    await send(page, "transfer to learnpack-lesson-writer and plan a lesson on queues", purpose="assistant")
+
+    run = last_run(page)
+    await expect(run.locator(".runline .status")).to_have_attribute("data-status", "completed")
+    handoff = run.locator(".handoff")
+    await expect(handoff).to_have_text("General assistant handed the conversation to LearnPack lesson writer")
+    await expect(run.locator(".speaker")).to_have_text("LearnPack lesson writer speaking")
+    # The lesson writer's own tool ran after the handoff, in the same run.
+    await expect(run.locator('.tool[data-tool="plan_syllabus"]')).to_have_attribute(
+        "data-state", "output-available"
+    )
+    assert await page.locator("li.msg.assistant").count() == 1
+
+
 async def test_denying_publish_package_publishes_nothing(page: "Page", keel: Keel) -> None:
     await page.goto(keel.gateway_url)
     await send(page, "plan, write and publish a lesson on web pages", purpose="learnpack-lesson-writer")

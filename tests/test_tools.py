@@ -8,6 +8,7 @@ import pytest
 from keel_examples.packages import LEDGER, PackageRegistry
 
 from activities.agent_activities import AgentActivities
+from keel import Agent
 from keel.contracts import ToolCall, ToolPolicy
 from keel.tools import ToolContext, ToolError
 from tests.conftest import EXAMPLES
@@ -21,7 +22,10 @@ def ctx(tmp_path: Path, idempotency_key: str = "run-test/tool-3") -> ToolContext
 
 def test_every_agent_offers_its_tools_and_ask_user() -> None:
     for agent in EXAMPLES.agents.values():
-        assert agent.spec("scripted").tools == [*(t.name for t in agent.tools), "ask_user"], agent.name
+        transfers = [f"transfer_to_{a.name}" for a in agent.handoffs if isinstance(a, Agent)]
+        assert agent.spec("scripted").tools == [*(t.name for t in agent.tools), "ask_user", *transfers], (
+            agent.name
+        )
         assert all(EXAMPLES.tools[t.name] is t for t in agent.tools)
 
 
