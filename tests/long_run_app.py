@@ -1,4 +1,5 @@
-"""An app for the long-run test (KEEL_APP=tests.long_run_app): one agent that writes long chapters."""
+"""An app for the long-run tests (KEEL_APP=tests.long_run_app): one agent that writes long chapters, and a
+front desk that hands the conversation over to it."""
 
 from typing import Annotated
 
@@ -18,4 +19,11 @@ def write_chapter(number: Annotated[int, Field(ge=0, description="The chapter's 
 
 chapter_writer = Agent(
     name="chapter-writer", instructions="Write the chapters asked for.", tools=[write_chapter], max_steps=1000
+)
+
+front_desk = Agent(
+    name="front-desk",
+    instructions="Hand chapter work to the chapter writer.",
+    handoffs=[chapter_writer],
+    max_steps=5,
 )

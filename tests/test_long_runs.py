@@ -22,7 +22,7 @@ from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer, free_port, 
 from keel.storage.store import RunStore
 from keel.temporal import connect_temporal
 from tests.conftest import Keel, _healthy, _spawn, _wait_for
-from tests.long_run_app import chapter_writer
+from tests.long_run_app import chapter_writer, front_desk
 from tests.ui_stream import parse
 from workflows.agent_run import AgentRun
 
@@ -124,3 +124,27 @@ async def test_a_300_step_run_over_2_mb_continues_as_new_and_completes(
             kept = tmp_path / f"{execution.run_id}.json"
             kept.write_text(history.to_json())
             raise AssertionError(f"{replayed.replay_failure} (history in {kept})")
+
+
+async def test_a_run_handed_over_keeps_its_new_agent_across_continue_as_new(
+    long_run_stack: LongRunStack, store: RunStore
+) -> None:
+    temporal = await connect_temporal(
+        Settings(**{k: v for k, v in long_run_stack.env.items() if k.isupper()})
+    )
+    # The front desk allows 5 steps; the chapter writer it hands over to, 1000: the run only gets through
+    # 120 chapters, over several Temporal runs, if the writer's snapshot and limits are carried over.
+    agents = {a.name: a for a in (front_desk, chapter_writer)}
+    purpose = front_desk.spec("scripted", agents=agents)
+    messages = [Message(role="user", content="transfer to chapter-writer and write chapter 2, 120 times")]
+    run = run_input(purpose, messages)
+    await store.put_messages(run.agent_run_id, 0, messages)
+    await start_run(temporal, run, "agent-runs-long")
+
+    handle = temporal.get_workflow_handle(run.agent_run_id, result_type=RunState)
+    state = await handle.result()
+    assert (state.status, state.purpose, state.step) == ("completed", "chapter-writer", 122)
+    events = await handle.query("events", 0, result_type=list[RunEvent])
+    assert [e.type for e in events].count("handed_off") == 1
+    assert sum(e.type == "tool_result" for e in events) == 121  # the handoff's result, then 120 chapters
+    assert len([r async for r in temporal.list_workflows(f'WorkflowId = "{run.agent_run_id}"')]) >= 2
