@@ -22,7 +22,7 @@ NEXT_APP_SOURCES := $(shell find $(NEXT_APP)/app -type f 2>/dev/null | sed 's/[]
 DATA_DIR := $(or $(KEEL_DATA_DIR),.keel)
 
 .DEFAULT_GOAL := help
-.PHONY: help .venv install node-deps nextjs-example dev test lint fmt docs bench clean reset-data
+.PHONY: help .venv install node-deps nextjs-example promtool dev test lint fmt docs bench clean reset-data
 
 help:
 	@echo "make dev         install if needed, then run Temporal, PostgreSQL, worker and gateway (Ctrl-C stops all)"
@@ -74,13 +74,29 @@ nextjs-example:
 		echo "npm not found: the Next.js example's tests will be skipped"; \
 	fi
 
+# promtool (Debian's `prometheus` package) checks and unit-tests deploy/prometheus/alerts.yml
+# (tests/test_alert_rules.py). Installed with apt-get when missing and this is root on Debian; otherwise the
+# alert rule tests skip themselves (and fail under CI=true), saying why. The package's own service is not
+# started in a container without systemd; elsewhere `systemctl disable --now prometheus` if unwanted.
+promtool:
+	@if command -v promtool >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing promtool (apt-get install prometheus)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+		  { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; } || \
+		echo "could not install promtool: the alert rule tests will be skipped"; \
+	else \
+		echo "promtool not found (apt-get install prometheus): the alert rule tests will be skipped"; \
+	fi
+
 dev: $(STAMP)
 	$(PY) -m keel.stack.dev
 
 # pytest exits 5 when it collects no tests; that stays a failure, so CI can't pass with an empty suite.
 # ruff and mypy (strict, [tool.mypy] in pyproject.toml) run first: a lint or type error fails the suite
 # like a failing test does.
-test: $(STAMP) node-deps nextjs-example
+test: $(STAMP) node-deps nextjs-example promtool
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -101,7 +117,7 @@ fmt: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
-# Not part of `make test`: about 7-9 minutes on 2 cores; writes bench/results/latest.md and latest.json.
+# Not part of `make test`: about 10-12 minutes on 2 cores; writes bench/results/latest.md and latest.json.
 bench: $(STAMP)
 	$(PY) -m bench
 

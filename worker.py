@@ -22,6 +22,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.agent_activities import AgentActivities
+from activities.capacity import CapacityActivities, sample_utilization
 from activities.mcp_client import MCPClients, OnListed
 from activities.records import ObservingInterceptor, RecordActivities, RunRecorder
 from activities.scheduled_runs import ScheduledRunActivities
@@ -34,9 +35,10 @@ from keel.observability.logs import configure_logging, temporal_core_logging
 from keel.observability.tracing import configure_tracing, with_tracing
 from keel.settings import Settings, get_settings
 from keel.stack.embedded import free_port
-from keel.storage import idempotency
+from keel.storage import frontend_events, idempotency
 from keel.storage.deltas import PostgresDeltaChannel, prune_deltas
 from keel.storage.mcp_listings import record_listing
+from keel.storage.provider_limits import ProviderLedger
 from keel.storage.reconciler import first_look_back, reconcile
 from keel.storage.run_records import RecordWriter
 from keel.storage.store import RunStore, create_pool
@@ -55,9 +57,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
     client = with_tracing(await connect_temporal(settings))
     pool = await create_pool(settings.require_database_url())
     # Run records of activity attempts; kept on disk in the data dir while PostgreSQL is away.
-    records = RecordWriter(
-        pool, settings.data_dir.resolve() / "outbox", on_backlog=metrics.RECORD_BACKLOG.set
-    )
+    outbox = settings.data_dir.resolve() / "outbox"
+    records = RecordWriter(pool, outbox, on_backlog=metrics.RECORD_BACKLOG.set)
+    metrics.watch_record_spool(outbox)
     records.start()
     activities = AgentActivities(
         store=RunStore(pool),
@@ -66,6 +68,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
         records=RunRecorder(records),
         deltas=PostgresDeltaChannel(pool, batch_window=settings.stream_batch_ms / 1000),
         mcp=MCPClients(app.mcp_servers, on_listed=_listing_recorder(pool)),
+        ledger=_provider_ledger(pool, settings),
     )
     heavy = queue == "heavy"
     task_queue = settings.heavy_task_queue if heavy else settings.task_queue
@@ -81,6 +84,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
             else [
                 *activities.run_queue_activities(),
                 RecordActivities(pool).record_run,
+                CapacityActivities(RunStore(pool), activities.ledger).reserve_capacity,
                 _scheduled_runs(settings, app, pool).open_scheduled_run,
                 *_webhook_activities(pool, settings),
             ]
@@ -97,7 +101,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
             timedelta(hours=settings.delta_retention_hours) if settings.delta_retention_hours else None
         )
         key_ttl = timedelta(hours=settings.idempotency_ttl_hours)
-        housekeeping.append(asyncio.create_task(_prune_hourly(pool, retention, key_ttl)))
+        days = settings.telemetry_retention_days
+        telemetry = timedelta(days=days) if days else None
+        housekeeping.append(asyncio.create_task(_prune_hourly(pool, retention, key_ttl, telemetry)))
+    if queue == "agent" and activities.ledger is not None:
+        housekeeping.append(asyncio.create_task(sample_utilization(activities.ledger, stop)))
     if queue == "agent" and settings.reconcile_seconds:
         housekeeping.append(asyncio.create_task(_reconcile_often(pool, client, settings.reconcile_seconds)))
     try:
@@ -112,6 +120,19 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
         await activities.mcp.close()
         await records.close()
         await pool.close()
+
+
+def _provider_ledger(pool: asyncpg.Pool, settings: Settings) -> ProviderLedger | None:
+    """KEEL_PROVIDER_LIMITS, accounted in PostgreSQL for every worker (None: no limit configured)."""
+    if not settings.provider_limits:
+        return None
+    return ProviderLedger(
+        pool,
+        settings.provider_limits,
+        batch_share=settings.provider_batch_share,
+        lease_s=settings.provider_lease_s,
+        window_s=settings.provider_window_s,
+    )
 
 
 def _scheduled_runs(settings: Settings, app: App, pool: asyncpg.Pool) -> ScheduledRunActivities:
@@ -144,15 +165,20 @@ def _listing_recorder(pool: asyncpg.Pool) -> OnListed:
     return record
 
 
-async def _prune_hourly(pool: asyncpg.Pool, retention: timedelta | None, key_ttl: timedelta) -> None:
-    """Delete finished runs' token deltas once they are older than the retention, and expired idempotency
-    keys (every agent worker does; the deletes are idempotent, so several at once only share the work)."""
+async def _prune_hourly(
+    pool: asyncpg.Pool, retention: timedelta | None, key_ttl: timedelta, telemetry: timedelta | None
+) -> None:
+    """Delete finished runs' token deltas once they are older than the retention, expired idempotency keys
+    and old frontend telemetry (every agent worker does; the deletes are idempotent, so several at once only
+    share the work)."""
     while True:
         try:
             if retention is not None and (deleted := await prune_deltas(pool, retention)):
                 log.info("pruned %d token deltas of runs finished over %s ago", deleted, retention)
             if forgotten := await idempotency.prune(pool, key_ttl):
                 log.info("forgot %d idempotency keys older than %s", forgotten, key_ttl)
+            if telemetry is not None and (dropped := await frontend_events.prune(pool, telemetry)):
+                log.info("deleted %d frontend telemetry events older than %s", dropped, telemetry)
         except Exception as err:  # housekeeping: a failure waits for the next hour, never stops the worker
             log.warning("could not prune (will try again in an hour): %s", err)
         await asyncio.sleep(3600)

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.capacity import CallAccount
 from activities.heartbeat import heartbeating
 from activities.mcp_client import MCPClients, result_text, result_value
 from activities.models import Finish, OutputDelta, OutputRequest, TextDelta, UnknownModelRoute, resolve_model
@@ -64,6 +65,7 @@ from keel.contracts import (
 from keel.output import check_answer, same_schema
 from keel.storage import run_records
 from keel.storage.deltas import NO_DELTAS, DeltaChannel, DeltaWriter
+from keel.storage.provider_limits import ProviderLedger
 from keel.storage.store import RunStore
 from keel.tools import ToolContext, ToolError
 
@@ -82,6 +84,8 @@ class AgentActivities:
     records: RunRecorder = field(default_factory=RunRecorder)
     # The app's MCP servers, connected by this worker (activities/mcp_client.py); close() when it stops.
     mcp: MCPClients = field(default_factory=lambda: MCPClients({}))
+    # Provider limits shared by every worker (activities/capacity.py); None when none is configured.
+    ledger: ProviderLedger | None = None
 
     def run_queue_activities(self) -> list[Callable[..., Any]]:
         """The activities a run queue's worker registers (with `record_run`): one list for every worker.
@@ -102,7 +106,11 @@ class AgentActivities:
     @activity.defn(name=CALL_LLM)
     async def call_llm(self, step: LlmStepInput) -> LlmStepResult:
         try:
-            model, model_name = resolve_model(step.model, triggers=self.app.triggers())
+            model, model_name = resolve_model(
+                step.model,
+                triggers=self.app.triggers(),
+                first_route=step.lease.route_index if step.lease else 0,
+            )
         except UnknownModelRoute as err:
             raise ApplicationError(str(err), type=ErrorType.unknown_model_route, non_retryable=True) from None
         stored = await until_stored(lambda: self.store.conversation(step.agent_run_id, step.reply_seq))
@@ -133,11 +141,13 @@ class AgentActivities:
         wanted: dict[str, Any] = (
             {} if step.output is None else {"output": OutputRequest(step.output, now=step.force_output)}
         )
+        account = CallAccount(self.ledger, step, activity.info().attempt)
         try:
             async with heartbeating():
                 async for chunk in llm_call.watch(
                     model.stream(messages=conversation, model=model_name, tools=tools, **wanted)
                 ):
+                    await account.answering()
                     if isinstance(chunk, TextDelta):
                         text.append(chunk.text)
                         live.write(chunk.text)
@@ -155,6 +165,7 @@ class AgentActivities:
             raise
         finally:
             await live.close()  # every delta is stored before the workflow hears how this attempt ended
+            await account.ended(model, finish.usage if finish is not None else None)
         if finish is None:
             raise ApplicationError(
                 f"{model.provider} ended its answer without finishing it", type=ErrorType.model_stream_cut

@@ -373,6 +373,10 @@ class RecordActivities:
             written.previous_status is None or not RunStatus(written.previous_status).is_final
         ):
             metrics.RUNS_FINISHED.labels(note.purpose, written.status).inc()
+            metrics.RUN_STEPS.labels(note.purpose).inc(note.step)
+            metrics.RUN_TOKENS.labels(note.purpose, "prompt").inc(usage.prompt_tokens)
+            metrics.RUN_TOKENS.labels(note.purpose, "completion").inc(usage.completion_tokens)
+            metrics.RUN_COST.labels(note.purpose).inc(usage.cost_usd)
             if note.finished_at is not None:
                 seconds = (note.finished_at - note.started_at).total_seconds()
                 metrics.RUN_DURATION.labels(note.purpose, written.status).observe(seconds)

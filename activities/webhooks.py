@@ -26,6 +26,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import heartbeating
+from keel.observability import metrics
 from keel.settings import Settings
 from keel.storage import webhook_deliveries
 from keel.webhooks import (
@@ -92,6 +93,7 @@ class WebhookActivities:
         await webhook_deliveries.attempt_ended(
             self.pool, delivery.webhook_id, "delivered", status_code=status.code
         )
+        metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
         log.info(
             "delivered %s to %s",
             delivery.type,
@@ -102,6 +104,7 @@ class WebhookActivities:
     @activity.defn(name=WEBHOOK_GAVE_UP)
     async def webhook_gave_up(self, gave_up: WebhookGaveUp) -> None:
         await webhook_deliveries.attempt_ended(self.pool, gave_up.webhook_id, "failed", error=gave_up.error)
+        metrics.WEBHOOK_DELIVERIES.labels("gave_up").inc()
 
     # --- where to, and whether at all ---
 
@@ -128,6 +131,7 @@ class WebhookActivities:
     async def _refuse(self, delivery: WebhookDeliveryInput, why: str) -> NoReturn:
         """A delivery Keel will not make: recorded as refused, and never retried."""
         await webhook_deliveries.attempt_ended(self.pool, delivery.webhook_id, "refused", error=why)
+        metrics.WEBHOOK_DELIVERIES.labels("refused").inc()
         log.warning("refused webhook %s to %s: %s", delivery.webhook_id, delivery.endpoint, why)
         raise ApplicationError(why, type=WEBHOOK_REFUSED, non_retryable=True)
 
@@ -145,6 +149,7 @@ class WebhookActivities:
             error=error,
             next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay),
         )
+        metrics.WEBHOOK_DELIVERIES.labels("retrying").inc()
         raise ApplicationError(
             f"attempt {attempt} to {delivery.endpoint} failed: {error}",
             type="WebhookAttemptFailed",

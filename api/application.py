@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, params
 
-from api import chat, limits, observe, pages, purposes, runs, schedules, viewer, webhooks
+from api import chat, limits, observe, pages, purposes, runs, schedules, telemetry, viewer, webhooks
 from api.auth import Authenticator, admin_dependency, current_user
 from api.codec import codec_app
 from api.gateway import Gateway
@@ -35,6 +35,7 @@ _ROUTERS: list[tuple[APIRouter, list[params.Depends]]] = [
     (purposes.router, _USER),  # GET /api/purposes
     (schedules.router, _USER),  # /api/schedules: scheduled agents (Temporal Schedules)
     (webhooks.router, _USER),  # /api/webhooks/deliveries: list, redeliver
+    (telemetry.router, _USER),  # POST /api/telemetry: what the browser saw of a run
 ]
 
 

@@ -176,7 +176,7 @@ _ERRORS = {
     "404": "No such run or chat, or not yours",
     "409": "The run is not in a state that allows this",
     "413": "Request body too large",
-    "429": "Too many runs started; see Retry-After",
+    "429": "Too many requests (run starts, telemetry); see Retry-After",
     "503": "Temporal or PostgreSQL is unavailable",
 }
 # Routes whose 200 is a UI message stream (SSE), not JSON.

@@ -22,7 +22,7 @@ from api.gateway import GatewayDep
 from keel.observability import metrics
 from keel.observability.logs import log_context
 from keel.observability.tracing import tracer
-from keel.storage.run_records import active_runs, approval_backlog, is_unavailable
+from keel.storage.run_records import active_runs, approval_backlog, is_unavailable, longest_idle_runs
 
 log = logging.getLogger("keel.api")
 _UNTRACED = {"/metrics", "/healthz"}
@@ -59,6 +59,8 @@ async def gateway_metrics(gw: GatewayDep) -> Response:
         metrics.APPROVAL_OLDEST.set(oldest)
         for status, count in (await asyncio.wait_for(active_runs(gw.store.pool), 2)).items():
             metrics.RUNS_ACTIVE.labels(status).set(count)
+        for status, idle in (await asyncio.wait_for(longest_idle_runs(gw.store.pool), 2)).items():
+            metrics.RUN_MAX_IDLE.labels(status).set(idle)
     except Exception as err:  # a scrape must answer even when PostgreSQL does not
         log.warning("metrics from PostgreSQL are stale: %s: %s", type(err).__name__, err)
     return Response(generate_latest(metrics.GATEWAY), media_type=CONTENT_TYPE_LATEST)

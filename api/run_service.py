@@ -138,6 +138,7 @@ class RunService:
             webhooks=run_endpoints(
                 server.webhook_url if server else None, self.gw.settings.webhook_endpoints
             ),
+            limited_routes=list(self.gw.settings.provider_limits),
             metadata=server.metadata if server else None,
         )
         return agent, run, messages

@@ -10,7 +10,9 @@
   With it the run tree: `children`, the summaries of the runs its sub-agents started (each under the tool
   call that started it, and with its own children, up to run_records.TREE_DEPTH levels: a child's own
   timeline is one more request), and `tree_usage`, the tokens and cost of the run and all of them.
-  And `webhooks`: the run's webhook deliveries (api/webhooks.py), oldest first.
+  And `webhooks`: the run's webhook deliveries (api/webhooks.py), oldest first; and `frontend`: what the
+  browser reported of the run (api/telemetry.py: time to first token, stalls, reconnects, errors, decision
+  times), oldest first.
 
 The records are read by the run service (api/run_service.py), which also decides whose runs a user sees.
 """
@@ -26,7 +28,7 @@ from api.auth import CurrentUser
 from api.gateway import Gateway
 from api.run_service import RunServiceDep
 from keel.contracts import RunStatus
-from keel.storage import run_records, webhook_deliveries
+from keel.storage import frontend_events, run_records, webhook_deliveries
 from keel.webhooks import WebhookDeliveryView
 
 router = APIRouter(tags=["run viewer"])
@@ -94,6 +96,16 @@ class TreeUsage(BaseModel):
     cost_usd: float | None = None
 
 
+class FrontendEventView(BaseModel):
+    """One thing the person lived through in the browser, as a frontend reported it (POST /api/telemetry)."""
+
+    kind: str
+    value_ms: float | None = None
+    detail: str | None = None
+    client: str | None = None
+    received_at: datetime
+
+
 class Timeline(BaseModel):
     run: RunSummary
     llm_calls: list[dict[str, Any]]
@@ -104,6 +116,7 @@ class Timeline(BaseModel):
     children: list[ChildRun] = []
     tree_usage: TreeUsage = TreeUsage()
     webhooks: list[WebhookDeliveryView] = []
+    frontend: list[FrontendEventView] = []
 
 
 @router.get("/api/runs", summary="Runs, newest first: filter by status, purpose, user, chat and start time")
@@ -148,6 +161,10 @@ async def run_timeline(agent_run_id: str, service: RunServiceDep, me: CurrentUse
         children=_tree(service.gw, agent_run_id, found["descendants"]),
         tree_usage=TreeUsage(**found["tree_usage"]),
         webhooks=await _webhooks_of(service.gw, agent_run_id),
+        frontend=[
+            FrontendEventView(**row)
+            for row in await frontend_events.of_run(service.gw.store.pool, agent_run_id)
+        ],
     )
 
 

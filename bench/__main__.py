@@ -35,6 +35,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "fanout": ("bench.fanout", "SSE fan-out"),
     "history": ("bench.history", "History per step"),
     "mcp_tools": ("bench.mcp_tools", "MCP tools"),
+    "rate_limits": ("bench.rate_limits", "Rate limits"),
 }
 
 SectionRun = Callable[[Harness, bool], Awaitable[Section]]

@@ -59,12 +59,13 @@ def listening_pid(port: int) -> int | None:
     return next((c.pid for c in connections if c.status == "LISTEN" and c.laddr.port == port), None)
 
 
-def start_provider(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """bench/provider.py in its own process: (process, base URL without /v1)."""
+def start_provider(log: Path, *options: str) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/provider.py in its own process (with `options`, e.g. `--rpm 200`): (process, base URL without
+    /v1)."""
     port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.provider", "--port", str(port)],
+            [sys.executable, "-m", "bench.provider", "--port", str(port), *options],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -14,11 +14,17 @@ Every token is its own send time: `@<unix seconds with microseconds> `, taken ri
 written. A client subtracts it from the time it reads the token (same machine, same clock) for the token's
 lag, whether it reads the provider directly or through Keel, and however Keel batched the tokens.
 It runs in its own process so that the benchmark client's load can't delay its schedule.
+
+With `--rpm N` it is a rate-limited provider (bench/rate_limits.py): at most N requests in any `--window`
+seconds (60 by default, a rolling window), and HTTP 429 past it, with `retry-after` saying when the oldest
+request leaves the window. `GET /stats` counts the requests it answered and refused, and how far apart the
+first and the last one it answered arrived (`times`: each one's arrival, from the first).
 """
 
 import argparse
 import asyncio
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -46,6 +52,38 @@ def ask(rate: float, n: int, ttft_ms: float, gate: str | None = None) -> str:
 
 
 _gates: dict[str, asyncio.Event] = {}
+
+
+class RateLimit:
+    """At most `rpm` requests in any `window` seconds; None for an unlimited provider."""
+
+    def __init__(self, rpm: int | None, window: float) -> None:
+        self.rpm, self.window = rpm, window
+        self.accepted: list[float] = []
+        self.served = 0
+        self.refused = 0
+        # When the first and the last request it answered arrived (monotonic seconds).
+        self.first: float | None = None
+        self.last: float | None = None
+        self.times: list[float] = []
+
+    def wait(self) -> float | None:
+        """None if this request fits (it is counted), otherwise seconds until a slot frees."""
+        now = time.monotonic()
+        if self.rpm is not None:
+            self.accepted = [t for t in self.accepted if t > now - self.window]
+            if len(self.accepted) >= self.rpm:
+                self.refused += 1
+                return self.accepted[0] + self.window - now
+            self.accepted.append(now)
+        self.served += 1
+        self.first = self.first if self.first is not None else now
+        self.last = now
+        self.times.append(now - self.first)
+        return None
+
+
+_limit = RateLimit(None, 60.0)
 
 
 def _gate(name: str) -> asyncio.Event:
@@ -81,7 +119,16 @@ async def _answer(model: str, rate: float, n: int, ttft: float, gate: str | None
     yield b"data: " + json.dumps({**tail, "usage": usage}).encode() + b"\n\ndata: [DONE]\n\n"
 
 
+def _too_many(wait: float) -> Response:
+    """OpenAI's 429, with the wait in retry-after (whole seconds, rounded up) and retry-after-ms."""
+    error = {"message": f"Rate limit reached. Try again in {wait:.1f}s.", "type": "requests", "code": None}
+    headers = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, round(wait * 1000)))}
+    return JSONResponse({"error": error}, status_code=429, headers=headers)
+
+
 async def completions(request: Request) -> Response:
+    if (wait := _limit.wait()) is not None:
+        return _too_many(wait)
     body = await request.json()
     user = [m for m in body.get("messages", []) if m.get("role") == "user"]
     content = user[-1].get("content", "") if user else ""
@@ -99,10 +146,18 @@ async def open_gate(request: Request) -> Response:
     return JSONResponse({"opened": request.path_params["name"]})
 
 
+async def stats(request: Request) -> Response:
+    span = (_limit.last or 0.0) - (_limit.first or 0.0)
+    return JSONResponse(
+        {"served": _limit.served, "refused": _limit.refused, "span_s": span, "times": _limit.times}
+    )
+
+
 app = Starlette(
     routes=[
         Route("/v1/chat/completions", completions, methods=["POST"]),
         Route("/gate/{name}", open_gate, methods=["POST"]),
+        Route("/stats", stats, methods=["GET"]),
     ]
 )
 
@@ -110,7 +165,10 @@ app = Starlette(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--rpm", type=int, default=None, help="requests allowed per window (default: any)")
+    parser.add_argument("--window", type=float, default=60.0, help="the rolling window, seconds")
     args = parser.parse_args()
+    _limit.rpm, _limit.window = args.rpm, args.window
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 

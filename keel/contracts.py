@@ -18,6 +18,8 @@ from pydantic import BaseModel, Field
 # Names the worker registers and the workflow calls; the Temporal CLI and Web UI show them too.
 WORKFLOW_TYPE = "AgentRun"
 CALL_LLM = "call_llm"
+# Provider limits: the local activity a step asks for capacity with before call_llm (activities/capacity.py).
+RESERVE_CAPACITY = "reserve_capacity"
 RUN_TOOL = "run_tool"
 SAVE_MESSAGE = "save_message"
 # Writes the workflow's own facts (status changes, approvals, the outcome) to the run records.
@@ -296,6 +298,56 @@ class AgentRunInput(BaseModel):
     webhooks: list[str] = Field(default_factory=list)
     # The caller's own data about the run (`POST /api/runs`): in its record, its state and its webhooks.
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # Provider limits: the KEEL_PROVIDER_LIMITS patterns configured when the run started (its sub-agents get
+    # the same). A step whose route matches one asks for capacity before its LLM call; with none the run
+    # issues exactly the commands it did before limits existed. The numbers stay in the workers' settings.
+    limited_routes: list[str] = Field(default_factory=list)
+    # Who goes first for limited capacity: None means by the run itself (a chat's run is interactive);
+    # a sub-agent's run carries its parent's.
+    priority: Literal["interactive", "batch"] | None = None
+
+    @property
+    def effective_priority(self) -> Literal["interactive", "batch"]:
+        if self.priority is not None:
+            return self.priority
+        return "interactive" if self.chat_id is not None else "batch"
+
+
+class CapacityRequest(BaseModel):
+    """A step asking for provider capacity before its LLM call (RESERVE_CAPACITY)."""
+
+    agent_run_id: str
+    # The conversation the call will send (seq < reply_seq): the activity estimates its tokens from it.
+    reply_seq: int
+    model: str
+    limited_routes: list[str]
+    priority: Literal["interactive", "batch"]
+    # Seconds this step has waited so far (0 on its first ask): for the wait metrics.
+    waited_s: float = 0.0
+    # The slot booked for it by the last answer, if any: presented when due, it is granted at once.
+    ticket: "CapacityLease | None" = None
+
+
+class CapacityLease(BaseModel):
+    """Capacity granted to one LLM call: which route of the chain it starts with, and the lease to end."""
+
+    # None when the granted route has no limit (nothing to release).
+    lease_id: str | None = None
+    route_index: int = 0
+    pattern: str | None = None
+    estimated_tokens: int = 0
+    priority: Literal["interactive", "batch"] = "batch"
+
+
+class CapacityAnswer(BaseModel):
+    """Granted (`lease`), or how long to wait before asking again, and why."""
+
+    lease: CapacityLease | None = None
+    wait_s: float = 0.0
+    # A slot booked in a later window (rpm), to present on the next ask.
+    ticket: CapacityLease | None = None
+    # Which pattern and limit made the step wait, for its current details: "openai:* rpm".
+    reason: str = ""
 
 
 class LlmStepInput(BaseModel):
@@ -317,6 +369,8 @@ class LlmStepInput(BaseModel):
     force_output: bool = False
     # The run's snapshot of its MCP servers' tools (empty for agents without any).
     mcp_tools: list[MCPToolSpec] = Field(default_factory=list)
+    # Provider limits: the capacity granted to this call (None: the run's routes have no limit).
+    lease: CapacityLease | None = None
 
 
 class ToolPolicy(BaseModel):

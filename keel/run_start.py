@@ -19,6 +19,7 @@ from temporalio.common import WorkflowIDReusePolicy
 
 from keel.agent import Agent, RunContext
 from keel.contracts import WORKFLOW_TYPE, AgentRunInput, ClientTool, Message, PurposeSpec, RunState
+from keel.settings import get_settings
 from keel.storage import run_records
 from keel.storage.store import RunStore
 from keel.text import one_line
@@ -52,11 +53,13 @@ def run_input(
     heavy_task_queue: str | None = None,
     webhooks: Sequence[str] = (),
     metadata: Mapping[str, Any] | None = None,
+    limited_routes: Sequence[str] | None = None,
 ) -> AgentRunInput:
     """The workflow input of a new run (a new id unless one is given) over `messages`, which go into
     PostgreSQL at seq 0.. before the workflow starts (`record_start`). Its summary is the last message on
     one line, clipped. `heavy_task_queue` None keeps the contract's default queue name; `webhooks` are the
-    endpoints its events go to, `metadata` the caller's own data about it."""
+    endpoints its events go to, `metadata` the caller's own data about it. `limited_routes`: the provider
+    limit patterns the run obeys, by default this process's KEEL_PROVIDER_LIMITS."""
     run = AgentRunInput(
         agent_run_id=agent_run_id or new_run_id(),
         purpose=purpose,
@@ -67,6 +70,7 @@ def run_input(
         input_summary=one_line(messages[-1].content, SUMMARY_CHARS) if messages else "",
         webhooks=list(webhooks),
         metadata=dict(metadata or {}),
+        limited_routes=sorted(get_settings().provider_limits if limited_routes is None else limited_routes),
     )
     if heavy_task_queue is None:
         return run

@@ -7,11 +7,13 @@ Each field's `description` is its documentation: the manual's configuration refe
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from keel.provider_limits import RouteLimit, parse_limits
 from keel.routes import parse_chain
 from keel.webhooks import endpoint_problem, secret_key, split_list
 
@@ -309,6 +311,20 @@ class Settings(BaseSettings):
         description="Runs a user may start per minute, per gateway process (429 with `Retry-After` past it); "
         "`0` turns it off.",
     )
+    telemetry_rate_limit: float = Field(
+        120.0,
+        ge=0,
+        validation_alias="KEEL_TELEMETRY_RATE_LIMIT",
+        description="`POST /api/telemetry` requests (each a batch of at most 50 events) a user may send per "
+        "minute, per gateway process (429 with `Retry-After` past it); `0` turns it off.",
+    )
+    telemetry_retention_days: float = Field(
+        30.0,
+        ge=0,
+        validation_alias="KEEL_TELEMETRY_RETENTION_DAYS",
+        description="Frontend telemetry events (`frontend_events`) older than this are deleted by the agent "
+        "workers, hourly; `0` keeps them forever.",
+    )
     # Slow clients (api/connections.py): uvicorn bounds no part of reading a request.
     request_read_timeout_s: float = Field(
         20.0,
@@ -360,6 +376,44 @@ class Settings(BaseSettings):
         "as the one before, at most an hour, until it is delivered or 24 hours have passed.",
     )
 
+    # Provider limits (keel/provider_limits.py, docs/how-to/provider-limits.md): shared by every worker through
+    # PostgreSQL; the gateway snapshots which patterns exist into each run it starts.
+    provider_limits: Annotated[dict[str, RouteLimit], NoDecode] = Field(
+        default_factory=dict,
+        validation_alias="KEEL_PROVIDER_LIMITS",
+        description="Rate limits per model route, shared by every worker: JSON keyed by route pattern "
+        "(`openai:*`, `openai:gpt-4o`, `local:llama*`, `*`; the most specific pattern matching a route "
+        'applies), each `{"rpm"?, "tpm"?, "concurrency"?}`, e.g. `{"openai:*": {"rpm": 500, "tpm": 200000, '
+        '"concurrency": 20}}`. A step asks for capacity before its LLM call and waits, holding no worker '
+        "slot, until it gets it; a 429 pauses every caller of the route. Set it alike on the gateway and "
+        "every worker: a run knows which routes are limited from the gateway that started it. A bad value "
+        "stops the process at startup. See [Provider limits](../how-to/provider-limits.md).",
+    )
+    provider_batch_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        validation_alias="KEEL_PROVIDER_BATCH_SHARE",
+        description="The share of each provider limit that batch runs (no chat: `POST /api/runs`, "
+        "schedules, their sub-agents) may fill; the rest stays free for chat runs. Whatever the share, a "
+        "batch run is not granted a route while a chat run waits for it.",
+    )
+    provider_window_s: float = Field(
+        60.0,
+        gt=0,
+        validation_alias="KEEL_PROVIDER_WINDOW_SECONDS",
+        description="The rolling window `rpm` and `tpm` count over. Providers state their limits per minute, "
+        "so leave it at 60; tests set it shorter so that a limit fills and frees within seconds.",
+    )
+    provider_lease_s: float = Field(
+        360.0,
+        gt=0,
+        validation_alias="KEEL_PROVIDER_LEASE_SECONDS",
+        description="How long a granted LLM call holds a concurrency slot at most: a worker that dies "
+        "mid-call frees its slots after this. Longer than call_llm's 5-minute timeout, so no live call "
+        "outlasts its lease.",
+    )
+
     @field_validator(
         "temporal_tls",
         "temporal_tls_client_cert_path",
@@ -402,6 +456,22 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
+    @field_validator("provider_limits", mode="before")
+    @classmethod
+    def _limits_from_json(cls, value: object) -> object:
+        # One line naming the bad entry, whichever process reads it.
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as err:
+                raise ValueError(f"KEEL_PROVIDER_LIMITS is not JSON: {err}") from None
+        if not isinstance(value, dict):
+            raise ValueError("KEEL_PROVIDER_LIMITS must be a JSON object keyed by route pattern")
+        try:
+            return parse_limits(value)
+        except ValueError as err:
+            raise ValueError(f"KEEL_PROVIDER_LIMITS {err}") from None
+
     @model_validator(mode="after")
     def _webhooks_deliverable(self) -> "Settings":
         """A mistyped secret or endpoint, or endpoints nothing could sign for, stop every process at startup."""
@@ -438,4 +508,14 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as err:
+        # A process with a bad setting stops with one line per problem, naming the variable, not a traceback.
+        raise SystemExit("\n".join(_problem(e) for e in err.errors())) from None
+
+
+def _problem(error: "ErrorDetails") -> str:
+    where = ".".join(map(str, error["loc"]))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return message if message.startswith(where) else f"{where}: {message}"

@@ -25,6 +25,12 @@ is per model name for the whole session, so give each such test a model name of 
     badoutput      a structured answer that never validates (its first required property left out)
     badoutputonce  the same, until the conversation holds Keel's validation errors: then a valid answer
 
+A name may end in `-<tag>` (`status429x1-cooldown`), which changes nothing but the name, so a test gets a
+count of its own. And a provider's rate limit:
+
+    limit<n>per<s>s[-<tag>]   at most n requests in any s seconds (a rolling window), answered normally;
+                              past it HTTP 429 with retry-after(-ms) saying when the oldest leaves the window
+
 Structured output is answered the way each vendor asks for it: OpenAI's `response_format` json_schema (the
 answer as the message's content), Anthropic's forced output tool (the answer as that tool's input), and
 for local routes the schema in the system prompt (the answer as content, in a code fence as chatty models
@@ -67,8 +73,9 @@ _PIECE = 6  # characters per streamed piece of arguments; small, so every call s
 _BEHAVIOUR = re.compile(
     r"^(status(?P<status>\d{3})|quota|cut|malformed|empty|errorfirst|errorlate|invalidfirst|badchunk"
     r"|badoutputonce|badoutput)"
-    r"(x(?P<times>\d+))?$"
+    r"(x(?P<times>\d+))?(-\w+)?$"
 )
+_LIMIT = re.compile(r"^limit(?P<n>\d+)per(?P<s>\d+(\.\d+)?)s(-\w+)?$")
 # How many pieces of text a stream writes before `errorlate` and `badchunk` break it.
 _WORDS_BEFORE_TROUBLE = 3
 # What each in-stream error mode reports, as (type, message); Anthropic calls an overload overloaded_error.
@@ -93,6 +100,9 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    # When it arrived (time.time()), and whether a `limit...` model refused it with a 429.
+    at: float = field(default_factory=time.time)
+    refused: bool = False
 
 
 @dataclass
@@ -101,6 +111,8 @@ class FakeVendors:
     requests: list[Recorded] = field(default_factory=list)
     # Requests per model name, so `status429x1` fails the first request and its retry succeeds.
     seen: Counter[str] = field(default_factory=Counter)
+    # The times of the requests each `limit...` model answered, for its rolling window.
+    accepted: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def openai_base_url(self) -> str:
@@ -115,6 +127,9 @@ class FakeVendors:
 
     def count(self, model: str) -> int:
         return sum(1 for r in self.requests if r.body.get("model") == model)
+
+    def of(self, model: str) -> list[Recorded]:
+        return [r for r in self.requests if r.body.get("model") == model]
 
 
 def _brain() -> ScriptedModel:
@@ -177,6 +192,38 @@ def _behaviour(vendors: FakeVendors, model: str) -> tuple[str | None, int | None
         return None, None
     status = match.group("status")
     return ("status", int(status)) if status else (match.group(1), None)  # type: ignore[return-value]
+
+
+def _over_limit(vendors: FakeVendors, model: str) -> float | None:
+    """For a `limit<n>per<s>s` model: None if this request fits its window (it is counted), otherwise the
+    seconds until the oldest request of the window leaves it."""
+    match = _LIMIT.match(model)
+    if not match:
+        return None
+    n, window, now = int(match.group("n")), float(match.group("s")), time.time()
+    times = [t for t in vendors.accepted.get(model, []) if t > now - window]
+    if len(times) >= n:
+        vendors.accepted[model] = times
+        return times[0] + window - now
+    vendors.accepted[model] = [*times, now]
+    return None
+
+
+def _rate_limited(vendors: FakeVendors, model: str, vendor: str) -> Response | None:
+    """The 429 a `limit...` model answers past its limit, with the wait its window asks for."""
+    wait = _over_limit(vendors, model)
+    if wait is None:
+        return None
+    vendors.requests[-1].refused = True
+    headers = {"retry-after-ms": str(max(1, round(wait * 1000))), "retry-after": str(max(1, round(wait)))}
+    message = f"Rate limit reached for requests. Please try again in {wait:.1f}s."
+    if vendor == "anthropic":
+        body: dict[str, Any] = {"type": "error", "error": {"type": "rate_limit_error", "message": message}}
+    else:
+        body = {
+            "error": {"message": message, "type": "requests", "param": None, "code": "rate_limit_exceeded"}
+        }
+    return JSONResponse(body, status_code=429, headers=headers)
 
 
 def _status_response(status: int, vendor: str, request: Request) -> Response:
@@ -352,6 +399,8 @@ async def _openai(request: Request) -> Response:
     body = json.loads(raw)
     vendors.requests.append(Recorded(request.url.path, dict(request.headers), body))
     model = body["model"]
+    if (refusal := _rate_limited(vendors, model, "openai")) is not None:
+        return refusal
     behaviour, status = _behaviour(vendors, model)
     if behaviour == "status":
         return _status_response(status or 500, "openai", request)
@@ -485,6 +534,8 @@ async def _anthropic(request: Request) -> Response:
     body = json.loads(raw)
     vendors.requests.append(Recorded(request.url.path, dict(request.headers), body))
     model = body["model"]
+    if (refusal := _rate_limited(vendors, model, "anthropic")) is not None:
+        return refusal
     behaviour, status = _behaviour(vendors, model)
     if behaviour == "status":
         return _status_response(status or 500, "anthropic", request)

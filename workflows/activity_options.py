@@ -88,3 +88,13 @@ LIST_MCP_TOOLS_OPTIONS: dict[str, Any] = {
     "start_to_close_timeout": timedelta(minutes=2),
     "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
 }
+
+
+# Asking for provider capacity before an LLM call (activities/capacity.py): one quick PostgreSQL transaction,
+# local to the agent worker; retried while PostgreSQL is away, like the run's records.
+RESERVE_CAPACITY_OPTIONS: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=10),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=10)
+    ),
+}

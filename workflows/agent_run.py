@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.activity_options import CALL_LLM_OPTIONS, CHECK_STOP_WHEN_OPTIONS
     from workflows.activity_runner import ActivityRunner, RunFailed
+    from workflows.capacity import CapacityGate
     from workflows.chat_queue import ChatQueue
     from workflows.handoffs import Handoffs
     from workflows.ledger import RunLedger
@@ -96,6 +97,7 @@ class AgentRun:
         self._reporter.listener = self._webhooks.on_event
         self._activities = ActivityRunner(fail_run=self._fail)
         self._recorder = RunNotes(run, self._ledger, self._reporter, self._activities)
+        self._capacity = CapacityGate(run, self._reporter, self._recorder, self._activities)
         self._output = OutputJudge(run, self._ledger, self._activities)
         self._mcp = MCPToolbox(run)
         self._handoffs = Handoffs(run, self._ledger, self._reporter, self._activities, self._mcp)
@@ -349,7 +351,10 @@ class AgentRun:
 
     async def _think(self, step: int) -> LlmStepResult:
         reply_seq = self._ledger.begin_thinking()
-        self._reporter.set_doing("think", f"LLM call {step} · {self._purpose.model}: waiting for the model")
+        label = f"LLM call {step} · {self._purpose.model}"
+        self._reporter.set_doing("think", f"{label}: waiting for the model")
+        # Provider limits: only a run whose route is limited asks (and may wait) here.
+        lease = await self._capacity.wait_for_capacity(self._purpose.model, reply_seq, label)
         # Client tools go to the model as plain tool specs (their output schemas stay with the run).
         client_tools: list[ToolSpec] = list(self._run.client_tools)
         reply = await self._activities.execute(
@@ -366,6 +371,7 @@ class AgentRun:
                 output=self._purpose.output,
                 force_output=self._output.must_fix,
                 mcp_tools=self._mcp.tools or [],
+                lease=lease,
             ),
             LlmStepResult,
             summary=f"LLM call {step} · {self._purpose.model}",

@@ -64,6 +64,9 @@ class RunReporter:
         # How the run ended (None while it goes on), and why; while it waits for its turn, `detail` says so.
         self.final: RunStatus | None = None
         self.detail: str | None = None
+        # Provider limits (workflows/capacity.py): what the run waits for while it waits for capacity; "" once
+        # it got it (clears the record's detail), None for a run that never waited.
+        self.capacity_wait: str | None = None
         # The failure's type name, for the run's record, when it ends as failed.
         self.error_type: str | None = None
         # What the run is doing right now (an LLM call, tools running), by what does it.

@@ -117,7 +117,7 @@ class RunNotes:
             usage=self._ledger.usage,
             model_route=self._ledger.model_route,
             finished_at=workflow.now() if final is not None else None,
-            detail=self._reporter.detail if final is not None else None,
+            detail=self._reporter.detail if final is not None else self._reporter.capacity_wait,
             error_type=self._reporter.error_type if final == RunStatus.failed else None,
             output_seq=self._ledger.output_seq if final is not None else None,
             tool_runs=notes,

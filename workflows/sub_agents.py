@@ -98,6 +98,9 @@ class SubAgents:
             heavy_task_queue=self.run.heavy_task_queue,
             parent_run_id=self.run.agent_run_id,
             depth=self.run.depth + 1,
+            # Provider limits: the parent's snapshot, and its priority (a chat's sub-agents are interactive).
+            limited_routes=self.run.limited_routes,
+            priority=self.run.effective_priority if self.run.limited_routes else None,
         )
 
     def _budgets_left(self) -> Budgets | Refused:

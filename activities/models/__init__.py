@@ -55,11 +55,13 @@ def resolve_model(
     *,
     attempt: int | None = None,
     triggers: Mapping[str, tuple[str, ...]] | None = None,
-) -> tuple[ChatModel, str]:
+    first_route: int = 0,
+) -> tuple[FallbackChain, str]:
     """The model for a route or fallback chain, and the name to show for it.
 
     `attempt` defaults to the running activity's attempt number (1 outside an activity); `triggers` are the
-    tools' trigger words, which the offline scripted model goes by.
+    tools' trigger words, which the offline scripted model goes by; `first_route` skips the chain's
+    routes before it (provider limits granted the call that one).
     """
     settings = settings or get_settings()
     try:
@@ -71,6 +73,7 @@ def resolve_model(
         lambda r: provider_for(r, settings, triggers or {}),
         prices=settings.model_prices,
         attempt=attempt,
+        first_route=first_route,
     )
     return chain, route
 

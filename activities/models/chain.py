@@ -52,6 +52,7 @@ class FallbackChain:
         prices: Mapping[str, Price] | None = None,
         attempt: int | None = None,
         per_route: int = CALL_LLM_ATTEMPTS_PER_ROUTE,
+        first_route: int = 0,
     ) -> None:
         self.routes = tuple(routes)
         self.provider = ",".join(map(str, self.routes))
@@ -61,6 +62,10 @@ class FallbackChain:
         self._per_route = per_route
         # The route asked last: the one that answered, or the one whose failure ended the attempt.
         self.route: str | None = None
+        # The failure that ended the attempt (provider limits read a 429's Retry-After from it).
+        self.failure: ModelCallFailed | None = None
+        # Provider limits granted this call a later route of the chain (the earlier ones were at capacity).
+        self._first_route = min(first_route, len(self.routes) - 1)
 
     async def stream(
         self,
@@ -74,7 +79,7 @@ class FallbackChain:
         # Only a run that wants structured output passes it on: a provider may not know the argument.
         wanted = {"output": output} if output is not None else {}
         attempt = self._attempt or (activity.info().attempt if activity.in_activity() else 1)
-        first = route_index(attempt, len(self.routes), self._per_route)
+        first = max(route_index(attempt, len(self.routes), self._per_route), self._first_route)
         refusals: list[str] = []
         for index in range(first, len(self.routes)):
             route = self.routes[index]
@@ -92,6 +97,7 @@ class FallbackChain:
                     yield chunk
                 return
             except ModelCallFailed as failure:
+                self.failure = failure
                 if failure.retryable or started:
                     # Part of the answer is out already, so another route can't just carry on from here.
                     raise self._retry(failure, index, attempt) from None

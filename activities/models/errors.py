@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
 
@@ -314,7 +315,9 @@ def _clean(text: str) -> str:
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds the provider asked us to wait: retry-after-ms, retry-after in seconds or as an HTTP date."""
+    """Seconds the provider asked us to wait: retry-after-ms, retry-after in seconds or as an HTTP date;
+    without them, when the exhausted rate limit resets (OpenAI's `x-ratelimit-reset-*` durations,
+    Anthropic's `anthropic-ratelimit-*-reset` times)."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = headers.get(name)
         if value is None:
@@ -328,7 +331,40 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
             seconds = email.utils.mktime_tz(parsed) - time.time()
         if seconds >= 0:
             return seconds
-    return None
+    return _rate_limit_reset(headers)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _rate_limit_reset(headers: Mapping[str, str]) -> float | None:
+    """The longest reset among the rate limits a 429 reports exhausted (remaining 0), if any says when."""
+    resets: list[float] = []
+    for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
+        openai = (headers.get(f"x-ratelimit-remaining-{kind}"), headers.get(f"x-ratelimit-reset-{kind}"))
+        anthropic = (
+            headers.get(f"anthropic-ratelimit-{kind}-remaining"),
+            headers.get(f"anthropic-ratelimit-{kind}-reset"),
+        )
+        for remaining, reset in (openai, anthropic):
+            if remaining is None or reset is None or remaining.strip() != "0":
+                continue
+            if (seconds := _reset_seconds(reset.strip())) is not None:
+                resets.append(seconds)
+    return max(resets) if resets else None
+
+
+def _reset_seconds(value: str) -> float | None:
+    """`6m0s`, `1.5s`, `20ms` (OpenAI) or an RFC 3339 time (Anthropic) as seconds from now."""
+    parts = _DURATION_PART.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value:
+        return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, at.timestamp() - time.time())
 
 
 def redact(text: str) -> str:

@@ -66,7 +66,7 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 fields[name] = value
         line.update({k: fields[k] for k in RUN_FIELDS if fields.get(k) is not None})
-        for extra in ("event", "latency_ms", "status", "error"):
+        for extra in ("event", "latency_ms", "status", "error", "value_ms", "client", "detail"):
             value = getattr(record, extra, None)
             if value is not None:
                 line[extra] = value

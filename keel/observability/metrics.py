@@ -6,9 +6,11 @@ followed by the Temporal SDK's worker metrics (`temporal_*`), which the SDK's Ru
 internal loopback port that `TemporalSdkMetrics` reads at each scrape.
 """
 
+import contextlib
 import logging
 import urllib.request
 from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import Metric
@@ -47,6 +49,40 @@ APPROVAL_OLDEST = Gauge(
 )
 RUNS_ACTIVE = Gauge(
     "keel_runs_active", "Runs not finished yet, by status (from agent_runs).", ["status"], registry=GATEWAY
+)
+
+# --- the gateway: frontend telemetry (issue 21), what browsers report through POST /api/telemetry ---
+# `client` is one of FRONTEND_CLIENTS or "other": a client names itself, and a label must stay bounded.
+FRONTEND_CLIENTS = ("chat-page", "nextjs")
+_DECISION_SECONDS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
+FRONTEND_TTFT = Histogram(
+    "keel_frontend_ttft_seconds",
+    "Time to first token as the browser saw it: from sending a message to its first text.",
+    ["client"],
+    buckets=_SECONDS,
+    registry=GATEWAY,
+)
+FRONTEND_STALLS = Counter(
+    "keel_frontend_stalls",
+    "Streams that went silent mid-answer for longer than the client's stall threshold (2 s).",
+    ["client"],
+    registry=GATEWAY,
+)
+FRONTEND_RECONNECTS = Counter(
+    "keel_frontend_reconnects",
+    "Streams a browser had to reconnect to or resume (a dropped connection, a reload).",
+    ["client"],
+    registry=GATEWAY,
+)
+FRONTEND_ERRORS = Counter(
+    "keel_frontend_errors", "Errors a browser showed the person about a run.", ["client"], registry=GATEWAY
+)
+FRONTEND_DECISION = Histogram(
+    "keel_frontend_decision_seconds",
+    "From an approval request shown in the browser to the person's decision.",
+    ["client"],
+    buckets=_DECISION_SECONDS,
+    registry=GATEWAY,
 )
 
 # --- the worker ---
@@ -111,6 +147,85 @@ APPROVAL_WAIT = Histogram(
 RECORD_BACKLOG = Gauge(
     "keel_record_backlog",
     "Run records waiting to be written (they pile up while PostgreSQL is unavailable).",
+    registry=WORKER,
+)
+
+# --- operations (issue 21): what the alert rules in deploy/prometheus/alerts.yml need besides the above ---
+RUN_MAX_IDLE = Gauge(
+    "keel_run_max_idle_seconds",
+    "Of the runs in each not-yet-final status now, the longest any has gone without a recorded change"
+    " (a step, a status): 0 when none is in it (from agent_runs).",
+    ["status"],
+    registry=GATEWAY,
+)
+RECORD_SPOOL_BYTES = Gauge(
+    "keel_record_spool_bytes",
+    "Bytes of run records kept on disk in the data dir's spool until PostgreSQL takes them, this"
+    " process's and any a dead worker left behind.",
+    registry=WORKER,
+)
+# Per agent, counted once when a run finishes (keel_llm_* count per model as calls happen).
+RUN_STEPS = Counter(
+    "keel_run_steps", "Steps of finished runs, by purpose (agent).", ["purpose"], registry=WORKER
+)
+RUN_TOKENS = Counter(
+    "keel_run_tokens",
+    "Tokens of finished runs, by purpose (agent) and type (prompt, completion).",
+    ["purpose", "type"],
+    registry=WORKER,
+)
+RUN_COST = Counter(
+    "keel_run_cost_usd", "What finished runs cost, USD, by purpose (agent).", ["purpose"], registry=WORKER
+)
+WEBHOOK_DELIVERIES = Counter(
+    "keel_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered, retrying (no 2xx answer: tried again later),"
+    " refused (an endpoint Keel will not post to: never retried), gave_up (the delivery period is over).",
+    ["outcome"],
+    registry=WORKER,
+)
+
+
+def spool_bytes(directory: Path) -> float:
+    """The size of the run-record spool files (`*.jsonl`, keel/storage/run_records.py) in `directory`."""
+    total = 0
+    for path in directory.glob("*.jsonl"):
+        with contextlib.suppress(OSError):  # written and deleted while we look
+            total += path.stat().st_size
+    return float(total)
+
+
+def watch_record_spool(directory: Path) -> None:
+    """Make `keel_record_spool_bytes` read `directory` at each scrape."""
+    RECORD_SPOOL_BYTES.set_function(lambda: spool_bytes(directory))
+
+
+# --- the worker: provider limits (issue 21, activities/capacity.py) ---
+# `route` is the KEEL_PROVIDER_LIMITS pattern governing the call (`openai:*`), so it stays bounded; a 429 of
+# a route no pattern governs is counted under the route itself.
+PROVIDER_CAPACITY_WAITS = Counter(
+    "keel_provider_capacity_waits",
+    "LLM calls that had to wait for provider capacity before they could start, by priority.",
+    ["route", "priority"],
+    registry=WORKER,
+)
+PROVIDER_CAPACITY_WAIT_SECONDS = Histogram(
+    "keel_provider_capacity_wait_seconds",
+    "How long an LLM call that had to wait for provider capacity waited (no worker slot held meanwhile).",
+    ["route"],
+    buckets=_SECONDS,
+    registry=WORKER,
+)
+PROVIDER_RATE_LIMITED = Counter(
+    "keel_provider_rate_limited",
+    "429s and rate-limit signals providers answered; each pauses every caller of the route.",
+    ["route"],
+    registry=WORKER,
+)
+PROVIDER_LIMIT_UTILIZATION = Gauge(
+    "keel_provider_limit_utilization",
+    "Share of a provider limit in use across all workers (0..1), kind rpm, tpm or concurrency.",
+    ["route", "kind"],
     registry=WORKER,
 )
 

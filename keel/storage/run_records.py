@@ -816,3 +816,15 @@ async def active_runs(pool: asyncpg.Pool) -> dict[str, int]:
     counts = dict.fromkeys(ACTIVE_RUN_STATUSES, 0)
     counts.update({r["status"]: r["n"] for r in rows})
     return counts
+
+
+async def longest_idle_runs(pool: asyncpg.Pool) -> dict[str, float]:
+    """Per not-yet-final status, the longest any run in it has gone without a recorded change (seconds)."""
+    rows = await pool.fetch(
+        "SELECT status, EXTRACT(EPOCH FROM now() - min(updated_at)) AS idle FROM agent_runs"
+        " WHERE status = ANY($1::text[]) GROUP BY status",
+        list(ACTIVE_RUN_STATUSES),
+    )
+    idle = dict.fromkeys(ACTIVE_RUN_STATUSES, 0.0)
+    idle.update({r["status"]: float(r["idle"]) for r in rows})
+    return idle

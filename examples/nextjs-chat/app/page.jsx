@@ -25,6 +25,7 @@ import {
   waitingExplanation,
 } from "./keel";
 import { Markdown } from "./markdown";
+import { approvalShown, decisionMade, report as reportTelemetry } from "./telemetry";
 import { KeelChatTransport } from "./transport";
 
 const STORE = "keel-nextjs-chat";
@@ -146,7 +147,11 @@ function Chat({ saved, onNewChat }) {
   }
 
   function report(error) {
-    setNotice(errorSentence(error));
+    const sentence = errorSentence(error);
+    setNotice(sentence);
+    // An error shown about a run is part of what the person lived through (telemetry.js).
+    const run = runOf(live.current.messages.findLast((m) => runOf(m)));
+    reportTelemetry(run?.agentRunId, "error", null, sentence);
   }
 
   handlers.current.onResume = (found) => {
@@ -390,6 +395,14 @@ function ToolCall({ part, run, ready, onDecide, onAnswer }) {
   const child = subRunOf(part);
   if (child) lastProgress.set(part.toolCallId, child);
   const worked = !child && lastProgress.get(part.toolCallId);
+  const asked = part.state === "approval-requested" && !ended;
+  useEffect(() => {
+    if (asked) approvalShown(part.approval.id);
+  }, [asked, part.approval?.id]);
+  function decide(approved) {
+    decisionMade(run?.agentRunId, part.approval.id, approved, name);
+    onDecide(part.approval.id, approved);
+  }
   return (
     <div className={`tool${name === "ask_user" ? " ask" : ""}`} data-tool={name} data-state={part.state}>
       <div className="tool-head">
@@ -410,7 +423,7 @@ function ToolCall({ part, run, ready, onDecide, onAnswer }) {
             type="button"
             className="approve"
             disabled={!ready}
-            onClick={() => onDecide(part.approval.id, true)}
+            onClick={() => decide(true)}
           >
             Approve
           </button>
@@ -418,7 +431,7 @@ function ToolCall({ part, run, ready, onDecide, onAnswer }) {
             type="button"
             className="deny"
             disabled={!ready}
-            onClick={() => onDecide(part.approval.id, false)}
+            onClick={() => decide(false)}
           >
             Deny
           </button>
@@ -509,6 +522,13 @@ function SubRunCall({ part, child, parentRunId, open }) {
   const grandchild = subRunOf(part);
   const waitingForApproval = open && !sent && part.state === "approval-requested";
   const asking = open && !sent && name === "ask_user" && part.state === "input-available" && child.status === "waiting_for_input";
+  useEffect(() => {
+    if (waitingForApproval) approvalShown(part.toolCallId);
+  }, [waitingForApproval, part.toolCallId]);
+  function decide(approved) {
+    decisionMade(parentRunId, part.toolCallId, approved, name);
+    send(`approvals/${encodeURIComponent(part.toolCallId)}`, { approved });
+  }
   async function send(path, body) {
     setSent(true);
     const response = await fetch(`/api/runs/${encodeURIComponent(parentRunId)}/${path}`, {
@@ -530,10 +550,10 @@ function SubRunCall({ part, child, parentRunId, open }) {
       )}
       {waitingForApproval && (
         <div className="decide">
-          <button type="button" className="approve" onClick={() => send(`approvals/${encodeURIComponent(part.toolCallId)}`, { approved: true })}>
+          <button type="button" className="approve" onClick={() => decide(true)}>
             Approve
           </button>
-          <button type="button" className="deny" onClick={() => send(`approvals/${encodeURIComponent(part.toolCallId)}`, { approved: false })}>
+          <button type="button" className="deny" onClick={() => decide(false)}>
             Deny
           </button>
         </div>
