@@ -7,11 +7,13 @@ the token given here. One browser for the module; each test gets a fresh context
 Without Chromium or Playwright the tests skip, saying why; under CI (`CI=true`) that is a failure instead.
 """
 
+import asyncio
 import contextlib
 import json
 import re
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -242,6 +244,44 @@ def status_of(run: Any):  # noqa: ANN201 (a Locator)
     return run.locator(".runline .status")
 
 
+@dataclass
+class RunReads:
+    """The page's reads of a run's state (GET /api/runs/{id}): those not answered yet, and the statuses the
+    answered ones gave."""
+
+    pending: set[Any] = field(default_factory=set)
+    answered: list[str] = field(default_factory=list)
+
+    def watch(self, page: "Page") -> "RunReads":
+        page.on("request", lambda r: self.pending.add(r) if _is_run_read(r) else None)
+        page.on("requestfailed", lambda r: self.pending.discard(r))
+        page.on("requestfinished", self._finished)
+        return self
+
+    async def _finished(self, request: Any) -> None:
+        if request in self.pending:
+            response = await request.response()
+            self.answered.append((await response.json()).get("status") if response else "")
+            self.pending.discard(request)
+
+    def settled_on(self, status: str) -> bool:
+        """A read answered `status`, and none is in flight: the page's reads are all answered (it reads the
+        run at several chunks of one batch, all sent before the first is answered)."""
+        return status in self.answered and not self.pending
+
+
+def _is_run_read(request: Any) -> bool:
+    return request.method == "GET" and re.search(r"/api/runs/run-[^/?]+$", request.url) is not None
+
+
+async def until_true(condition: Any, what: str, within: float = 20.0) -> None:
+    for _ in range(int(within / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
 async def a_lesson_waiting_for_approval(page: "Page", topic: str) -> Any:
     """Sends the lesson writer's request; returns the publish_package card once the run is parked on it
     (its stream over, so Approve is enabled)."""
@@ -363,8 +403,12 @@ async def test_a_stale_approve_after_a_cancel_elsewhere_ends_the_call_with_one_r
     page: "Page", keel: Keel, http: httpx.AsyncClient
 ) -> None:
     await page.goto(keel.gateway_url)
+    reads = RunReads().watch(page)
     publish = await a_lesson_waiting_for_approval(page, "heaps")
     agent_run_id = await run_id_of(page)
+    # The page reads the run's state when its stream pauses: once those reads are answered, it learns of
+    # the cancel only from the click, as a page left open elsewhere would.
+    await until_true(lambda: reads.settled_on("waiting_for_approval"), "the page's reads of the run answered")
     posts: list[str] = []
     page.on(
         "request",
