@@ -282,19 +282,8 @@ class ChatRequest(StrictBody):
         return tools
 
     def requested_budgets(self) -> Budgets | None:
-        """The limits this request asks for; where `max_steps` and `budgets.max_steps` both are set, the
-        lower wins, as it does against the purpose's own (`keel.agent.tighter`)."""
-        asked = self.budgets or RequestBudgets()
-        steps = [s for s in (self.max_steps, asked.max_steps) if s is not None]
-        if not steps and asked == RequestBudgets():
-            return None
-        return Budgets(
-            # No step limit asked for: the largest, so the purpose's own stands.
-            max_steps=min(steps, default=MAX_BUDGET_STEPS),
-            max_tokens=asked.max_tokens,
-            max_cost_usd=asked.max_cost_usd,
-            max_duration_s=asked.max_duration_s,
-        )
+        """The limits this request asks for (`requested_budgets`)."""
+        return requested_budgets(self.budgets, self.max_steps)
 
     def client_tools(self) -> list[ClientTool]:
         return [
@@ -342,14 +331,24 @@ class RunRequest(StrictBody):
 
     def requested_budgets(self) -> Budgets | None:
         """The limits this request asks for (None: the purpose's own)."""
-        if self.budgets is None or self.budgets == RequestBudgets():
-            return None
-        return Budgets(
-            max_steps=self.budgets.max_steps or MAX_BUDGET_STEPS,
-            max_tokens=self.budgets.max_tokens,
-            max_cost_usd=self.budgets.max_cost_usd,
-            max_duration_s=self.budgets.max_duration_s,
-        )
+        return requested_budgets(self.budgets)
+
+
+def requested_budgets(budgets: RequestBudgets | None, max_steps: int | None = None) -> Budgets | None:
+    """The limits a request asks for, None when it asks for none; where `max_steps` and
+    `budgets.max_steps` both are set, the lower wins, as it does against the purpose's own
+    (`keel.agent.tighter`)."""
+    asked = budgets or RequestBudgets()
+    steps = [s for s in (max_steps, asked.max_steps) if s is not None]
+    if not steps and asked == RequestBudgets():
+        return None
+    return Budgets(
+        # No step limit asked for: the largest, so the purpose's own stands.
+        max_steps=min(steps, default=MAX_BUDGET_STEPS),
+        max_tokens=asked.max_tokens,
+        max_cost_usd=asked.max_cost_usd,
+        max_duration_s=asked.max_duration_s,
+    )
 
 
 class BadChatRequest(ValueError):
