@@ -37,6 +37,7 @@ from keel.settings import Settings, get_settings
 from keel.stack.embedded import free_port
 from keel.storage import frontend_events, idempotency
 from keel.storage.deltas import PostgresDeltaChannel, prune_deltas
+from keel.storage.interrupts import InterruptListener
 from keel.storage.mcp_listings import record_listing
 from keel.storage.provider_limits import ProviderLedger
 from keel.storage.reconciler import first_look_back, reconcile
@@ -61,6 +62,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
     records = RecordWriter(pool, outbox, on_backlog=metrics.RECORD_BACKLOG.set)
     metrics.watch_record_spool(outbox)
     records.start()
+    # The gateway's cancels reach a streaming model call at once (keel/storage/interrupts.py).
+    interrupts = InterruptListener(settings.require_database_url())
+    interrupts.start()
     activities = AgentActivities(
         store=RunStore(pool),
         data_dir=settings.data_dir.resolve(),
@@ -69,6 +73,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
         deltas=PostgresDeltaChannel(pool, batch_window=settings.stream_batch_ms / 1000),
         mcp=MCPClients(app.mcp_servers, on_listed=_listing_recorder(pool)),
         ledger=_provider_ledger(pool, settings),
+        interrupts=interrupts,
     )
     heavy = queue == "heavy"
     task_queue = settings.heavy_task_queue if heavy else settings.task_queue
@@ -118,6 +123,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
             task.cancel()
         # Stdio MCP servers stop with the worker (their whole process tree), HTTP sessions end.
         await activities.mcp.close()
+        await interrupts.close()
         await records.close()
         await pool.close()
 

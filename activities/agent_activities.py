@@ -12,7 +12,7 @@ only the verdict.
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,15 @@ from temporalio.exceptions import ApplicationError
 from activities.capacity import CallAccount
 from activities.heartbeat import heartbeating
 from activities.mcp_client import MCPClients, result_text, result_value
-from activities.models import Finish, OutputDelta, OutputRequest, TextDelta, UnknownModelRoute, resolve_model
+from activities.models import (
+    Finish,
+    ModelChunk,
+    OutputDelta,
+    OutputRequest,
+    TextDelta,
+    UnknownModelRoute,
+    resolve_model,
+)
 from activities.records import RunRecorder, until_stored
 from keel.agent import Progress
 from keel.app import App
@@ -61,15 +69,39 @@ from keel.contracts import (
     ToolOutcome,
     ToolPolicy,
     ToolSpec,
+    Usage,
 )
 from keel.output import check_answer, same_schema
 from keel.storage import run_records
 from keel.storage.deltas import NO_DELTAS, DeltaChannel, DeltaWriter
+from keel.storage.interrupts import InterruptListener, NoInterrupts
 from keel.storage.provider_limits import ProviderLedger
 from keel.storage.store import RunStore
 from keel.tools import ToolContext, ToolError
 
 log = logging.getLogger("keel.mcp")
+
+
+@dataclass
+class _Answer:
+    """What a model call has said so far: its text (the structured answer's pieces among it), its tool
+    calls and, once it finished, how."""
+
+    text: list[str] = field(default_factory=list)
+    answer: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    finish: Finish | None = None
+
+    def take(self, chunk: ModelChunk, live: DeltaWriter) -> None:
+        if isinstance(chunk, TextDelta):
+            self.text.append(chunk.text)
+            live.write(chunk.text)
+            if isinstance(chunk, OutputDelta):
+                self.answer.append(chunk.text)
+        elif isinstance(chunk, ToolCall):
+            self.calls.append(chunk)
+        else:
+            self.finish = chunk
 
 
 @dataclass
@@ -86,6 +118,8 @@ class AgentActivities:
     mcp: MCPClients = field(default_factory=lambda: MCPClients({}))
     # Provider limits shared by every worker (activities/capacity.py); None when none is configured.
     ledger: ProviderLedger | None = None
+    # The gateway's cancels, heard at once while a model call streams (keel/storage/interrupts.py).
+    interrupts: InterruptListener | NoInterrupts = field(default_factory=NoInterrupts)
 
     def run_queue_activities(self) -> list[Callable[..., Any]]:
         """The activities a run queue's worker registers (with `record_run`): one list for every worker.
@@ -131,10 +165,7 @@ class AgentActivities:
         ]
         tools += client_tools
 
-        text: list[str] = []
-        answer: list[str] = []  # the structured answer's pieces, part of the text too
-        calls: list[ToolCall] = []
-        finish: Finish | None = None
+        so_far = _Answer()
         live = DeltaWriter.for_llm_step(self.deltas, step, activity.info().attempt)
         llm_call = self.records.llm_call(step, model)
         # Only a run that wants structured output passes it on: a provider may not know the argument.
@@ -142,30 +173,37 @@ class AgentActivities:
             {} if step.output is None else {"output": OutputRequest(step.output, now=step.force_output)}
         )
         account = CallAccount(self.ledger, step, activity.info().attempt)
-        try:
+
+        async def stream() -> None:
             async with heartbeating():
                 async for chunk in llm_call.watch(
                     model.stream(messages=conversation, model=model_name, tools=tools, **wanted)
                 ):
                     await account.answering()
-                    if isinstance(chunk, TextDelta):
-                        text.append(chunk.text)
-                        live.write(chunk.text)
-                        if isinstance(chunk, OutputDelta):
-                            answer.append(chunk.text)
-                    elif isinstance(chunk, ToolCall):
-                        calls.append(chunk)
-                    else:
-                        finish = chunk
+                    so_far.take(chunk, live)
+
+        try:
+            interrupted = await self._unless_interrupted(step.agent_run_id, stream())
         except asyncio.CancelledError:
             # The run was cancelled mid-answer: keep what the model had written so far.
-            await self.store.put_message(
-                step.agent_run_id, step.reply_seq, Message(role="assistant", content="".join(text))
-            )
+            await self._keep_partial(step, so_far)
             raise
         finally:
             await live.close()  # every delta is stored before the workflow hears how this attempt ended
-            await account.ended(model, finish.usage if finish is not None else None)
+            await account.ended(model, so_far.finish.usage if so_far.finish is not None else None)
+        if interrupted:
+            await self._keep_partial(step, so_far)
+            return LlmStepResult(
+                reply_seq=step.reply_seq,
+                has_text=bool("".join(so_far.text)),
+                tool_calls=[],
+                finish_reason="interrupted",
+                usage=Usage(),
+                model=step.model,
+                interrupted=True,
+            )
+        finish = so_far.finish
+        text, answer, calls = so_far.text, so_far.answer, so_far.calls
         if finish is None:
             raise ApplicationError(
                 f"{model.provider} ended its answer without finishing it", type=ErrorType.model_stream_cut
@@ -191,6 +229,28 @@ class AgentActivities:
                 c.id: self._policy(c, server_tools, {t.name for t in client_tools}, mcp_tools) for c in calls
             },
             **verdict,
+        )
+
+    async def _unless_interrupted(self, agent_run_id: str, answering: Coroutine[Any, Any, None]) -> bool:
+        """Run the model call; True when the gateway's cancel interrupted it first (keel/storage/interrupts.py)."""
+        with self.interrupts.watch(agent_run_id) as cancelled:
+            call = asyncio.ensure_future(answering)
+            heard = asyncio.ensure_future(cancelled.wait())
+            try:
+                await asyncio.wait({call, heard}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                heard.cancel()
+                if not call.done():
+                    call.cancel()
+                    await asyncio.gather(call, return_exceptions=True)
+        if call.cancelled():
+            return True
+        call.result()  # the call's own failure, if it failed
+        return False
+
+    async def _keep_partial(self, step: LlmStepInput, so_far: "_Answer") -> None:
+        await self.store.put_message(
+            step.agent_run_id, step.reply_seq, Message(role="assistant", content="".join(so_far.text))
         )
 
     def _output_type(self, step: LlmStepInput) -> type[BaseModel] | None:

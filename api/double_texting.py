@@ -94,6 +94,7 @@ async def _cancel_and_wait(gw: Gateway, agent_run_id: str, why: str) -> None:
         await handle.signal(CANCEL_SIGNAL, CancelRequest(reason=why))
     except RPCError:
         return  # it has closed meanwhile
+    await gw.interrupt(agent_run_id)
     try:
         await asyncio.wait_for(handle.result(), INTERRUPT_WAIT_SECONDS)
     except TimeoutError:

@@ -2,11 +2,13 @@
 answer, and Temporal errors as HTTP ones."""
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, HTTPException, Request
 from temporalio.client import (
     Client,
@@ -23,8 +25,11 @@ from keel.app import App
 from keel.contracts import STATE_QUERY, ErrorType, RunState
 from keel.settings import Settings
 from keel.storage.deltas import DeltaChannel
+from keel.storage.interrupts import interrupt
 from keel.storage.reconciler import ended_outside
 from keel.storage.store import RunStore
+
+log = logging.getLogger("keel.api")
 
 _RUN_ID = re.compile(r"^run-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -56,6 +61,14 @@ class Gateway:
             "postgres": _check(self.store.pool.fetchval("SELECT 1")),
         }
         return dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+
+    async def interrupt(self, agent_run_id: str) -> None:
+        """After a cancel signal: stop the run's streaming model call now rather than at its next heartbeat
+        (keel/storage/interrupts.py). Best effort: without it the heartbeat still carries the cancel."""
+        try:
+            await interrupt(self.store.pool, agent_run_id)
+        except (OSError, asyncpg.PostgresError) as err:
+            log.warning("run %s: cancel signalled, interrupt not sent (%s)", agent_run_id, err)
 
     async def state(self, agent_run_id: str) -> RunState:
         """The run's `state` query. A run closed from outside its loop (terminated, timed out) never said

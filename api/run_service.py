@@ -436,6 +436,7 @@ class RunService:
             await self.gw.run(agent_run_id).signal(CANCEL_SIGNAL, CancelRequest(reason=reason))
         except RPCError as err:
             raise http_error(err, agent_run_id) from None
+        await self.gw.interrupt(agent_run_id)
 
     @overload
     async def _update(self, agent_run_id: str, update: str, arg: BaseModel) -> None: ...

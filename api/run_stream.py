@@ -60,6 +60,7 @@ from keel.contracts import (
     ApprovalDecided,
     ApprovalRequested,
     ClientToolRequested,
+    FinalRunState,
     HandedOff,
     Message,
     QuestionAsked,
@@ -111,7 +112,10 @@ async def follow_run(handle: WorkflowHandle[Any, Any], after: int = 0) -> AsyncI
             history = handle.fetch_history_events(wait_new_event=True)
             closed = False
         if closed or any(e.event_type in _PROGRESS for e in page):
-            events: list[RunEvent] = await handle.query(EVENTS_QUERY, after, result_type=list[RunEvent])
+            completed = (
+                closed and page and page[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
+            )
+            events = await (_final_events(handle, after) if completed else _events_query(handle, after))
             if events:
                 after = events[-1].seq
                 yield events
@@ -121,6 +125,20 @@ async def follow_run(handle: WorkflowHandle[Any, Any], after: int = 0) -> AsyncI
             # Closed without saying so: terminated, timed out or cancelled from outside Keel.
             yield [await _ended_from_outside(handle, after + 1)]
             return
+
+
+async def _events_query(handle: WorkflowHandle[Any, Any], after: int) -> list[RunEvent]:
+    events: list[RunEvent] = await handle.query(EVENTS_QUERY, after, result_type=list[RunEvent])
+    return events
+
+
+async def _final_events(handle: WorkflowHandle[Any, Any], after: int) -> list[RunEvent]:
+    """A completed run's events after `after`, from its result (FinalRunState) in its history: no worker
+    replays it. Runs of releases before the result carried them are queried."""
+    final = FinalRunState.model_validate(await handle.result())
+    if not final.events:
+        return await _events_query(handle, after)
+    return final.events[after:]
 
 
 _END = object()  # a watcher's last item: the run has finished

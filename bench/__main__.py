@@ -36,6 +36,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "history": ("bench.history", "History per step"),
     "mcp_tools": ("bench.mcp_tools", "MCP tools"),
     "rate_limits": ("bench.rate_limits", "Rate limits"),
+    "http": ("bench.http_runs", "Over HTTP"),
 }
 
 SectionRun = Callable[[Harness, bool], Awaitable[Section]]

@@ -131,10 +131,18 @@ class Harness:
     ) -> tuple[subprocess.Popen[bytes], str]:
         """`python -m api` on a free port, once /healthz answers 200. Returns (process, base URL)."""
         port = free_port()
+        return self.spawn_serving(
+            [sys.executable, "-m", "api"], "gateway", port, {"KEEL_PORT": str(port), **(extra_env or {})}
+        )
+
+    def spawn_serving(
+        self, args: list[str], name: str, port: int, extra_env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """Any HTTP server process on `port`, once its /healthz answers 200. Returns (process, base URL)."""
         url = f"http://127.0.0.1:{port}"
-        log = self._log_path("gateway")
-        proc = self._spawn([sys.executable, "-m", "api"], log, {"KEEL_PORT": str(port), **(extra_env or {})})
-        self._wait_for("gateway", lambda: _healthy(url), proc, log)
+        log = self._log_path(name)
+        proc = self._spawn(args, log, extra_env)
+        self._wait_for(name, lambda: _healthy(url), proc, log)
         return proc, url
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:

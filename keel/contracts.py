@@ -425,6 +425,9 @@ class LlmStepResult(BaseModel):
     # the reply (Message.output); `invalid`: `output_error` says why, for the model to hear.
     output_status: Literal["valid", "invalid"] | None = None
     output_error: str | None = None
+    # The gateway's cancel stopped the call mid-answer, out of band (keel/storage/interrupts.py): what was
+    # written is stored, and the run's cancel signal, sent first, ends the run.
+    interrupted: bool = False
 
 
 class ToolInput(BaseModel):
@@ -773,6 +776,14 @@ class RunState(BaseModel):
     sub_runs: list[SubRunRef] = Field(default_factory=list)
     # The caller's own data about the run (POST /api/runs `metadata`).
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class FinalRunState(RunState):
+    """What an AgentRun returns when it ends: its last state and every event it emitted. The workflow's
+    result is in its history, so a stream reads the run's last events from there: a query of a closed
+    workflow would replay the whole run on a worker first. Read as a RunState, the events are ignored."""
+
+    events: list[RunEvent] = Field(default_factory=list)
 
 
 # --- Run records: the workflow's own facts, written by the `record_run` activity (keel/storage/run_records.py) ---

@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         CancelRequest,
         CarriedRun,
         ErrorType,
+        FinalRunState,
         LlmStepInput,
         LlmStepResult,
         QueuedRun,
@@ -80,6 +81,8 @@ with workflow.unsafe.imports_passed_through():
 # Errors the run's own data can raise in workflow code: they end the run instead of failing its workflow
 # task for ever. Anything else (a bug) still fails the task, so a fixed deploy can carry the run on.
 _BROKEN_BY_ITS_DATA = (ArithmeticError, ValueError)
+# How long a model call interrupted by the gateway's cancel waits for that cancel's signal (sent before it).
+_CANCEL_FOLLOWS = timedelta(seconds=60)
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
@@ -255,12 +258,19 @@ class AgentRun:
 
     # --- the end of the run ---
 
-    async def _end(self, stop: Stop) -> RunState:
-        state = self._finish(stop)
+    async def _end(self, stop: Stop) -> FinalRunState:
+        self._finish(stop)
         await self._recorder.flush()
         await self._queue.release()
         await self._webhooks.flush()
-        return state
+        return self._final_state()
+
+    def _final_state(self) -> FinalRunState:
+        state = self.state()
+        return FinalRunState.model_construct(
+            **{name: getattr(state, name) for name in RunState.model_fields},
+            events=list(self._reporter.events),
+        )
 
     def _finish(self, stop: Stop) -> RunState:
         if self._reporter.end(stop):
@@ -378,6 +388,8 @@ class AgentRun:
             options=CALL_LLM_OPTIONS,
             failure="the model call failed",
         )
+        if reply.interrupted:
+            await self._cancelled_mid_answer()
         self._reporter.set_doing("think", None)
         self._ledger.thought(reply)
         # Read here, where a regular activity's result has just arrived with a new workflow task, live and
@@ -386,6 +398,19 @@ class AgentRun:
         # this point leaves local activity timing out of the decision.
         self._new_history_suggested = workflow.info().is_continue_as_new_suggested()
         return reply
+
+    async def _cancelled_mid_answer(self) -> None:
+        """The gateway's cancel stopped the model call out of band (keel/storage/interrupts.py). The cancel
+        signal it sent first has arrived, or arrives now: the step ends here and the run as cancelled. A call
+        interrupted with no cancel to follow (it cannot happen, short of a bug) fails the run rather than
+        leaving it stuck."""
+        try:
+            await workflow.wait_condition(lambda: self._interrupt is not None, timeout=_CANCEL_FOLLOWS)
+        except TimeoutError:
+            why = "the model call was interrupted, but no cancel followed"
+            self._fail(ErrorType.agent_run_failed, why)
+            raise RunFailed(why) from None
+        raise asyncio.CancelledError()
 
     # --- signals and updates: the same handlers serve the CLI (signals) and the gateway (updates) ---
 
