@@ -166,13 +166,14 @@ class AgentActivities:
         tools += client_tools
 
         so_far = _Answer()
-        live = DeltaWriter.for_llm_step(self.deltas, step, activity.info().attempt)
-        llm_call = self.records.llm_call(step, model)
+        attempt = await self._attempt(step)
+        live = DeltaWriter.for_llm_step(self.deltas, step, attempt)
+        llm_call = self.records.llm_call(step, model, attempt)
         # Only a run that wants structured output passes it on: a provider may not know the argument.
         wanted: dict[str, Any] = (
             {} if step.output is None else {"output": OutputRequest(step.output, now=step.force_output)}
         )
-        account = CallAccount(self.ledger, step, activity.info().attempt)
+        account = CallAccount(self.ledger, step, attempt)
 
         async def stream() -> None:
             async with heartbeating():
@@ -230,6 +231,16 @@ class AgentActivities:
             },
             **verdict,
         )
+
+    async def _attempt(self, step: LlmStepInput) -> int:
+        """This attempt's number, for its deltas, its record and its provider account. Temporal's, except for a
+        local activity run again after its workflow task was lost (its worker died mid-answer): Temporal
+        counts from 1 again, but the lost attempt's words are in the log, so this one takes the next number:
+        it streams as a retry, and its record closes the lost one's."""
+        attempt = activity.info().attempt
+        if not activity.info().is_local:
+            return attempt
+        return max(attempt, await self.deltas.last_attempt(step.agent_run_id, step.step) + 1)
 
     async def _unless_interrupted(self, agent_run_id: str, answering: Coroutine[Any, Any, None]) -> bool:
         """Run the model call; True when the gateway's cancel interrupted it first (keel/storage/interrupts.py)."""

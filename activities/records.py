@@ -64,8 +64,9 @@ async def until_stored(operation: Callable[[], Awaitable[T]]) -> T:
 class RunRecorder:
     writer: RecordWriter = field(default_factory=RecordWriter.disabled)
 
-    def llm_call(self, step: LlmStepInput, model: ChatModel) -> "LlmCallRecord":
-        return LlmCallRecord(self.writer, step, model)
+    def llm_call(self, step: LlmStepInput, model: ChatModel, attempt: int | None = None) -> "LlmCallRecord":
+        """The call's record; `attempt` when it is not Temporal's own (see AgentActivities._attempt)."""
+        return LlmCallRecord(self.writer, step, model, attempt)
 
     def tool_run(self, task: ToolInput) -> "ToolRunRecord":
         return ToolRunRecord(self.writer, task)
@@ -89,11 +90,14 @@ def _error_type(err: BaseException) -> str:
 class LlmCallRecord:
     """One call_llm attempt's call to a provider."""
 
-    def __init__(self, writer: RecordWriter, step: LlmStepInput, model: ChatModel) -> None:
+    def __init__(
+        self, writer: RecordWriter, step: LlmStepInput, model: ChatModel, attempt: int | None = None
+    ) -> None:
         self._writer = writer
         self._step = step
         self._model = model
-        attempt, activity_id = _attempt()
+        temporal_attempt, activity_id = _attempt()
+        attempt = attempt or temporal_attempt
         self._key: dict[str, Any] = {
             "agent_run_id": step.agent_run_id,
             "seq": step.reply_seq,

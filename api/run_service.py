@@ -19,11 +19,11 @@ from typing import Annotated, Any, TypeVar, overload
 import asyncpg
 from fastapi import Depends, HTTPException
 from pydantic import BaseModel
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from api.auth import User, check_owner, require_chat, require_run
+from api.auth import User, check_owner, no_run, require_chat, require_run
 from api.chat_request import BadChatRequest, ChatRequest, RunRequest, pending_answers, to_conversation
 from api.double_texting import make_room, queue_behind
 from api.gateway import Gateway, GatewayDep, http_error, is_run_id, refusal
@@ -428,9 +428,20 @@ class RunService:
         return found
 
     async def cancel(self, agent_run_id: str, reason: str | None, user: User) -> None:
-        """Ask the run to stop; 409 when it has already finished."""
-        state = await self.owned_state(agent_run_id, user)
-        if state.status.is_final:
+        """Ask the run to stop; 409 when it has already finished.
+
+        Whose run it is and whether it still runs come from Temporal's own record of it (its memo and
+        status), not the `state` query: a run in the middle of a model call answers queries only when its
+        workflow task ends, and a cancel must not wait for that."""
+        handle = self.gw.run(agent_run_id)
+        try:
+            described = await handle.describe()
+        except RPCError as err:
+            raise http_error(err, agent_run_id) from None
+        if not user.owns((await described.memo()).get("user_id")):
+            raise no_run(agent_run_id)
+        if described.status != WorkflowExecutionStatus.RUNNING:
+            state = await self.gw.state(agent_run_id)
             raise HTTPException(409, f"run {agent_run_id!r} has already finished ({state.status.value})")
         try:
             await self.gw.run(agent_run_id).signal(CANCEL_SIGNAL, CancelRequest(reason=reason))

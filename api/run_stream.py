@@ -7,7 +7,11 @@ A run's stream merges two sources:
   what is new;
 - the token deltas of each step's LLM call, which never enter history: they come out of band through the
   run's `DeltaChannel` (keel/storage/deltas.py), live from its notifications and, for whatever a viewer missed,
-  from its log.
+  from its log. A model call run as a local activity works inside the workflow task that emitted the
+  step's events, so the `events` query would serve them only once that task ends: the call announces them
+  with its first notification and stores them (`run_events`), and they are streamed then, or read first by a
+  stream that begins meanwhile (the query's answer repeats them; events already streamed are skipped by
+  seq).
 
 `RunStream` turns both into one sequence of chunks that comes out the same every time it is produced: a
 step's deltas sit between its `step_started` event and the event after it, in (attempt, n) order. Each
@@ -125,6 +129,14 @@ async def follow_run(handle: WorkflowHandle[Any, Any], after: int = 0) -> AsyncI
             # Closed without saying so: terminated, timed out or cancelled from outside Keel.
             yield [await _ended_from_outside(handle, after + 1)]
             return
+
+
+def _contiguous(events: list[RunEvent]) -> list[RunEvent]:
+    """The events from seq 1 on, up to the first gap (an announcement that was never stored)."""
+    for index, event in enumerate(events):
+        if event.seq != index + 1:
+            return events[:index]
+    return events
 
 
 async def _events_query(handle: WorkflowHandle[Any, Any], after: int) -> list[RunEvent]:
@@ -343,6 +355,11 @@ class RunStream:
         pump = asyncio.create_task(self._pump(queue))
         followers: dict[str, SubRunFollower] = {}
         try:
+            # The events its model calls announced: a run answering in a local activity takes no query until
+            # that workflow task ends, and a viewer joining now need not wait for it.
+            if announced := _contiguous(await self.deltas.read_events(self.agent_run_id)):
+                for chunk in await self._events(translator, announced):
+                    yield chunk
             while not translator.finished:
                 item = await queue.get()
                 out: list[Chunk | SegmentEnd] = []
@@ -435,6 +452,12 @@ class RunStream:
         return out
 
     async def _batch(self, translator: "_Translator", batch: DeltaBatch) -> list[Chunk | SegmentEnd]:
+        unseen = [e for e in batch.events if e.seq > translator.seq]
+        if unseen and unseen[0].seq == translator.seq + 1 and not translator.finished:
+            # A local model call announcing the events of the workflow task it runs in, which the `events`
+            # query serves only once that task ends: they are the same events, streamed now. The step
+            # they start reads its words from the log.
+            return await self._events(translator, unseen)
         call = translator.call
         if call is None and not translator.finished and 0 < batch.event_seq == translator.seq + 1:
             # The step's first words, before the events query has told of its start: the delta names the

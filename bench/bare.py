@@ -35,6 +35,8 @@ class BareInput(BaseModel):
     max_steps: int = 10
     # Tools as local activities (inside the workflow task) instead of activities on the task queue.
     local_tools: bool = False
+    # The model calls too, as Keel's runs make them.
+    local_llm: bool = False
 
 
 @workflow.defn(name=BARE_WORKFLOW)
@@ -44,18 +46,17 @@ class BareAgentLoop:
         """Returns the number of steps taken."""
         next_seq = run.message_count
         for step in range(1, run.max_steps + 1):
-            reply = await workflow.execute_activity(
-                CALL_LLM,
-                LlmStepInput(
-                    agent_run_id=run.agent_run_id,
-                    step=step,
-                    model=run.model,
-                    tools=run.tools,
-                    reply_seq=next_seq,
-                ),
-                result_type=LlmStepResult,
-                start_to_close_timeout=_LLM_TIMEOUT,
+            call = LlmStepInput(
+                agent_run_id=run.agent_run_id, step=step, model=run.model, tools=run.tools, reply_seq=next_seq
             )
+            if run.local_llm:
+                reply = await workflow.execute_local_activity(
+                    CALL_LLM, call, result_type=LlmStepResult, start_to_close_timeout=_LLM_TIMEOUT
+                )
+            else:
+                reply = await workflow.execute_activity(
+                    CALL_LLM, call, result_type=LlmStepResult, start_to_close_timeout=_LLM_TIMEOUT
+                )
             next_seq += 1
             if not reply.tool_calls:
                 return step

@@ -62,7 +62,12 @@ def build_app() -> FastAPI:
         await store.put_messages(run_id, 0, messages)
         tools = body.get("tools", ["calculate", "current_time"])
         loop = BareInput(
-            agent_run_id=run_id, model="scripted", tools=tools, message_count=2, local_tools=True
+            agent_run_id=run_id,
+            model="scripted",
+            tools=tools,
+            message_count=2,
+            local_tools=True,
+            local_llm=True,
         )
         steps = await temporal.execute_workflow(
             BARE_WORKFLOW, loop, id=run_id, task_queue=BARE_TASK_QUEUE, result_type=int

@@ -46,7 +46,7 @@ async def run(h: Harness, quick: bool) -> Section:
             per_turn.append((len(asked), events / timed.steps, size / timed.steps))
             conversation = await _conversation(store, timed.run_id)
         # The last turn again through the bare loop: what the history would hold without Keel.
-        bare = await runs.bare_run(client, store, asked, local_tools=True)
+        bare = await runs.bare_run(client, store, asked, local_tools=True, local_llm=True)
         bare_events, bare_size = await _history(client, bare.run_id)
     (first_n, first_events, first_bytes), (last_n, last_events, last_bytes) = per_turn[0], per_turn[-1]
     growth = last_bytes / first_bytes

@@ -82,6 +82,7 @@ async def bare_run(
     *,
     tools: Sequence[str] = TOOLS,
     local_tools: bool = False,
+    local_llm: bool = False,
 ) -> Timed:
     """The same run through the bare temporalio loop."""
     run_id = new_run_id()
@@ -96,6 +97,7 @@ async def bare_run(
             tools=list(tools),
             message_count=len(messages),
             local_tools=local_tools,
+            local_llm=local_llm,
         ),
         id=run_id,
         task_queue=BARE_TASK_QUEUE,

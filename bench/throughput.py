@@ -40,7 +40,7 @@ async def run(h: Harness, quick: bool) -> Section:
     client, store = await h.client(), await h.store()
     variants: dict[str, Callable[[], Awaitable[runs.Timed]]] = {
         "keel": lambda: runs.keel_run(client, store),
-        "bare": lambda: runs.bare_run(client, store, local_tools=True),
+        "bare": lambda: runs.bare_run(client, store, local_tools=True, local_llm=True),
     }
     figures: list[Figure] = []
     rounds = 2

@@ -17,6 +17,12 @@ from pydantic import BaseModel, Field
 
 # Names the worker registers and the workflow calls; the Temporal CLI and Web UI show them too.
 WORKFLOW_TYPE = "AgentRun"
+# An AgentRun's workflow task timeout, set by whatever starts one. A run calls its model in a local activity
+# inside a workflow task (workflows/activity_options.py); the worker extends that task every 80% of this
+# (three events in history each time), and only then does the run take in the signals, updates and queries
+# that arrived meanwhile: shorter than Temporal's 10 s, they wait at most about 3 s, and a dead worker's run
+# goes on elsewhere after 4.
+RUN_TASK_TIMEOUT = timedelta(seconds=4)
 CALL_LLM = "call_llm"
 # Provider limits: the local activity a step asks for capacity with before call_llm (activities/capacity.py).
 RESERVE_CAPACITY = "reserve_capacity"
@@ -371,6 +377,11 @@ class LlmStepInput(BaseModel):
     mcp_tools: list[MCPToolSpec] = Field(default_factory=list)
     # Provider limits: the capacity granted to this call (None: the run's routes have no limit).
     lease: CapacityLease | None = None
+    # A call run as a local activity, inside the workflow task that emitted them: the run's events since its
+    # previous call, which the `events` query serves only once that task ends. The call announces them with
+    # its first deltas, so a stream shows the last step's tools before this step's words (never in history:
+    # a local activity's input is not recorded).
+    events: list["RunEvent"] = Field(default_factory=list)
 
 
 class ToolPolicy(BaseModel):
@@ -697,6 +708,8 @@ RunEvent = Annotated[
     | RunFinished,
     Field(discriminator="type"),
 ]
+LlmStepInput.model_rebuild()
+
 # Events after which the run waits for someone outside it.
 WAITING_EVENTS = (ApprovalRequested, QuestionAsked, ClientToolRequested)
 

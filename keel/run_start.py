@@ -18,7 +18,15 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 
 from keel.agent import Agent, RunContext
-from keel.contracts import WORKFLOW_TYPE, AgentRunInput, ClientTool, Message, PurposeSpec, RunState
+from keel.contracts import (
+    RUN_TASK_TIMEOUT,
+    WORKFLOW_TYPE,
+    AgentRunInput,
+    ClientTool,
+    Message,
+    PurposeSpec,
+    RunState,
+)
 from keel.settings import get_settings
 from keel.storage import run_records
 from keel.storage.store import RunStore
@@ -110,6 +118,7 @@ async def start_run(
         task_queue=task_queue,
         static_summary=f"{run.purpose.slug}: {run.input_summary}",
         memo={"user_id": run.user_id} if run.user_id else None,
+        task_timeout=RUN_TASK_TIMEOUT,
         result_type=RunState,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE
         if once

@@ -269,7 +269,8 @@ async def running_activity(temporal: Client, agent_run_id: str, activity: str) -
 
 async def task_takers(temporal: Client, agent_run_id: str) -> dict[str, set[int]]:
     """Which worker processes (by pid) took the run's tasks, from Temporal's history: `workflow` for its
-    workflow tasks, else the activity type (local activities run inside workflow tasks: not listed)."""
+    workflow tasks, else the activity type (local activities, the model calls and inline tools of runs since
+    model calls became local, run inside workflow tasks: not listed)."""
     history = await temporal.get_workflow_handle(agent_run_id).fetch_history()
     scheduled = {
         e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name

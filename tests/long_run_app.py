@@ -10,7 +10,10 @@ from keel import Agent, tool
 CHAPTER_BYTES = 7_000
 
 
-@tool(triggers=("chapter",))
+# Heavy: each step then waits for the heavy worker, and the run sees Temporal's continue-as-new suggestion at
+# every step. (A run whose tools are all inline takes its steps inside one workflow task, which the worker
+# extends every few seconds; it sees the suggestion at those extensions.)
+@tool(triggers=("chapter",), heavy=True)
 def write_chapter(number: Annotated[int, Field(ge=0, description="The chapter's number")]) -> str:
     """Write a chapter of about 7 KB of text."""
     line = f"Chapter {number}: the same sentence again, for size. "

@@ -56,14 +56,15 @@ async def test_lesson_run_calls_tools_through_temporal_and_streams_the_answer(
     assert description.task_queue == "agent-runs"
     assert description.status == WorkflowExecutionStatus.COMPLETED
     history = await handle.fetch_history()
-    # The last activity records the run's outcome in agent_runs (see test_run_records.py), locally, in the
-    # workflow task that ends the run. Its tools are cheap, so they ran inline: local activities too.
+    # The model calls run as local activities, inside the workflow task; its tools are cheap, so they ran
+    # inline: local activities too. The last one records the run's outcome in agent_runs (see
+    # test_run_records.py), in the workflow task that ends the run.
     assert scheduled_activities(history) == [
-        "call_llm",
+        "local call_llm",
         "local run_tool",
-        "call_llm",
+        "local call_llm",
         "local run_tool",
-        "call_llm",
+        "local call_llm",
         "local record_run",
     ]
 
@@ -146,6 +147,6 @@ async def test_parallel_inline_tools_take_turns_and_replay(http: httpx.AsyncClie
     await handle.result()
     history = await handle.fetch_history()
     # Both ran inline in one step, one local activity at a time, so a replay resumes them in the same order.
-    assert scheduled_activities(history)[:3] == ["call_llm", "local run_tool", "local run_tool"]
+    assert scheduled_activities(history)[:3] == ["local call_llm", "local run_tool", "local run_tool"]
     replayer = Replayer(workflows=[AgentRun], data_converter=temporal.data_converter)
     assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None

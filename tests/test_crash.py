@@ -19,7 +19,7 @@ from activities.models.scripted import DISCLAIMER, ScriptedModel
 from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer
 from keel.storage.store import RunStore
 from tests.conftest import Keel
-from tests.crash_stack import CrashStack, Process, Watch, running_activity, task_takers, until, watching
+from tests.crash_stack import CrashStack, Process, Watch, task_takers, until, watching
 from tests.test_run_records import pick, records
 from tests.ui_stream import UIStream, assert_well_formed, chat, chat_body
 
@@ -90,8 +90,8 @@ async def mid_answer_on_one_of_two_workers(
     await stack.start(*workers, gateway)
     client, streaming = watching(f"{gateway.url}/api/chat", "POST", json=chat_body(LONG))
     await until(lambda: client.deltas() >= 3, "the first words of the reply")
-    call = await running_activity(await stack.temporal(), client.run_id, "call_llm")
-    [answering] = [w for w in workers if call.last_worker_identity.startswith(f"{w.proc.pid}@")]
+    # The model call runs inside the run's workflow task, on the worker whose log tells of the run's step.
+    [answering] = [w for w in workers if client.run_id in w.log_text()]
     return client, streaming, answering, gateway
 
 
@@ -119,16 +119,18 @@ async def test_a_frozen_worker_that_wakes_after_its_llm_call_was_retried_adds_no
     stack: CrashStack, store: RunStore
 ) -> None:
     client, streaming, frozen, gateway = await mid_answer_on_one_of_two_workers(stack)
-    temporal = await stack.temporal()
     run_id = client.run_id
     # The worker stops mid-answer without dying (a long pause, a stalled VM). Temporal presumes it dead after
-    # the heartbeat timeout and starts the call again; then the frozen worker wakes up and carries on.
-    # (It wakes as soon as the retry has started: its own outstanding polls may be handed that retry.)
+    # the workflow task timeout, and the other worker takes the run on and calls the model again; then the
+    # frozen worker wakes up and carries on. (It wakes as soon as the retry has started: its own outstanding
+    # polls may be handed that retry.)
     frozen.freeze()
 
     async def retried() -> bool:
-        call = await running_activity(temporal, run_id, "call_llm")
-        return call is not None and call.attempt >= 2
+        attempt = await store.pool.fetchval(
+            "SELECT max(attempt) FROM llm_calls WHERE agent_run_id = $1", run_id
+        )
+        return (attempt or 0) >= 2
 
     try:
         await until(retried, "Temporal retrying the call", within=60)

@@ -95,17 +95,22 @@ def alert_queries() -> list[tuple[str, str]]:
 
 @pytest.fixture
 async def temporal_names(http: httpx.AsyncClient, keel: Keel, store: RunStore) -> set[str]:
-    """The Temporal SDK's metric names on a real worker's /metrics, after it ran a run with a tool (its
-    histograms only appear once something is measured)."""
-    stream = await chat(http, chat_body("calculate 6 * 7"))
-    await records(store.pool, stream.response.headers["x-agent-run-id"])
-    text = (await http.get(f"http://127.0.0.1:{keel.env['KEEL_WORKER_METRICS_PORT']}/metrics")).text
-    return {
-        sample.name
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name.startswith("temporal_")
-    }
+    """The Temporal SDK's metric names on the real workers' /metrics, after a run with an inline tool and one
+    with a heavy tool (regular activities, on the heavy worker): histograms only appear once something is
+    measured."""
+    for ask in ("calculate 6 * 7", "wait 1 second"):
+        stream = await chat(http, chat_body(ask))
+        await records(store.pool, stream.response.headers["x-agent-run-id"])
+    names: set[str] = set()
+    for port in (keel.env["KEEL_WORKER_METRICS_PORT"], keel.env["KEEL_HEAVY_WORKER_METRICS_PORT"]):
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        names |= {
+            sample.name
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("temporal_")
+        }
+    return names
 
 
 def exported(temporal_names: set[str]) -> set[str]:

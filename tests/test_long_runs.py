@@ -56,19 +56,24 @@ def long_run_stack(
         "KEEL_DATA_DIR": str(base / "data"),
         "KEEL_PORT": str(port),
         "KEEL_TASK_QUEUE": "agent-runs-long",
+        "KEEL_HEAVY_TASK_QUEUE": "agent-heavy-long",
+        "KEEL_HEAVY_WORKER_METRICS_PORT": str(free_port()),
         "KEEL_WORKER_METRICS_PORT": str(free_port()),
         "KEEL_APP": "tests.long_run_app",
     }
-    worker_log, gateway_log = base / "worker.log", base / "gateway.log"
+    worker_log, heavy_log, gateway_log = base / "worker.log", base / "heavy-worker.log", base / "gateway.log"
     worker = _spawn([sys.executable, "worker.py"], env, worker_log)
+    heavy = _spawn([sys.executable, "worker.py", "--queue", "heavy"], env, heavy_log)
     gateway = _spawn([sys.executable, "-m", "api"], env, gateway_log)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for("worker", lambda: b"worker polling" in worker_log.read_bytes(), worker, worker_log)
+        _wait_for("heavy worker", lambda: b"worker polling" in heavy_log.read_bytes(), heavy, heavy_log)
         _wait_for("gateway", lambda: _healthy(url), gateway, gateway_log)
         yield LongRunStack(temporal_address=server.address, gateway_url=url, env=env)
     finally:
         stop_process_group(gateway)
+        stop_process_group(heavy)
         stop_process_group(worker)
         server.stop()
 
@@ -81,7 +86,7 @@ async def test_a_300_step_run_over_2_mb_continues_as_new_and_completes(
     )
     purpose = chapter_writer.spec("scripted", Budgets(max_steps=STEPS + 5))
     messages = [Message(role="user", content=f"write chapter 1, {STEPS} times")]
-    run = run_input(purpose, messages)
+    run = run_input(purpose, messages, heavy_task_queue=long_run_stack.env["KEEL_HEAVY_TASK_QUEUE"])
     run_id = run.agent_run_id
     await store.put_messages(run_id, 0, messages)
     await start_run(temporal, run, "agent-runs-long")
@@ -137,7 +142,7 @@ async def test_a_run_handed_over_keeps_its_new_agent_across_continue_as_new(
     agents = {a.name: a for a in (front_desk, chapter_writer)}
     purpose = front_desk.spec("scripted", agents=agents)
     messages = [Message(role="user", content="transfer to chapter-writer and write chapter 2, 120 times")]
-    run = run_input(purpose, messages)
+    run = run_input(purpose, messages, heavy_task_queue=long_run_stack.env["KEEL_HEAVY_TASK_QUEUE"])
     await store.put_messages(run.agent_run_id, 0, messages)
     await start_run(temporal, run, "agent-runs-long")
 

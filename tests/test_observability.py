@@ -89,7 +89,7 @@ async def test_metrics_are_served_and_move(http: httpx.AsyncClient, keel: Keel, 
     # The Temporal SDK's own worker metrics come along on the worker's endpoint.
     sdk = {name for name, _ in wk1 if name.startswith("temporal_")}
     assert "temporal_worker_task_slots_available" in sdk
-    assert any(name.startswith("temporal_activity_execution_latency") for name in sdk)
+    assert any(name.startswith("temporal_local_activity_execution_latency") for name in sdk)
     assert not any(name.startswith("keel_llm") for name, _ in gw1), "each process serves only its own"
 
 

@@ -101,9 +101,9 @@ async def test_two_workers_sharing_one_rpm_limit_never_exceed_it_together(
     requests = fake_vendors.of(model)
     assert len(requests) == 8 and not any(r.refused for r in requests)  # no 429: nobody went past the limit
     assert most_in_any_window(requests, WINDOW_S) <= 3
-    # Both workers made calls: the limit held for them together.
+    # Both workers made calls (inside the workflow tasks they took): the limit held for them together.
     takers = [await task_takers(await stack.temporal(), h.id) for h in handles]
-    assert len(set().union(*(t["call_llm"] for t in takers))) == 2
+    assert len(set().union(*(t["workflow"] for t in takers))) == 2
     assert sum([await metric(w, "keel_provider_capacity_waits_total") for w in workers]) >= 5
 
 

@@ -101,7 +101,8 @@ async def test_two_workers_and_two_gateways_share_runs_with_no_other_coordinatio
     assert sorted(p.name for p in packages.iterdir() if p.is_dir()) == sorted(
         f"learn-{TOPICS[i]}" for i in range(0, RUNS, 3)
     )
-    # Both agent workers ran workflows and LLM calls, the heavy worker the publishing; no one else took part.
+    # Both agent workers ran workflows and, inside their workflow tasks, the LLM calls; the heavy worker the
+    # publishing; no one else took part.
     temporal = await stack.temporal()
     taken: dict[str, set[int]] = {}
     for run in runs:
@@ -109,5 +110,5 @@ async def test_two_workers_and_two_gateways_share_runs_with_no_other_coordinatio
             taken.setdefault(kind, set()).update(pids)
     agent_pids = {w.proc.pid for w in workers}
     assert taken.pop("run_tool") == {heavy.proc.pid}, taken
-    assert taken["workflow"] == taken["call_llm"] == agent_pids, taken
+    assert taken["workflow"] == agent_pids and "call_llm" not in taken, taken
     assert set().union(*taken.values()) == agent_pids, taken

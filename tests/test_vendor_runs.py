@@ -38,22 +38,32 @@ async def run(
     return await handle.query("state", result_type=RunState), handle
 
 
-async def llm_results(temporal: Client, handle: WorkflowHandle) -> list[tuple[LlmStepResult, int, float]]:
-    """Each call_llm result from history, with its final attempt number and seconds from schedule to start."""
-    events = (await handle.fetch_history()).events
-    by_id = {e.event_id: e for e in events}
+async def llm_results(
+    temporal: Client, store: RunStore, handle: WorkflowHandle
+) -> list[tuple[LlmStepResult, int, float]]:
+    """Each model call's result from history (its local activity's marker), with its final attempt number
+    and the seconds that attempt waited after the one before it ended (0 for a first attempt), from the run's
+    llm_calls records."""
     out = []
-    for event in events:
-        if event.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+    for event in (await handle.fetch_history()).events:
+        details = event.marker_recorded_event_attributes.details
+        if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED or "data" not in details:
             continue
-        done = event.activity_task_completed_event_attributes
-        scheduled = by_id[done.scheduled_event_id]
-        if scheduled.activity_task_scheduled_event_attributes.activity_type.name != "call_llm":
+        marker = json.loads(details["data"].payloads[0].data)
+        if marker["activity_type"] != "call_llm":
             continue
-        started = by_id[done.started_event_id]
-        [result] = await temporal.data_converter.decode(done.result.payloads, [LlmStepResult])
-        wait = started.event_time.ToDatetime() - scheduled.event_time.ToDatetime()
-        out.append((result, started.activity_task_started_event_attributes.attempt, wait.total_seconds()))
+        [result] = await temporal.data_converter.decode(details["result"].payloads, [LlmStepResult])
+        attempts = await store.pool.fetch(
+            "SELECT started_at, finished_at FROM llm_calls WHERE agent_run_id = $1 AND seq = $2 ORDER BY attempt",
+            handle.id,
+            result.reply_seq,
+        )
+        waited = (
+            (attempts[-1]["started_at"] - attempts[-2]["finished_at"]).total_seconds()
+            if len(attempts) > 1
+            else 0.0
+        )
+        out.append((result, marker["attempt"], waited))
     return out
 
 
@@ -70,7 +80,7 @@ async def test_an_agent_run_with_tools_end_to_end(
     [result] = [m for m in conversation if m.role == "tool"]
     assert json.loads(result.content) == {"expression": "2 + 3", "value": 5}
     assert 'calculate returned: {"expression": "2 + 3", "value": 5}' in conversation[-1].content
-    steps = await llm_results(temporal, handle)
+    steps = await llm_results(temporal, store, handle)
     assert [r.model for r, _, _ in steps] == [route, route]
     assert all(r.request_id and r.request_id.startswith("req_fake_") for r, _, _ in steps)
     # Cost per call, summed per run by the workflow.
@@ -98,10 +108,9 @@ async def test_a_429_is_retried_after_the_providers_retry_after(
     state, handle = await run(temporal, store, vendor_worker, "openai:status429x1", "calculate 4 + 4")
 
     assert state.status == "completed", state.detail
-    (first, attempts, waited), _ = await llm_results(temporal, handle)
+    (first, attempts, waited), _ = await llm_results(temporal, store, handle)
     assert attempts == 2
-    # Retry-After said 1.5 s; the retry policy alone would have waited 1 s. (Temporal's server retries an
-    # activity no sooner than about a second, so a shorter Retry-After could not be told apart.)
+    # Retry-After said 1.5 s; the retry policy alone would have waited 1 s.
     assert 1.45 <= waited < 3, waited
 
 
@@ -112,7 +121,7 @@ async def test_an_overload_reported_inside_the_stream_is_retried_and_the_run_com
     state, handle = await run(temporal, store, vendor_worker, "openai:errorfirstx1", "calculate 6 + 6")
 
     assert state.status == "completed", state.detail
-    (_, attempts, _), _ = await llm_results(temporal, handle)
+    (_, attempts, _), _ = await llm_results(temporal, store, handle)
     assert attempts == 2  # the same route, asked again by Temporal
 
 
@@ -123,7 +132,9 @@ async def test_a_fallback_route_answers_when_the_first_is_refused(
     state, handle = await run(temporal, store, vendor_worker, chain, "calculate 1 + 1")
 
     assert state.status == "completed", state.detail
-    assert [r.model for r, _, _ in await llm_results(temporal, handle)] == ["anthropic:claude-haiku-4-5"] * 2
+    assert [r.model for r, _, _ in await llm_results(temporal, store, handle)] == [
+        "anthropic:claude-haiku-4-5"
+    ] * 2
 
 
 async def test_a_malformed_tool_call_goes_back_to_the_model(

@@ -25,6 +25,14 @@ CALL_LLM_OPTIONS: dict[str, Any] = {
     ),
 }
 
+# New runs call the model in a local activity, inside the workflow task (AgentRun._think): no round trip
+# through the server before and after each call. Local activities have no heartbeats: the workflow task
+# timeout notices a dead worker (keel.contracts.RUN_TASK_TIMEOUT), and the gateway's cancel reaches the call directly
+# (keel/storage/interrupts.py).
+CALL_LLM_LOCAL_OPTIONS: dict[str, Any] = {
+    key: value for key, value in CALL_LLM_OPTIONS.items() if key != "heartbeat_timeout"
+}
+
 # Tools report their own failures as error results for the model; an exception escaping a tool is
 # unexpected, so it gets a few quick retries and then goes back to the model as an error.
 _TOOL_RETRIES = RetryPolicy(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, CancelledError
+from temporalio.exceptions import ActivityError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
@@ -51,11 +51,14 @@ class ActivityRunner:
             result: ResultT = await self.start(
                 activity, arg, local=local, result_type=result_type, summary=summary, **options, **more
             )
-        except ActivityError as err:
-            if isinstance(err.cause, CancelledError):
+        except FailureError as err:
+            # A regular activity's failure comes wrapped in an ActivityError; a local one's (temporalio 1.35)
+            # comes as it is.
+            reason = err.cause if isinstance(err, ActivityError) else err
+            if isinstance(reason, CancelledError):
                 raise asyncio.CancelledError() from err
-            cause = str(err.cause) if err.cause is not None else str(err)
-            error_type: str = getattr(err.cause, "type", None) or type(err.cause or err).__name__
+            cause = str(reason) if reason is not None else str(err)
+            error_type: str = getattr(reason, "type", None) or type(reason or err).__name__
             # Ended here, where the failure arrives, before anything else in the run moves on.
             self._fail_run(error_type, f"{failure}: {cause}")
             raise RunFailed(f"{failure}: {cause}") from err

@@ -62,7 +62,7 @@ with workflow.unsafe.imports_passed_through():
         ToolSpec,
         UserAnswer,
     )
-    from workflows.activity_options import CALL_LLM_OPTIONS, CHECK_STOP_WHEN_OPTIONS
+    from workflows.activity_options import CALL_LLM_LOCAL_OPTIONS, CALL_LLM_OPTIONS, CHECK_STOP_WHEN_OPTIONS
     from workflows.activity_runner import ActivityRunner, RunFailed
     from workflows.capacity import CapacityGate
     from workflows.chat_queue import ChatQueue
@@ -136,6 +136,8 @@ class AgentRun:
         # activity on the agent task queue, and their records as regular activities, as they did then. One
         # patch per release: each costs every new run a marker and a search attribute update in history.
         self._activities.local_allowed = workflow.patched("keel-tool-placement")
+        # Runs started before model calls ran as local activities keep calling the model in regular ones.
+        self._llm_local = workflow.patched("keel-local-llm-calls")
         try:
             if not self._queue.may_start and (stop := await self._wait_for_my_turn()) is not None:
                 return await self._end(stop)
@@ -367,6 +369,7 @@ class AgentRun:
         lease = await self._capacity.wait_for_capacity(self._purpose.model, reply_seq, label)
         # Client tools go to the model as plain tool specs (their output schemas stay with the run).
         client_tools: list[ToolSpec] = list(self._run.client_tools)
+        local = self._llm_local
         reply = await self._activities.execute(
             CALL_LLM,
             LlmStepInput(
@@ -382,11 +385,13 @@ class AgentRun:
                 force_output=self._output.must_fix,
                 mcp_tools=self._mcp.tools or [],
                 lease=lease,
+                events=self._reporter.unannounced() if local else [],
             ),
             LlmStepResult,
             summary=f"LLM call {step} · {self._purpose.model}",
-            options=CALL_LLM_OPTIONS,
+            options=CALL_LLM_LOCAL_OPTIONS if local else CALL_LLM_OPTIONS,
             failure="the model call failed",
+            local=local,
         )
         if reply.interrupted:
             await self._cancelled_mid_answer()

@@ -61,6 +61,8 @@ class RunReporter:
         self._desk = desk
         self._queue = queue
         self._events: list[RunEvent] = [] if run.carried is None else list(run.carried.events)
+        # How many of them a local model call has announced (LlmStepInput.events); carried ones were known.
+        self._announced = len(self._events)
         # How the run ended (None while it goes on), and why; while it waits for its turn, `detail` says so.
         self.final: RunStatus | None = None
         self.detail: str | None = None
@@ -80,6 +82,11 @@ class RunReporter:
 
     def events_after(self, after: int) -> list[RunEvent]:
         return self._events[after:]
+
+    def unannounced(self) -> list[RunEvent]:
+        """The events since the previous local model call took them, for the next one to announce."""
+        new, self._announced = self._events[self._announced :], len(self._events)
+        return new
 
     def emit(self, event_type: type[EventT], **fields: Any) -> EventT:
         event = event_type(seq=len(self._events) + 1, **fields)

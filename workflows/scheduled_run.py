@@ -11,7 +11,7 @@ from temporalio import workflow
 from temporalio.exceptions import ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from keel.contracts import WORKFLOW_TYPE, AgentRunInput, RunState, RunStatus
+    from keel.contracts import RUN_TASK_TIMEOUT, WORKFLOW_TYPE, AgentRunInput, RunState, RunStatus
     from keel.schedules import (
         OPEN_SCHEDULED_RUN,
         SCHEDULE_ID_KEY,
@@ -48,6 +48,7 @@ class ScheduledRun:
             WORKFLOW_TYPE,
             run,
             id=run.agent_run_id,
+            task_timeout=RUN_TASK_TIMEOUT,
             result_type=RunState,
             # Cancelling the firing (overlap cancel_other, the Web UI) cancels the run and waits for it to
             # stop; terminating the firing (terminate_other) still asks the run to cancel.

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from keel.agent import tighter
     from keel.contracts import (
         OPEN_SUB_RUN,
+        RUN_TASK_TIMEOUT,
         SAVE_SUB_RUN_RESULT,
         WORKFLOW_TYPE,
         AgentRunInput,
@@ -198,6 +199,7 @@ class SubAgents:
             WORKFLOW_TYPE,
             child,
             id=child.agent_run_id,
+            task_timeout=RUN_TASK_TIMEOUT,
             result_type=RunState,
             cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
             parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,

@@ -29,8 +29,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import asyncpg
+from pydantic import TypeAdapter
 
-from keel.contracts import LlmStepInput
+from keel.contracts import LlmStepInput, RunEvent
 
 log = logging.getLogger("keel.storage.deltas")
 
@@ -71,6 +72,9 @@ class DeltaBatch:
     texts: tuple[str, ...] | None
     # The seq of the step's `step_started` event, when the writer knew it (0: unknown).
     event_seq: int = 0
+    # Run events a local call announces before its first words (LlmStepInput.events); only ever in the
+    # notification, never in the log: a gateway that misses them hears of them from the `events` query.
+    events: tuple[RunEvent, ...] = ()
 
     @property
     def count(self) -> int:
@@ -125,6 +129,14 @@ class DeltaChannel(Protocol):
         """The step's deltas after position (attempt, n), in order."""
         ...
 
+    async def last_attempt(self, agent_run_id: str, step: int) -> int:
+        """The highest attempt of the step that has published anything (0: none)."""
+        ...
+
+    async def read_events(self, agent_run_id: str, after: int = 0) -> list[RunEvent]:
+        """The run events announced with deltas (DeltaBatch.events) with seq > after, in order."""
+        ...
+
     async def subscribe(self, agent_run_id: str, queue: asyncio.Queue[object]) -> Subscription:
         """Deliver the run's batches into `queue` from now on, until the subscription is closed."""
         ...
@@ -144,6 +156,7 @@ class DeltaWriter:
         reply_seq: int,
         attempt: int,
         event_seq: int = 0,
+        events: Sequence[RunEvent] = (),
     ) -> None:
         self._channel = channel
         self._address = (agent_run_id, step, reply_seq, attempt)
@@ -152,14 +165,17 @@ class DeltaWriter:
         self._next_n = 0
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
-        # A retried attempt announces itself before it has written anything.
+        # A retried attempt announces itself before it has written anything, and so do the events it carries.
         self._marker = attempt > 1
-        if self._marker:
+        self._events = tuple(events)
+        if self._marker or self._events:
             self._kick()
 
     @classmethod
     def for_llm_step(cls, channel: "DeltaChannel", step: LlmStepInput, attempt: int) -> "DeltaWriter":
-        return cls(channel, step.agent_run_id, step.step, step.reply_seq, attempt, step.step_event_seq)
+        return cls(
+            channel, step.agent_run_id, step.step, step.reply_seq, attempt, step.step_event_seq, step.events
+        )
 
     def write(self, text: str) -> None:
         if text and not self._stopped:
@@ -178,14 +194,22 @@ class DeltaWriter:
     async def _flush(self) -> None:
         if self._channel.batch_window > 0:
             await asyncio.sleep(self._channel.batch_window)
-        while (self._buffer or self._marker) and not self._stopped:
+        while (self._buffer or self._marker or self._events) and not self._stopped:
             texts = [""] if self._marker else []
             texts += _pieces("".join(self._buffer), MAX_ROW_CHARS)
             self._buffer.clear()
             agent_run_id, step, reply_seq, attempt = self._address
             batch = DeltaBatch(
-                agent_run_id, step, attempt, self._next_n, reply_seq, tuple(texts), self._event_seq
+                agent_run_id,
+                step,
+                attempt,
+                self._next_n,
+                reply_seq,
+                tuple(texts),
+                self._event_seq,
+                self._events,
             )
+            self._events = ()
             try:
                 accepted = await self._channel.publish(batch)
             except Exception as err:  # live text is best effort: the final reply still reaches every client
@@ -212,6 +236,12 @@ class NullDeltaChannel:
     async def read(self, agent_run_id: str, step: int, after: tuple[int, int] | None = None) -> list[Delta]:
         return []
 
+    async def last_attempt(self, agent_run_id: str, step: int) -> int:
+        return 0
+
+    async def read_events(self, agent_run_id: str, after: int = 0) -> list[RunEvent]:
+        return []
+
     async def subscribe(self, agent_run_id: str, queue: asyncio.Queue[object]) -> Subscription:
         return Subscription(agent_run_id, queue)
 
@@ -235,6 +265,12 @@ WITH async_commit AS (
     INSERT INTO run_deltas (agent_run_id, step, attempt, n, reply_seq, text)
     SELECT $1, $2, $3, $4 + t.i - 1, $5, t.text
     FROM fence, unnest($6::text[]) WITH ORDINALITY AS t(text, i)
+    WHERE fence.open
+    ON CONFLICT DO NOTHING
+), announced AS (
+    INSERT INTO run_events (agent_run_id, seq, body)
+    SELECT $1, e.seq, e.body
+    FROM fence, unnest($9::integer[], $10::text[]) AS e(seq, body)
     WHERE fence.open
     ON CONFLICT DO NOTHING
 )
@@ -264,6 +300,7 @@ class PostgresDeltaChannel:
     async def publish(self, batch: DeltaBatch) -> bool:
         texts = list(batch.texts or ())
         payload = _payload(batch, texts)
+        events = [_EVENT.dump_json(e).decode() for e in batch.events]
         return bool(
             await self.pool.fetchval(
                 _PUBLISH,
@@ -275,8 +312,18 @@ class PostgresDeltaChannel:
                 texts,
                 channel_name(batch.agent_run_id),
                 payload,
+                [e.seq for e in batch.events],
+                events,
             )
         )
+
+    async def read_events(self, agent_run_id: str, after: int = 0) -> list[RunEvent]:
+        rows = await self.pool.fetch(
+            "SELECT body FROM run_events WHERE agent_run_id = $1 AND seq > $2 ORDER BY seq",
+            agent_run_id,
+            after,
+        )
+        return [_EVENT.validate_json(r["body"]) for r in rows]
 
     async def read(self, agent_run_id: str, step: int, after: tuple[int, int] | None = None) -> list[Delta]:
         attempt, n = after or (0, -1)
@@ -289,6 +336,12 @@ class PostgresDeltaChannel:
             n,
         )
         return [Delta(step, r["attempt"], r["n"], r["reply_seq"], r["text"]) for r in rows]
+
+    async def last_attempt(self, agent_run_id: str, step: int) -> int:
+        attempt = await self.pool.fetchval(
+            "SELECT max(attempt) FROM run_deltas WHERE agent_run_id = $1 AND step = $2", agent_run_id, step
+        )
+        return int(attempt or 0)
 
     # --- subscribing (gateways) ---
 
@@ -397,8 +450,8 @@ class PostgresDeltaChannel:
 # Rows of runs that finished before the cutoff, oldest first, a batch at a time (a run still waiting for an
 # approval keeps its deltas however old they are).
 _PRUNE = """
-DELETE FROM run_deltas WHERE ctid = ANY(ARRAY(
-    SELECT d.ctid FROM run_deltas d
+DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+    SELECT d.ctid FROM {table} d
     WHERE d.created_at < $1
       AND EXISTS (SELECT 1 FROM agent_runs r WHERE r.id = d.agent_run_id AND r.finished_at < $1)
     ORDER BY d.created_at
@@ -411,16 +464,19 @@ async def prune_deltas(pool: asyncpg.Pool, older_than: timedelta, batch: int = 1
     """Delete the deltas of runs that finished more than `older_than` ago; returns how many rows went.
 
     The replay log is for clients that reconnect to a run; a finished run's replies are in run_messages,
-    and its stream, replayed after pruning, sends each reply whole instead of in its original pieces.
+    and its stream, replayed after pruning, sends each reply whole instead of in its original pieces. The
+    events announced with the deltas go too: a finished run's events are in its history.
     """
     cutoff = datetime.now(UTC) - older_than
     deleted = 0
-    while True:
-        status = await pool.execute(_PRUNE, cutoff, batch)
-        count = int(status.split()[-1])
-        deleted += count
-        if count < batch:
-            return deleted
+    for table in ("run_deltas", "run_events"):
+        while True:
+            status = await pool.execute(_PRUNE.format(table=table), cutoff, batch)
+            count = int(status.split()[-1])
+            deleted += count
+            if count < batch:
+                break
+    return deleted
 
 
 def channel_name(agent_run_id: str) -> str:
@@ -428,14 +484,24 @@ def channel_name(agent_run_id: str) -> str:
     return _CHANNEL_PREFIX + agent_run_id
 
 
+_EVENTS = TypeAdapter(list[RunEvent])
+_EVENT: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
+
+
 def _payload(batch: DeltaBatch, texts: Sequence[str]) -> str:
-    head = {
+    head: dict[str, object] = {
         "s": batch.step,
         "a": batch.attempt,
         "n": batch.first_n,
         "r": batch.reply_seq,
         "e": batch.event_seq,
     }
+    if batch.events:
+        with_events = {**head, "t": list(texts), "v": _EVENTS.dump_python(list(batch.events), mode="json")}
+        payload = json.dumps(with_events, ensure_ascii=False, separators=(",", ":"))
+        if len(payload.encode()) <= NOTIFY_LIMIT:
+            return payload
+        # Too large with its events: they wait for the `events` query.
     payload = json.dumps({**head, "t": list(texts)}, ensure_ascii=False, separators=(",", ":"))
     if len(payload.encode()) <= NOTIFY_LIMIT:
         return payload
@@ -454,6 +520,7 @@ def _parse(agent_run_id: str, payload: str) -> DeltaBatch:
         int(data["r"]),
         None if texts is None else tuple(str(t) for t in texts),
         int(data.get("e", 0)),
+        tuple(_EVENTS.validate_python(data.get("v", []))),
     )
 
 
