@@ -43,7 +43,7 @@ from keel.storage.provider_limits import ProviderLedger
 from keel.storage.reconciler import first_look_back, reconcile
 from keel.storage.run_records import RecordWriter
 from keel.storage.store import RunStore, create_pool
-from keel.temporal import connect_temporal, temporal_connect_options
+from keel.temporal import WORKFLOW_RUNNER, connect_temporal, temporal_connect_options
 from workflows.agent_run import AgentRun
 from workflows.scheduled_run import ScheduledRun
 from workflows.webhooks import WebhookDelivery
@@ -96,6 +96,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, queue: Queue = "ag
         ),
         max_concurrent_activities=settings.heavy_concurrency if heavy else None,
         interceptors=[ObservingInterceptor(records)],
+        workflow_runner=WORKFLOW_RUNNER,
         # Heartbeats carry cancellation to activities; a short throttle delivers it within a second.
         max_heartbeat_throttle_interval=timedelta(seconds=1),
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_s),

@@ -19,6 +19,7 @@ from keel.app import load_app
 from keel.settings import get_settings
 from keel.storage.deltas import PostgresDeltaChannel
 from keel.storage.store import RunStore, create_pool
+from keel.temporal import WORKFLOW_RUNNER
 
 
 async def serve() -> None:
@@ -43,6 +44,8 @@ async def serve() -> None:
         client,
         task_queue=BARE_TASK_QUEUE,
         workflows=[BareAgentLoop],
+        # As Keel's workers run theirs (keel/temporal.py), so the comparison is like for like.
+        workflow_runner=WORKFLOW_RUNNER,
         activities=[activities.call_llm, activities.run_tool],
     )
     try:

@@ -17,9 +17,19 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import TLSConfig
+from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 
 from keel.encryption import EncryptionCodec
 from keel.settings import Settings
+
+# How Keel's workers run its workflows: outside temporalio's sandbox. The sandbox re-imports a workflow's
+# modules for every run it starts and every run it replays (a cache miss: an approval after days, a worker
+# restart), about 20 ms each on 2 cores (`make bench`); Keel's workflows are its own small, reviewed code,
+# with no user code in them (tools and predicates run in activities). Determinism is guarded instead by
+# tests/test_workflow_determinism.py, which reads workflows/ for the calls the sandbox would refuse, and by
+# tests/test_replay.py, which replays every recorded history and every run of the test session in the
+# sandbox.
+WORKFLOW_RUNNER: WorkflowRunner = UnsandboxedWorkflowRunner()
 
 
 def data_converter(settings: Settings) -> DataConverter:

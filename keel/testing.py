@@ -97,6 +97,7 @@ from keel.observability.logs import temporal_core_logging
 from keel.run_start import first_messages, new_run_id, record_start, run_input, start_run
 from keel.stack.embedded import EmbeddedPostgres
 from keel.storage.store import RunStore, create_pool
+from keel.temporal import WORKFLOW_RUNNER
 
 if TYPE_CHECKING:
     import asyncpg
@@ -601,6 +602,7 @@ class AgentTest:
             self.env.client,
             task_queue=_TASK_QUEUE,
             workflows=[AgentRun],
+            workflow_runner=WORKFLOW_RUNNER,
             # Heavy tools run here too, as regular activities on this one queue (see `run`).
             activities=[*agent.run_queue_activities(), RecordActivities(pool).record_run],
             # As the real workers: a cancelled run reaches a heavy tool within a second.

@@ -4,6 +4,11 @@ ScheduledRun this test session made.
 
 A worker deploy replays the runs in flight with the new code, so a change to the workflow that would
 break one of these goes behind `workflow.patched`.
+
+The replays run in temporalio's sandbox (the Replayer's default), which refuses non-deterministic calls
+(the clock, randomness, I/O). Keel's workers run their workflows outside it (keel/temporal.py), so this is
+where such a call on any path the session took shows up; tests/test_workflow_determinism.py reads the code
+for them too.
 """
 
 from pathlib import Path
