@@ -87,8 +87,10 @@ async def cancelled_during_a_tool(http: httpx.AsyncClient) -> str:
 
 
 async def continued_as_new(http: httpx.AsyncClient) -> str:
-    # Eight steps of about seven history events each pass the server's lowered suggestion (see record).
-    run_id, _ = await _start(http, "calculate 1 + 1, 8 times")
+    # Eight steps pass the server's lowered suggestion (see record). Each waits for a heavy tool, so each
+    # ends a workflow task and the run hears the suggestion there (a run whose steps are all local hears it
+    # only when its worker extends the task, every few seconds).
+    run_id, _ = await _start(http, "wait 1 second, 8 times")
     return run_id
 
 
