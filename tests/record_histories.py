@@ -90,7 +90,7 @@ async def continued_as_new(http: httpx.AsyncClient) -> str:
     # Eight steps pass the server's lowered suggestion (see record). Each waits for a heavy tool, so each
     # ends a workflow task and the run hears the suggestion there (a run whose steps are all local hears it
     # only when its worker extends the task, every few seconds).
-    run_id, _ = await _start(http, "wait 1 second, 8 times")
+    run_id, _ = await _start(http, "wait 1 second, 6 times")
     return run_id
 
 
@@ -275,14 +275,19 @@ async def _record_scenarios(url: str, temporal_address: str, out: Path) -> None:
                 await client.get_schedule_handle(run_id.removeprefix("schedule:")).trigger()
                 continue  # its firing is recorded with the other workflows
             await client.get_workflow_handle(run_id).result()  # only finished runs are recorded
-            # Every Temporal run of the agent run, oldest first: more than one if it continued as new.
-            executions = [e async for e in client.list_workflows(f'WorkflowId = "{run_id}"')]
-            executions.sort(key=lambda e: e.start_time)
-            for number, execution in enumerate(executions, start=1):
-                history = await client.get_workflow_handle(run_id, run_id=execution.run_id).fetch_history()
-                suffix = f"-{number}" if len(executions) > 1 else ""
+            # Every Temporal run of the agent run, oldest first: more than one if it continued as new. Found
+            # by following each run back to the one it continued (visibility may not list them all yet).
+            histories = [await client.get_workflow_handle(run_id).fetch_history()]
+            while (
+                previous := histories[0]
+                .events[0]
+                .workflow_execution_started_event_attributes.continued_execution_run_id
+            ):
+                histories.insert(0, await client.get_workflow_handle(run_id, run_id=previous).fetch_history())
+            for number, history in enumerate(histories, start=1):
+                suffix = f"-{number}" if len(histories) > 1 else ""
                 (out / f"{name}{suffix}.json").write_text(history.to_json())
-            print(f"{name}: {run_id}, {len(executions)} Temporal run(s)")
+            print(f"{name}: {run_id}, {len(histories)} Temporal run(s)")
     await _record_other_workflows(client, out)
     receiver.close()
 
