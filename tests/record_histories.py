@@ -90,7 +90,7 @@ async def continued_as_new(http: httpx.AsyncClient) -> str:
     # Eight steps pass the server's lowered suggestion (see record). Each waits for a heavy tool, so each
     # ends a workflow task and the run hears the suggestion there (a run whose steps are all local hears it
     # only when its worker extends the task, every few seconds).
-    run_id, _ = await _start(http, "wait 1 second, 6 times")
+    run_id, _ = await _start(http, "wait 1 second, 4 times")
     return run_id
 
 
