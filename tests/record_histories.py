@@ -28,7 +28,7 @@ from tests.conftest import _healthy, _spawn, _wait_for, wait_for_status
 from tests.ui_stream import chat_body, parse
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[str]]
-SUGGEST_AFTER = 50
+SUGGEST_AFTER = 30
 
 
 async def _start(http: httpx.AsyncClient, text: str, **extra: object) -> tuple[str, list[dict[str, object]]]:
