@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 from fastapi import HTTPException, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from api.gateway import Gateway
@@ -27,6 +28,7 @@ from api.run_stream import (
     whole_message,
 )
 from keel.contracts import EVENTS_QUERY, RunEvent
+from keel.storage import run_records
 from keel.ui_protocol import ErrorChunk, encode
 
 log = logging.getLogger("keel.api")
@@ -92,22 +94,39 @@ async def resume_chat(gw: Gateway, chat_id: str) -> Response:
     agent_run_id = await gw.store.latest_chat_run(chat_id)
     if agent_run_id is None:
         return Response(status_code=204)
-    try:
-        state = await gw.state(agent_run_id)
-    except HTTPException as err:
-        if err.status_code == 404:
+    if await _answering(gw, agent_run_id):
+        # Its model is answering inside a workflow task, and the run takes no query until that task ends
+        # (docs/explanation/durability.md): it runs, and its events so far are the ones the call announced.
+        events, waiting = await gw.deltas.read_events(agent_run_id), False
+    else:
+        try:
+            state = await gw.state(agent_run_id)
+        except HTTPException as err:
+            if err.status_code == 404:
+                return Response(status_code=204)
+            raise
+        if state.status.is_final:
             return Response(status_code=204)
-        raise
-    if state.status.is_final:
-        return Response(status_code=204)
-    # State first, then events: a run that waits has emitted what it waits for.
-    events: list[RunEvent] = await gw.run(agent_run_id).query(EVENTS_QUERY, 0, result_type=list[RunEvent])
+        # State first, then events: a run that waits has emitted what it waits for.
+        events = await gw.run(agent_run_id).query(EVENTS_QUERY, 0, result_type=list[RunEvent])
+        waiting = state.status != "running"
     pauses = pause_points(events)
-    last_pause, waiting = (pauses[-1] if pauses else None), state.status != "running"
+    last_pause = pauses[-1] if pauses else None
     return stream_response(
         gw,
         agent_run_id,
         sse_events(gw, agent_run_id, lambda stream: whole_message(stream, last_pause, waiting)),
+    )
+
+
+async def _answering(gw: Gateway, agent_run_id: str) -> bool:
+    """Whether the run is open and one of its LLM calls under way."""
+    try:
+        described = await gw.run(agent_run_id).describe()
+    except RPCError:
+        return False  # unknown or unreachable: the state query says which
+    return described.status == WorkflowExecutionStatus.RUNNING and await run_records.model_answering(
+        gw.store.pool, agent_run_id
     )
 
 
