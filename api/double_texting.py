@@ -9,6 +9,7 @@ builds one queue in arrival order (each run behind the one before it), `interrup
 """
 
 import asyncio
+from dataclasses import dataclass
 
 from fastapi import HTTPException
 from temporalio.service import RPCError
@@ -20,7 +21,7 @@ from keel.contracts import (
     QUEUE_NEXT_SIGNAL,
     CancelRequest,
     QueuedRun,
-    RunState,
+    RunStatus,
 )
 from keel.storage.store import RunStore
 
@@ -54,11 +55,21 @@ async def make_room(chat_id: str, gw: Gateway, chat: RunStore, regenerating: str
     return None
 
 
-async def active_runs(chat_id: str, gw: Gateway, chat: RunStore) -> list[RunState]:
+@dataclass(frozen=True)
+class ActiveRun:
+    agent_run_id: str
+    status: RunStatus
+
+
+async def active_runs(chat_id: str, gw: Gateway, chat: RunStore) -> list[ActiveRun]:
     """The chat's active runs, newest first: a run that runs or waits, and under `enqueue` the runs
-    queued behind it. The records say which runs may be active; Temporal has the last word."""
+    queued behind it. The records say which runs may be active; Temporal has the last word (a run whose
+    model is answering runs: it is not asked, as it would answer only once its workflow task ends)."""
     active = []
     for agent_run_id in await chat.unfinished_chat_runs(chat_id):
+        if await gw.model_answering(agent_run_id):
+            active.append(ActiveRun(agent_run_id, RunStatus.running))
+            continue
         try:
             state = await gw.state(agent_run_id)
         except HTTPException as err:
@@ -66,7 +77,7 @@ async def active_runs(chat_id: str, gw: Gateway, chat: RunStore) -> list[RunStat
                 continue
             raise
         if not state.status.is_final:
-            active.append(state)
+            active.append(ActiveRun(agent_run_id, state.status))
     return active
 
 

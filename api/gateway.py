@@ -24,6 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from keel.app import App
 from keel.contracts import STATE_QUERY, ErrorType, RunState
 from keel.settings import Settings
+from keel.storage import run_records
 from keel.storage.deltas import DeltaChannel
 from keel.storage.interrupts import interrupt
 from keel.storage.reconciler import ended_outside
@@ -69,6 +70,18 @@ class Gateway:
             await interrupt(self.store.pool, agent_run_id)
         except (OSError, asyncpg.PostgresError) as err:
             log.warning("run %s: cancel signalled, interrupt not sent (%s)", agent_run_id, err)
+
+    async def model_answering(self, agent_run_id: str) -> bool:
+        """Whether the run is open and one of its LLM calls under way. Such a run answers queries only when
+        its workflow task ends (its model call is a local activity in it): callers that only need to know it
+        runs ask this instead, from Temporal's record of the run and the call's own record."""
+        try:
+            described = await self.run(agent_run_id).describe()
+        except RPCError:
+            return False  # unknown or unreachable: the state query says which
+        return described.status == WorkflowExecutionStatus.RUNNING and await run_records.model_answering(
+            self.store.pool, agent_run_id
+        )
 
     async def state(self, agent_run_id: str) -> RunState:
         """The run's `state` query. A run closed from outside its loop (terminated, timed out) never said

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 from fastapi import HTTPException, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from api.gateway import Gateway
@@ -28,7 +27,6 @@ from api.run_stream import (
     whole_message,
 )
 from keel.contracts import EVENTS_QUERY, RunEvent
-from keel.storage import run_records
 from keel.ui_protocol import ErrorChunk, encode
 
 log = logging.getLogger("keel.api")
@@ -94,7 +92,7 @@ async def resume_chat(gw: Gateway, chat_id: str) -> Response:
     agent_run_id = await gw.store.latest_chat_run(chat_id)
     if agent_run_id is None:
         return Response(status_code=204)
-    if await _answering(gw, agent_run_id):
+    if await gw.model_answering(agent_run_id):
         # Its model is answering inside a workflow task, and the run takes no query until that task ends
         # (docs/explanation/durability.md): it runs, and its events so far are the ones the call announced.
         events, waiting = await gw.deltas.read_events(agent_run_id), False
@@ -116,17 +114,6 @@ async def resume_chat(gw: Gateway, chat_id: str) -> Response:
         gw,
         agent_run_id,
         sse_events(gw, agent_run_id, lambda stream: whole_message(stream, last_pause, waiting)),
-    )
-
-
-async def _answering(gw: Gateway, agent_run_id: str) -> bool:
-    """Whether the run is open and one of its LLM calls under way."""
-    try:
-        described = await gw.run(agent_run_id).describe()
-    except RPCError:
-        return False  # unknown or unreachable: the state query says which
-    return described.status == WorkflowExecutionStatus.RUNNING and await run_records.model_answering(
-        gw.store.pool, agent_run_id
     )
 
 
