@@ -231,15 +231,21 @@ class RunService:
         return True
 
     async def wait(self, agent_run_id: str, user: User, timeout_s: float) -> RunState:
-        """The run's state once it is final or waits for a person, or after `timeout_s` as it is then."""
+        """The run's state once it is final or waits for a person, or after `timeout_s` as it is then.
+
+        A run whose model is answering takes the `state` query only when its workflow task ends or is
+        extended (about 3 s): its state as it is then, once the time is up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         state = await self.owned_state(agent_run_id, user)
-        if not _settled(state):
+        if not _settled(state) and (remaining := deadline - loop.time()) > 0:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
+                async with asyncio.timeout(remaining):
                     async for _ in follow_run(self.gw.run(agent_run_id), after=state.last_event_seq):
                         if _settled(await self.gw.state(agent_run_id)):
                             break
-        return await self.state(agent_run_id, user)
+            state = await self.owned_state(agent_run_id, user)
+        return await self._with_output(state)
 
     async def _launch(self, chat: RunStore, run: AgentRunInput) -> None:
         """Start the run's workflow (and queue it, under `enqueue`). If Temporal refuses, the run never
@@ -478,10 +484,12 @@ class RunService:
     async def state(self, agent_run_id: str, user: User) -> RunState:
         """The run's state with its structured output (`output`): the workflow knows only where the
         validated answer is stored, with its reply, so the object itself never passes through Temporal."""
-        state = await self.owned_state(agent_run_id, user)
+        return await self._with_output(await self.owned_state(agent_run_id, user))
+
+    async def _with_output(self, state: RunState) -> RunState:
         if state.output_seq is None:
             return state
-        reply = (await self.gw.store.messages(agent_run_id, [state.output_seq])).get(state.output_seq)
+        reply = (await self.gw.store.messages(state.agent_run_id, [state.output_seq])).get(state.output_seq)
         return state.model_copy(update={"output": reply.output if reply is not None else None})
 
     async def final_text(self, agent_run_id: str) -> str | None:

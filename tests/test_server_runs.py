@@ -77,7 +77,9 @@ async def test_wait_answers_when_the_run_waits_for_a_person_and_again_at_its_end
 
 async def test_wait_gives_up_at_its_timeout_with_the_state_as_it_is(gateways: dict[str, str]) -> None:
     async with httpx.AsyncClient(base_url=gateways["slow"], timeout=30) as http:
-        run = (await start(http, run_body("tell me a long story, slowly"))).json()["agent_run_id"]
+        # scripted:slow takes about 5 s over this answer, longer than a workflow task goes unextended (3.2 s)
+        long_story = "tell me a long story, slowly, about durable execution, workers and gateways, all of it"
+        run = (await start(http, run_body(long_story))).json()["agent_run_id"]
         began = time.monotonic()
 
         waited = await http.get(f"/api/runs/{run}/wait", params={"timeout": 0.5})
