@@ -31,6 +31,7 @@ from keel.contracts import RECORD_RUN, ErrorType, LlmStepInput, RunNote, RunStat
 from keel.observability import metrics
 from keel.observability.logs import log_context
 from keel.observability.tracing import tracer
+from keel.storage.deltas import store_events
 from keel.storage.run_records import RecordWriter, Row, is_unavailable, snapshot, write_run_note
 
 log = logging.getLogger("keel.activities")
@@ -364,6 +365,7 @@ class RecordActivities:
         rows = [tool_note_row(note.agent_run_id, t) for t in note.tool_runs]
         try:
             written = await write_run_note(self.pool, run, rows, note.output_seq)
+            await store_events(self.pool, note.agent_run_id, note.events)
         except Exception as err:
             if is_unavailable(err):
                 raise

@@ -63,20 +63,20 @@ class ActiveRun:
 
 async def active_runs(chat_id: str, gw: Gateway, chat: RunStore) -> list[ActiveRun]:
     """The chat's active runs, newest first: a run that runs or waits, and under `enqueue` the runs
-    queued behind it. The records say which runs may be active; Temporal has the last word (a run whose
-    model is answering runs: it is not asked, as it would answer only once its workflow task ends)."""
+    queued behind it. The records say which runs may be active; Temporal has the last word (a run in the
+    middle of a workflow task, its model answering, runs: it is not asked, as it would answer only once
+    that task ends)."""
     active = []
     for agent_run_id in await chat.unfinished_chat_runs(chat_id):
-        if await gw.model_answering(agent_run_id):
-            active.append(ActiveRun(agent_run_id, RunStatus.running))
-            continue
         try:
-            state = await gw.state(agent_run_id)
+            state = await gw.state_unless_busy(agent_run_id)
         except HTTPException as err:
             if err.status_code == 404:  # recorded, but its workflow never started
                 continue
             raise
-        if not state.status.is_final:
+        if state is None:
+            active.append(ActiveRun(agent_run_id, RunStatus.running))
+        elif not state.status.is_final:
             active.append(ActiveRun(agent_run_id, state.status))
     return active
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, HTTPException, Request
+from temporalio.api.enums.v1 import PendingWorkflowTaskState
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -24,13 +25,16 @@ from temporalio.service import RPCError, RPCStatusCode
 from keel.app import App
 from keel.contracts import STATE_QUERY, ErrorType, RunState
 from keel.settings import Settings
-from keel.storage import run_records
 from keel.storage.deltas import DeltaChannel
 from keel.storage.interrupts import interrupt
 from keel.storage.reconciler import ended_outside
 from keel.storage.store import RunStore
 
 log = logging.getLogger("keel.api")
+
+# A state query of a run between workflow tasks answers in milliseconds; one that takes longer met a task
+# under way (Gateway.state_unless_busy).
+_QUICK_QUERY_SECONDS = 0.5
 
 _RUN_ID = re.compile(r"^run-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -71,17 +75,24 @@ class Gateway:
         except (OSError, asyncpg.PostgresError) as err:
             log.warning("run %s: cancel signalled, interrupt not sent (%s)", agent_run_id, err)
 
-    async def model_answering(self, agent_run_id: str) -> bool:
-        """Whether the run is open and one of its LLM calls under way. Such a run answers queries only when
-        its workflow task ends (its model call is a local activity in it): callers that only need to know it
-        runs ask this instead, from Temporal's record of the run and the call's own record."""
+    async def state_unless_busy(self, agent_run_id: str) -> RunState | None:
+        """The run's state, or None while a workflow task of the run is under way: the run answers a query
+        only once that task ends, and its model calls run inside one as local activities, for as long as
+        the model writes. For callers that only need to know the run is going on. Busy: Temporal's record
+        of the run shows a task scheduled or started, or the query takes longer than a task's work does."""
         try:
             described = await self.run(agent_run_id).describe()
         except RPCError:
-            return False  # unknown or unreachable: the state query says which
-        return described.status == WorkflowExecutionStatus.RUNNING and await run_records.model_answering(
-            self.store.pool, agent_run_id
-        )
+            described = None  # unknown or unreachable: the state query says which
+        if described is not None and described.status == WorkflowExecutionStatus.RUNNING:
+            task = described.raw_description.pending_workflow_task
+            if task.state != PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_UNSPECIFIED:
+                return None
+            try:
+                return await asyncio.wait_for(self.state(agent_run_id), _QUICK_QUERY_SECONDS)
+            except TimeoutError:
+                return None
+        return await self.state(agent_run_id)
 
     async def state(self, agent_run_id: str) -> RunState:
         """The run's `state` query. A run closed from outside its loop (terminated, timed out) never said

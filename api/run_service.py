@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar, overload
 import asyncpg
 from fastapi import Depends, HTTPException
 from pydantic import BaseModel
-from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.client import WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -439,13 +439,7 @@ class RunService:
         Whose run it is and whether it still runs come from Temporal's own record of it (its memo and
         status), not the `state` query: a run in the middle of a model call answers queries only when its
         workflow task ends, and a cancel must not wait for that."""
-        handle = self.gw.run(agent_run_id)
-        try:
-            described = await handle.describe()
-        except RPCError as err:
-            raise http_error(err, agent_run_id) from None
-        if not user.owns((await described.memo()).get("user_id")):
-            raise no_run(agent_run_id)
+        described = await self.owned_execution(agent_run_id, user)
         if described.status != WorkflowExecutionStatus.RUNNING:
             state = await self.gw.state(agent_run_id)
             raise HTTPException(409, f"run {agent_run_id!r} has already finished ({state.status.value})")
@@ -476,6 +470,17 @@ class RunService:
             raise await refusal(self.gw, err, agent_run_id) from None
 
     # --- Reading ---
+
+    async def owned_execution(self, agent_run_id: str, user: User) -> WorkflowExecutionDescription:
+        """Temporal's own record of the run (its status, its memo), which the server answers even while the
+        run is in the middle of a workflow task; 404 unless the run is the user's."""
+        try:
+            described = await self.gw.run(agent_run_id).describe()
+        except RPCError as err:
+            raise http_error(err, agent_run_id) from None
+        if not user.owns((await described.memo()).get("user_id")):
+            raise no_run(agent_run_id)
+        return described
 
     async def owned_state(self, agent_run_id: str, user: User) -> RunState:
         """The run's state (its `state` query); 404 unless the run is the user's."""

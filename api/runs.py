@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 from pydantic_core import PydanticCustomError
+from temporalio.client import WorkflowExecutionStatus
 
 from api.auth import CurrentUser
 from api.chat_request import JsonValue, RunRequest, StrictBody
@@ -125,8 +126,11 @@ async def run_events(
     ),
 ) -> Response:
     after = last_event_id(request, last_event_id_param)
-    state = await service.owned_state(agent_run_id, user)  # unknown and foreign runs are 404
-    return await resumed_response(service.gw, agent_run_id, after, finished=state.status.is_final)
+    # Unknown and foreign runs are 404. Temporal's record, not the state query: a run whose model is
+    # answering takes queries only when its workflow task ends, and a viewer must not wait for that.
+    described = await service.owned_execution(agent_run_id, user)
+    finished = described.status != WorkflowExecutionStatus.RUNNING
+    return await resumed_response(service.gw, agent_run_id, after, finished=finished)
 
 
 @router.post(

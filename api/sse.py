@@ -92,17 +92,18 @@ async def resume_chat(gw: Gateway, chat_id: str) -> Response:
     agent_run_id = await gw.store.latest_chat_run(chat_id)
     if agent_run_id is None:
         return Response(status_code=204)
-    if await gw.model_answering(agent_run_id):
-        # Its model is answering inside a workflow task, and the run takes no query until that task ends
-        # (docs/explanation/durability.md): it runs, and its events so far are the ones the call announced.
+    try:
+        state = await gw.state_unless_busy(agent_run_id)
+    except HTTPException as err:
+        if err.status_code == 404:
+            return Response(status_code=204)
+        raise
+    if state is None:
+        # A workflow task is under way (its model answering, most likely), and the run takes no query until
+        # it ends (docs/explanation/durability.md): it runs, and its events so far are the ones its model
+        # calls announced; the stream follows it from there.
         events, waiting = await gw.deltas.read_events(agent_run_id), False
     else:
-        try:
-            state = await gw.state(agent_run_id)
-        except HTTPException as err:
-            if err.status_code == 404:
-                return Response(status_code=204)
-            raise
         if state.status.is_final:
             return Response(status_code=204)
         # State first, then events: a run that waits has emitted what it waits for.

@@ -846,6 +846,10 @@ class RunNote(BaseModel):
     # Where the run's last text answer is stored, for the record's output summary.
     output_seq: int | None = None
     tool_runs: list[ToolRunNote] = Field(default_factory=list)
+    # The run's events since its model calls last announced them (LlmStepInput.events), stored with the
+    # record when it is a local activity: a note goes out as the run starts waiting for someone, so a stream
+    # that begins later, while a workflow task is under way, knows the run's pauses without a query.
+    events: list[RunEvent] = Field(default_factory=list)
 
 
 # AgentRunInput refers to CarriedRun, which needs the event types defined after it.

@@ -23,7 +23,6 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from activities.models.scripted import DISCLAIMER, ScriptedModel
 from api.mcp_server import RUN_ID_META
 from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer
-from keel.storage import run_records
 from keel.storage.store import RunStore
 from tests.conftest import Keel
 from tests.crash_stack import CrashStack, until
@@ -290,6 +289,11 @@ async def test_structured_output_is_the_tools_structured_content(structured: str
     assert result.structured_content == shipment  # and the client validated it against the schema
 
 
+async def llm_call_running(store: RunStore, run_id: str) -> bool:
+    sql = "SELECT EXISTS (SELECT 1 FROM llm_calls WHERE agent_run_id = $1 AND status = 'running')"
+    return bool(await store.pool.fetchval(sql, run_id))
+
+
 async def test_an_mcp_started_run_survives_kill_9_of_its_worker_and_completes_once(
     keel: Keel,
     temporal_server: TemporalDevServer,
@@ -308,7 +312,7 @@ async def test_an_mcp_started_run_survives_kill_9_of_its_worker_and_completes_on
                 session.call_tool("assistant", {"message": LONG}, progress_callback=progress)
             )
             run_id = await until(lambda: progress.run_id, "the run's id in the first progress")
-            await until(lambda: run_records.model_answering(store.pool, run_id), "the LLM call under way")
+            await until(lambda: llm_call_running(store, run_id), "the LLM call under way")
             await asyncio.sleep(1)  # a few words into the reply
             worker.kill()
             await worker.restart()

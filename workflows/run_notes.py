@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from keel.contracts import (
@@ -121,6 +121,8 @@ class RunNotes:
             error_type=self._reporter.error_type if final == RunStatus.failed else None,
             output_seq=self._ledger.output_seq if final is not None else None,
             tool_runs=notes,
+            # Only in a local activity's input, which history does not record.
+            events=self._reporter.unannounced() if self._activities.local_allowed else [],
         )
 
     async def _record(self, note: RunNote) -> None:
@@ -135,6 +137,6 @@ class RunNotes:
                 summary=f"record {note.status.value}",
                 **RECORD_RUN_OPTIONS,
             )
-        except ActivityError as err:
+        except (ActivityError, ApplicationError) as err:  # a local activity's failure comes unwrapped
             # Only a record PostgreSQL refuses gets here (an outage is retried without limit): the run goes on.
             workflow.logger.error("could not record the run: %s", err.cause or err)

@@ -447,6 +447,20 @@ class PostgresDeltaChannel:
             self._conn = None
 
 
+async def store_events(pool: asyncpg.Pool, agent_run_id: str, events: Sequence[RunEvent]) -> None:
+    """Store run events as a model call's announcement does (`run_events`): the run's record does it too,
+    when the run starts waiting for someone (RunNote.events)."""
+    if events:
+        await pool.execute(
+            "INSERT INTO run_events (agent_run_id, seq, body)"
+            " SELECT $1, e.seq, e.body FROM unnest($2::integer[], $3::text[]) AS e(seq, body)"
+            " ON CONFLICT DO NOTHING",
+            agent_run_id,
+            [e.seq for e in events],
+            [_EVENT.dump_json(e).decode() for e in events],
+        )
+
+
 # Rows of runs that finished before the cutoff, oldest first, a batch at a time (a run still waiting for an
 # approval keeps its deltas however old they are).
 _PRUNE = """

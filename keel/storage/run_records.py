@@ -769,16 +769,6 @@ async def descendants(pool: asyncpg.Pool, agent_run_id: str, depth: int = TREE_D
     return [dict(r) for r in rows]
 
 
-async def model_answering(pool: asyncpg.Pool, agent_run_id: str) -> bool:
-    """Whether an LLM call of the run is under way (its attempt's record says `running`)."""
-    return bool(
-        await pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM llm_calls WHERE agent_run_id = $1 AND status = 'running')",
-            agent_run_id,
-        )
-    )
-
-
 async def usage_of(pool: asyncpg.Pool, agent_run_id: str) -> Usage | None:
     """A run's usage as its record has it (its children's included), or None without a record."""
     row = await pool.fetchrow(
