@@ -131,6 +131,18 @@ async def follow_run(handle: WorkflowHandle[Any, Any], after: int = 0) -> AsyncI
             return
 
 
+def _opens_step(batch: DeltaBatch | None, step: int) -> bool:
+    """Whether the notification opens the step's first attempt: the log holds nothing of the step before it,
+    so a thousand viewers of the run need not all read it at the same moment."""
+    return (
+        batch is not None
+        and batch.step == step
+        and batch.texts is not None
+        and batch.attempt == 1
+        and batch.first_n == 0
+    )
+
+
 def _contiguous(events: list[RunEvent]) -> list[RunEvent]:
     """The events from seq 1 on, up to the first gap (an announcement that was never stored)."""
     for index, event in enumerate(events):
@@ -427,7 +439,11 @@ class RunStream:
         except Exception as err:  # handed to the stream, which reports it to its client
             await queue.put(err)
 
-    async def _events(self, translator: "_Translator", events: list[RunEvent]) -> list[Chunk | SegmentEnd]:
+    async def _events(
+        self, translator: "_Translator", events: list[RunEvent], opening: DeltaBatch | None = None
+    ) -> list[Chunk | SegmentEnd]:
+        """The events' chunks. A step started here reads its words so far from the log, unless `opening`
+        is the notification that opens the step's first attempt: the log then holds nothing before it."""
         seqs = [e.message_seq for e in events if isinstance(e, TextProduced | ToolResultReady)]
         seqs += [
             e.partial_message_seq for e in events if isinstance(e, RunFinished) and e.partial_message_seq
@@ -446,7 +462,10 @@ class RunStream:
                 # This event ends the step's LLM call, whose deltas are all stored by now: take the rest.
                 out += translator.deltas(await self._read(translator.call))
             out += translator.event(event, bodies)
-            if isinstance(event, StepStarted):
+            if isinstance(event, StepStarted) and _opens_step(opening, event.step):
+                assert opening is not None
+                out += translator.deltas(opening.deltas())
+            elif isinstance(event, StepStarted):
                 out += translator.deltas(await self._read(_Call(event.step), start=True))
         out += translator.batch_end()
         return out
@@ -457,13 +476,13 @@ class RunStream:
             # A local model call announcing the events of the workflow task it runs in, which the `events`
             # query serves only once that task ends: they are the same events, streamed now. The step
             # they start reads its words from the log.
-            return await self._events(translator, unseen)
+            return await self._events(translator, unseen, opening=batch)
         call = translator.call
         if call is None and not translator.finished and 0 < batch.event_seq == translator.seq + 1:
             # The step's first words, before the events query has told of its start: the delta names the
             # event that started the step, and every event before that one has been streamed already.
             started = StepStarted(seq=batch.event_seq, step=batch.step)
-            if batch.texts is not None and batch.attempt == 1 and batch.first_n == 0:
+            if _opens_step(batch, batch.step):
                 # The batch opens the step's first attempt, so the log holds nothing before it: skip
                 # reading it (a thousand viewers of a run would all read it at the same moment).
                 out = translator.event(started, {}) + translator.deltas(batch.deltas())

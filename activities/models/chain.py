@@ -8,8 +8,8 @@ attempts. Within one attempt:
 
 - a retryable failure (429, 5xx, an overload reported inside the stream, connection, timeout, a stream
   cut or garbled) fails the attempt with a retryable ApplicationError; its next_retry_delay is the
-  provider's Retry-After when the next attempt stays on this route, and a second when the next attempt
-  moves on to another route;
+  provider's Retry-After (of a second or more: a shorter one keeps the retry policy's backoff) when the next
+  attempt stays on this route, and a second when the next attempt moves on to another route;
 - a permanent failure (401, 404, context length, out of credit...) moves on to the next route at once, in
   the same attempt; when no route is left the activity fails for good with every route's reason.
 
@@ -36,6 +36,8 @@ log = logging.getLogger("keel.models")
 # When the next attempt goes to another route there is nothing to wait for; Temporal's server retries an
 # activity no sooner than about a second anyway.
 _HANDOVER_DELAY = timedelta(seconds=1)
+# A Retry-After shorter than this is left to the retry policy's backoff (see `_retry`).
+_MIN_RETRY_AFTER_S = 1.0
 
 
 def route_index(attempt: int, routes: int, per_route: int = CALL_LLM_ATTEMPTS_PER_ROUTE) -> int:
@@ -121,8 +123,10 @@ class FallbackChain:
         if next_index > index:
             delay = _HANDOVER_DELAY
             handover = f"; the next attempt uses {self.routes[next_index]}"
-        elif failure.retry_after is not None:
+        elif failure.retry_after is not None and failure.retry_after >= _MIN_RETRY_AFTER_S:
             delay = min(timedelta(seconds=failure.retry_after), MAX_RETRY_AFTER)
+        # (A Retry-After under a second keeps the retry policy's backoff: the model call is a local
+        # activity, whose retries nothing else paces, and "try again in 0.0s" would use them all at once.)
         log.warning(
             "%s failed on attempt %d, Temporal retries: %s%s", route, attempt, failure.message, handover
         )
