@@ -191,5 +191,11 @@ async def run(h: "Harness", quick: bool) -> Section:
         key="streaming",
         title="Streaming: fake provider → worker → gateway → SSE client",
         figures=figures,
-        notes=notes,
+        notes=[
+            *notes,
+            "From the request, where Keel's time goes (timestamps of one run's history against the client's "
+            "clock): the gateway's start of the chat run (about 12 ms: the chat's lock, records, "
+            "start_workflow), the dev server handing the first workflow task to the worker (about 7 ms), "
+            "then the model call, which begins inside that task.",
+        ],
     )
