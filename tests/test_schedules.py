@@ -18,9 +18,7 @@ import httpx
 import jwt
 import pytest
 from temporalio.client import Client, Schedule, ScheduleActionStartWorkflow, ScheduleSpec
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.agent_activities import AgentActivities
@@ -30,9 +28,9 @@ from keel.app import load_app
 from keel.schedules import ScheduledRunInput, ScheduledRunResult
 from keel.stack.embedded import EmbeddedPostgres, TemporalDevServer
 from keel.storage.store import RunStore
-from keel.testing import _test_server
 from tests.conftest import AUTH_JWT_SECRET, Keel
 from tests.crash_stack import CrashStack, until
+from tests.time_skipping import time_skipping
 from workflows.agent_run import AgentRun
 from workflows.scheduled_run import ScheduledRun
 
@@ -306,9 +304,7 @@ async def test_the_time_skipping_server_has_no_schedules_so_scheduled_run_is_tes
     """Temporal's time-skipping test server does not implement CreateSchedule (checked here, so this test
     says when it starts to); the firing's workflow, `ScheduledRun`, runs there with the real activities."""
     app = load_app(None)
-    async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(_test_server())
-    ) as env:
+    async with time_skipping() as env:
         with pytest.raises(RPCError, match="unimplemented"):
             await env.client.create_schedule(
                 _id("nope"),
