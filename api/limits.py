@@ -120,18 +120,21 @@ _limiters: dict[float, RateLimiter] = {}
 
 
 def check_run_start(settings: Settings, user: User) -> None:
-    """429 with Retry-After when the user started too many runs. Unlimited under KEEL_AUTH=none (loopback,
-    one local user) and with KEEL_RATE_LIMIT=0."""
-    if settings.rate_limit <= 0 or user.id is None:
+    """429 with Retry-After when the user started too many runs (KEEL_RATE_LIMIT=0: unlimited)."""
+    limit = settings.rate_limit
+    check_rate(_limiters, limit, user, f"too many runs started: at most {limit:g} a minute")
+
+
+def check_rate(limiters: dict[float, RateLimiter], per_minute: float, user: User, too_many: str) -> None:
+    """429 with Retry-After, saying `too_many`, when the user is past `per_minute` (the limiter for each rate
+    kept in `limiters`). Unlimited under KEEL_AUTH=none (loopback, one local user) and with a limit of 0."""
+    if per_minute <= 0 or user.id is None:
         return
-    limiter = _limiters.setdefault(settings.rate_limit, RateLimiter(settings.rate_limit))
-    wait = limiter.take(user.id)
+    wait = limiters.setdefault(per_minute, RateLimiter(per_minute)).take(user.id)
     if wait > 0:
         seconds = max(1, math.ceil(wait))
         raise HTTPException(
-            429,
-            f"too many runs started: at most {settings.rate_limit:g} a minute; try again in {seconds} s",
-            headers={"Retry-After": str(seconds)},
+            429, f"{too_many}; try again in {seconds} s", headers={"Retry-After": str(seconds)}
         )
 
 

@@ -11,7 +11,6 @@ refused whole with the 404 an unknown run gets, so no client learns which run id
 """
 
 import logging
-import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
@@ -30,7 +29,7 @@ from pydantic import (
 from api.auth import CurrentUser, User, no_run
 from api.chat_request import json_problems
 from api.gateway import GatewayDep, is_run_id
-from api.limits import RateLimiter
+from api.limits import RateLimiter, check_rate
 from keel.observability import metrics
 from keel.storage import frontend_events
 from keel.storage.frontend_events import FrontendEvent
@@ -114,16 +113,7 @@ async def _small_body(request: Request, gw: GatewayDep, user: CurrentUser) -> No
 
 def _check_rate(per_minute: float, user: User) -> None:
     """Like run starts: unlimited under KEEL_AUTH=none (one local user) and with a limit of 0."""
-    if per_minute <= 0 or user.id is None:
-        return
-    wait = _limiter.setdefault(per_minute, RateLimiter(per_minute)).take(user.id)
-    if wait > 0:
-        seconds = max(1, math.ceil(wait))
-        raise HTTPException(
-            429,
-            f"too much telemetry: at most {per_minute:g} requests a minute; try again in {seconds} s",
-            headers={"Retry-After": str(seconds)},
-        )
+    check_rate(_limiter, per_minute, user, f"too much telemetry: at most {per_minute:g} requests a minute")
 
 
 @router.post(
