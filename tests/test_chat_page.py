@@ -253,10 +253,23 @@ class RunReads:
     answered: list[str] = field(default_factory=list)
 
     def watch(self, page: "Page") -> "RunReads":
-        page.on("request", lambda r: self.pending.add(r) if _is_run_read(r) else None)
-        page.on("requestfailed", lambda r: self.pending.discard(r))
+        page.on("request", self._sent)
+        page.on("requestfailed", self._failed)
         page.on("requestfinished", self._finished)
         return self
+
+    def stop(self, page: "Page") -> None:
+        """Stops watching: a read the page makes later is not awaited into a page the test closes."""
+        page.remove_listener("request", self._sent)
+        page.remove_listener("requestfailed", self._failed)
+        page.remove_listener("requestfinished", self._finished)
+
+    def _sent(self, request: Any) -> None:
+        if _is_run_read(request):
+            self.pending.add(request)
+
+    def _failed(self, request: Any) -> None:
+        self.pending.discard(request)
 
     async def _finished(self, request: Any) -> None:
         if request in self.pending:
@@ -409,6 +422,7 @@ async def test_a_stale_approve_after_a_cancel_elsewhere_ends_the_call_with_one_r
     # The page reads the run's state when its stream pauses: once those reads are answered, it learns of
     # the cancel only from the click, as a page left open elsewhere would.
     await until_true(lambda: reads.settled_on("waiting_for_approval"), "the page's reads of the run answered")
+    reads.stop(page)
     posts: list[str] = []
     page.on(
         "request",
