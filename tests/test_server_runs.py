@@ -77,8 +77,12 @@ async def test_wait_answers_when_the_run_waits_for_a_person_and_again_at_its_end
 
 async def test_wait_gives_up_at_its_timeout_with_the_state_as_it_is(gateways: dict[str, str]) -> None:
     async with httpx.AsyncClient(base_url=gateways["slow"], timeout=30) as http:
-        # scripted:slow takes about 5 s over this answer, longer than a workflow task goes unextended (3.2 s)
-        long_story = "tell me a long story, slowly, about durable execution, workers and gateways, all of it"
+        # scripted:slow writes this answer in 24 chunks, 4.8 s: the run's workflow task is first extended
+        # (and the state query answered) at 3.2 s, well before it ends
+        long_story = (
+            "tell me a long story, slowly, of how it all works: a worker that dies and comes back, a gateway"
+            " that streams each token, a run that waits for a person, and the one who says yes or no"
+        )
         run = (await start(http, run_body(long_story))).json()["agent_run_id"]
         began = time.monotonic()
 
