@@ -147,7 +147,11 @@ class AgentActivities:
             )
         except UnknownModelRoute as err:
             raise ApplicationError(str(err), type=ErrorType.unknown_model_route, non_retryable=True) from None
-        stored = await until_stored(lambda: self.store.conversation(step.agent_run_id, step.reply_seq))
+        # Two reads at once: the conversation so far, and this attempt's number (for a local call, a read).
+        stored, attempt = await asyncio.gather(
+            until_stored(lambda: self.store.conversation(step.agent_run_id, step.reply_seq)),
+            self._attempt(step),
+        )
         conversation = instructions_in_force(stored)
         # A tool this deployment no longer has (the run started with an earlier one) is not offered; if the
         # model calls it anyway, it hears that there is no such tool.
@@ -166,7 +170,6 @@ class AgentActivities:
         tools += client_tools
 
         so_far = _Answer()
-        attempt = await self._attempt(step)
         live = DeltaWriter.for_llm_step(self.deltas, step, attempt)
         llm_call = self.records.llm_call(step, model, attempt)
         # Only a run that wants structured output passes it on: a provider may not know the argument.

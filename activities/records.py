@@ -364,8 +364,10 @@ class RecordActivities:
         }
         rows = [tool_note_row(note.agent_run_id, t) for t in note.tool_runs]
         try:
-            written = await write_run_note(self.pool, run, rows, note.output_seq)
-            await store_events(self.pool, note.agent_run_id, note.events)
+            written, _ = await asyncio.gather(
+                write_run_note(self.pool, run, rows, note.output_seq),
+                store_events(self.pool, note.agent_run_id, note.events),
+            )
         except Exception as err:
             if is_unavailable(err):
                 raise

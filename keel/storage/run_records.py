@@ -88,7 +88,7 @@ TOOL_RUN_COLUMNS = (
     "approval_requested_at",
     "approval_decided_at",
 )
-_COLUMNS: dict[str, tuple[str, ...]] = {"llm_calls": LLM_CALL_COLUMNS, "tool_runs": TOOL_RUN_COLUMNS}
+_COLUMNS: dict[Table, tuple[str, ...]] = {"llm_calls": LLM_CALL_COLUMNS, "tool_runs": TOOL_RUN_COLUMNS}
 
 # How far along a status is. A write never moves a row back to a lower rank; every status not listed is
 # final (rank 9), and between two finals the later write wins.
@@ -124,7 +124,7 @@ def _rank(expr: str, table: str) -> str:
     return f"(CASE {expr} {cases} ELSE 9 END)"
 
 
-def _upsert_sql(table: str) -> str:
+def _upsert_sql(table: Table) -> str:
     columns = _COLUMNS[table]
     placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     key = ("agent_run_id", "seq", "attempt")
@@ -140,8 +140,6 @@ def _upsert_sql(table: str) -> str:
 
 
 _UPSERT = {table: _upsert_sql(table) for table in _COLUMNS}
-# A row may be written before its run's row exists (a run started by hand, not through the gateway).
-_ENSURE_RUN = "INSERT INTO agent_runs (id) VALUES ($1) ON CONFLICT DO NOTHING"
 
 
 @dataclass
@@ -175,19 +173,6 @@ def _decode(obj: dict[str, Any]) -> Any:
     return obj
 
 
-# An attempt that starts while an earlier one of the same call still reads `running`: Temporal only
-# retries once that one timed out, so its worker died or stalled without a word. It is closed as an error.
-_LOST_ATTEMPT = (
-    "UPDATE {table} SET status = 'error', finished_at = $4, updated_at = now(), error_message ="
-    " 'the attempt never reported back: its worker stopped or was presumed dead, and attempt ' || $3 || ' took over'"
-    "{error_type} WHERE agent_run_id = $1 AND seq = $2 AND attempt < $3 AND status = 'running'"
-)
-_CLOSE_LOST_ATTEMPTS = {
-    "llm_calls": _LOST_ATTEMPT.format(table="llm_calls", error_type=", error_type = 'WorkerLost'"),
-    "tool_runs": _LOST_ATTEMPT.format(table="tool_runs", error_type=""),
-}
-
-
 def _merge(earlier: Row, later: Row) -> Row:
     """One row that leaves the table as writing `earlier` and then `later` would: the upsert's own rules
     (a known value wins over a missing one, the status only moves forward), applied before writing."""
@@ -209,35 +194,55 @@ def merge_rows(rows: Sequence[Row]) -> list[Row]:
     return list(merged.values())
 
 
+def _record_sql(table: Table, later_attempt: bool) -> str:
+    """One statement that writes an attempt's row, so a lone row costs one round trip: its run's row
+    created if missing (a run started by hand, not through the gateway), an LLM call's step counted on the
+    run, and, for a later attempt, the earlier ones still `running` closed as lost.
+
+    Its parts see the tables as they were before the statement, so a run row it creates carries the step
+    itself, and the update of step_count only meets a row that was there already.
+    """
+    columns = _COLUMNS[table]
+    step, started = f"${columns.index('step') + 1}", f"${columns.index('started_at') + 1}"
+    parts = [
+        "run AS (INSERT INTO agent_runs (id, step_count) VALUES "
+        + (f"($1, COALESCE({step}, 0))" if table == "llm_calls" else "($1, 0)")
+        + " ON CONFLICT DO NOTHING)"
+    ]
+    if table == "llm_calls":
+        parts.append(
+            f"steps AS (UPDATE agent_runs SET step_count = {step}, updated_at = now()"
+            f" WHERE id = $1 AND step_count < {step})"
+        )
+    if later_attempt:
+        # An attempt that starts while an earlier one of the same call still reads `running`: Temporal only
+        # retries once that one timed out, so its worker died or stalled without a word. It is closed as an
+        # error; any word from the later attempt, its start or (merged with it) its outcome, tells.
+        lost_type = ", error_type = 'WorkerLost'" if table == "llm_calls" else ""
+        parts.append(
+            f"lost AS (UPDATE {table} SET status = 'error', finished_at = COALESCE({started}, now()),"
+            " updated_at = now(), error_message = 'the attempt never reported back: its worker stopped or"
+            f" was presumed dead, and attempt ' || $3 || ' took over'{lost_type}"
+            " WHERE agent_run_id = $1 AND seq = $2 AND attempt < $3 AND status = 'running')"
+        )
+    return f"WITH {', '.join(parts)} {_UPSERT[table]}"
+
+
+_RECORD = {(table, later): _record_sql(table, later) for table in _COLUMNS for later in (False, True)}
+
+
 async def write_row(conn: asyncpg.Connection | asyncpg.Pool, row: Row) -> None:
-    await write_rows(conn, [row])
+    await conn.execute(_RECORD[row.table, (row.values.get("attempt") or 1) > 1], *row.args())
 
 
 async def write_rows(conn: asyncpg.Connection | asyncpg.Pool, rows: Sequence[Row]) -> None:
     """Upsert rows in one transaction: all of them or, when PostgreSQL refuses one, none."""
+    if len(rows) == 1:
+        await write_row(conn, rows[0])  # one statement is a transaction of its own
+        return
     async with _transaction(conn) as tx:
-        for run_id in dict.fromkeys(row.values["agent_run_id"] for row in rows):
-            await tx.execute(_ENSURE_RUN, run_id)
         for row in rows:
-            await _upsert(tx, row)
-
-
-async def _upsert(tx: asyncpg.Connection, row: Row) -> None:
-    run_id = row.values["agent_run_id"]
-    await tx.execute(_UPSERT[row.table], *row.args())
-    attempt = row.values.get("attempt") or 1
-    if attempt > 1:
-        # Any word from a later attempt, its start or (merged with it) its outcome, means the earlier ones
-        # that still read `running` are lost.
-        started = row.values.get("started_at") or datetime.now(UTC)
-        await tx.execute(_CLOSE_LOST_ATTEMPTS[row.table], run_id, row.values["seq"], attempt, started)
-    if row.table == "llm_calls":
-        await tx.execute(
-            "UPDATE agent_runs SET step_count = GREATEST(step_count, $2), updated_at = now()"
-            " WHERE id = $1 AND step_count < $2",
-            run_id,
-            row.values["step"],
-        )
+            await write_row(tx, row)
 
 
 @contextlib.asynccontextmanager
