@@ -23,10 +23,22 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _leave_session_as_is(_conn: asyncpg.Connection) -> None:
+    """What a connection handed back to the pool runs besides asyncpg's own rollback of an open transaction:
+    nothing. asyncpg's default resets the session (advisory locks, LISTENs, settings) with one more round
+    trip on every pool call; Keel leaves none of those on a pooled connection: its settings are
+    transaction-local, it listens on connections of its own, and a session lock that may not have been
+    released closes its connection (`_unlock`)."""
+
+
 async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """One pool per process. Applies pending migrations before handing the pool out."""
     pool = await asyncpg.create_pool(
-        database_url, min_size=min_size, max_size=max_size, init=_init_connection
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        reset=_leave_session_as_is,
     )
     await migrate(pool)
     return pool
@@ -46,8 +58,8 @@ async def migrate(pool: asyncpg.Pool) -> list[str]:
     """
     applied: list[str] = []
     async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
         try:
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -61,8 +73,18 @@ async def migrate(pool: asyncpg.Pool) -> list[str]:
                     await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
                 applied.append(version)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
+            await _unlock(conn, "SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
     return applied
+
+
+async def _unlock(conn: asyncpg.Connection, unlock: str, *args: object) -> None:
+    """Release a session-level advisory lock; when that fails (or is cancelled) the connection is closed,
+    and its session's locks with it: the pool never hands out a connection that may hold one."""
+    try:
+        await conn.execute(unlock, *args)
+    except BaseException:
+        conn.terminate()
+        raise
 
 
 class RunStore:
@@ -86,12 +108,12 @@ class RunStore:
         local = self._chat_locks.setdefault(chat_id, asyncio.Lock())
         try:
             async with local, self.pool.acquire() as conn:
-                await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", _chat_key(chat_id))
                 try:
+                    await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", _chat_key(chat_id))
                     yield RunStore(conn)  # a connection runs the same queries as the pool
                 finally:
-                    await conn.execute(
-                        "SELECT pg_advisory_unlock(hashtextextended($1, 0))", _chat_key(chat_id)
+                    await _unlock(
+                        conn, "SELECT pg_advisory_unlock(hashtextextended($1, 0))", _chat_key(chat_id)
                     )
         finally:
             if not local.locked() and self._chat_locks.get(chat_id) is local:
