@@ -7,6 +7,7 @@ stream). Workflow code never imports this module.
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import asyncpg
 
 from keel.contracts import Message, RunStatus
+
+log = logging.getLogger("keel.storage.store")
 
 # Any fixed number works; it only has to be the same in every Keel process.
 _MIGRATION_LOCK_ID = 0x6B65656C
@@ -79,12 +82,18 @@ async def migrate(pool: asyncpg.Pool) -> list[str]:
 
 async def _unlock(conn: asyncpg.Connection, unlock: str, *args: object) -> None:
     """Release a session-level advisory lock; when that fails (or is cancelled) the connection is closed,
-    and its session's locks with it: the pool never hands out a connection that may hold one."""
+    and its session's locks with it: the pool never hands out a connection that may hold one. A failure
+    is not raised: whatever ended the locked section (PostgreSQL gone, most likely) is the caller's error."""
     try:
         await conn.execute(unlock, *args)
-    except BaseException:
+    except asyncio.CancelledError:
         conn.terminate()
         raise
+    except Exception as err:
+        conn.terminate()
+        log.warning(
+            "an advisory lock was not released (%s: %s); its connection is closed", type(err).__name__, err
+        )
 
 
 class RunStore:
