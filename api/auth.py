@@ -211,12 +211,6 @@ def check_owner(user: User, state: RunState) -> RunState:
     return state
 
 
-async def require_run(gw: Any, agent_run_id: str, user: User) -> None:
-    """404 unless the run exists and is the user's (admins: any run). One query, skipped for admins."""
-    if not user.admin:
-        check_owner(user, await gw.state(agent_run_id))
-
-
 async def require_chat(pool: asyncpg.Pool, chat_id: str, user: User, *, to_start: bool = False) -> None:
     """A chat belongs to whoever started it: 404 for another user's chat (a new chat id is anyone's).
     Admins may read any chat, but start runs only in their own, so a chat never has two owners."""

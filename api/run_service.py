@@ -23,7 +23,7 @@ from temporalio.client import WorkflowExecutionDescription, WorkflowExecutionSta
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from api.auth import User, check_owner, no_run, require_chat, require_run
+from api.auth import User, check_owner, no_run, require_chat
 from api.chat_request import BadChatRequest, ChatRequest, RunRequest, pending_answers, to_conversation
 from api.double_texting import make_room, queue_behind
 from api.gateway import Gateway, GatewayDep, http_error, is_run_id, refusal
@@ -354,7 +354,7 @@ class RunService:
         decision = ApprovalDecision(
             tool_call_id=tool_call_id, approved=approved, reason=reason, approver=user.name or "api"
         )
-        await require_run(self.gw, agent_run_id, user)
+        await self._require_run(agent_run_id, user)
         try:
             return await self._update(agent_run_id, APPROVAL_UPDATE, decision, ApprovalRecord)
         except HTTPException as refused:
@@ -370,7 +370,7 @@ class RunService:
     async def answer(self, agent_run_id: str, text: str, user: User, tool_call_id: str | None = None) -> str:
         """Answer the question the run asked, or one its sub-agents' runs asked (the one asking
         `tool_call_id`, when named). Returns the id of the run that took the answer."""
-        await require_run(self.gw, agent_run_id, user)
+        await self._require_run(agent_run_id, user)
 
         def asks(state: RunState) -> bool:
             question = state.pending_question
@@ -394,7 +394,7 @@ class RunService:
     async def submit_tool_result(self, agent_run_id: str, result: ToolResultSubmission, user: User) -> None:
         """The output (or the error) of a client-side tool call the run, or one of its sub-agents' runs,
         waits for."""
-        await require_run(self.gw, agent_run_id, user)
+        await self._require_run(agent_run_id, user)
         try:
             await self._update(agent_run_id, TOOL_RESULT_UPDATE, result)
         except HTTPException as refused:
@@ -481,6 +481,14 @@ class RunService:
         if not user.owns((await described.memo()).get("user_id")):
             raise no_run(agent_run_id)
         return described
+
+    async def _require_run(self, agent_run_id: str, user: User) -> None:
+        """404 unless the run exists and is the user's (admins: any run, and Temporal says whether it
+        exists). From Temporal's record, which the server answers alone, not the `state` query: that is a
+        trip through the worker (and a replay, for a parked run evicted from its cache) before the
+        decision makes its own."""
+        if not user.admin:
+            await self.owned_execution(agent_run_id, user)
 
     async def owned_state(self, agent_run_id: str, user: User) -> RunState:
         """The run's state (its `state` query); 404 unless the run is the user's."""
