@@ -300,7 +300,6 @@ class PostgresDeltaChannel:
     async def publish(self, batch: DeltaBatch) -> bool:
         texts = list(batch.texts or ())
         payload = _payload(batch, texts)
-        events = [_EVENT.dump_json(e).decode() for e in batch.events]
         return bool(
             await self.pool.fetchval(
                 _PUBLISH,
@@ -312,8 +311,7 @@ class PostgresDeltaChannel:
                 texts,
                 channel_name(batch.agent_run_id),
                 payload,
-                [e.seq for e in batch.events],
-                events,
+                *_event_rows(batch.events),
             )
         )
 
@@ -456,9 +454,13 @@ async def store_events(pool: asyncpg.Pool, agent_run_id: str, events: Sequence[R
             " SELECT $1, e.seq, e.body FROM unnest($2::integer[], $3::text[]) AS e(seq, body)"
             " ON CONFLICT DO NOTHING",
             agent_run_id,
-            [e.seq for e in events],
-            [_EVENT.dump_json(e).decode() for e in events],
+            *_event_rows(events),
         )
+
+
+def _event_rows(events: Sequence[RunEvent]) -> tuple[list[int], list[str]]:
+    """Run events as `run_events` columns (seq, body), for `unnest`: one encoding for both writers."""
+    return [e.seq for e in events], [_EVENT.dump_json(e).decode() for e in events]
 
 
 # Rows of runs that finished before the cutoff, oldest first, a batch at a time (a run still waiting for an
